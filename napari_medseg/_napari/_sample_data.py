@@ -1,0 +1,35 @@
+"""napari sample-data contributions (File > Open Sample > napari-medseg)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..io import datasets, read_image2d
+from ._reader import read_layers
+
+
+def ct_dicom_series():
+    """Abdominal CT, 20 slices of 512x512, JPEG 2000 lossless DICOM (TotalSegmentator test data)."""
+    return read_layers(str(datasets.fetch("ct_dicom")))
+
+
+def ct_abdomen():
+    """Abdominal CT at 3 mm with TotalSegmentator's segmentation of it (not a manual label)."""
+    return read_layers(str(datasets.fetch("ct_abdomen"))) + read_layers(str(datasets.fetch("ct_abdomen_seg")))
+
+
+def mr_spine_discs():
+    """PAM50 T2 spinal-cord template (SCT testing data) with its 18 intervertebral disc points."""
+    return read_layers(str(datasets.fetch("mr_spine"))) + read_layers(str(datasets.fetch("mr_spine_discs")))
+
+
+def endoscopy_polyp():
+    """A colonoscopy image from the Kvasir-SEG test split with its polyp mask."""
+    img = read_image2d(datasets.fetch("endoscopy"))
+    mask = read_image2d(datasets.fetch("endoscopy_mask"), kind="labels")
+    m = mask.data if mask.data.ndim == 2 else mask.data[..., 0]
+    labels = (m > 127).astype(np.uint8)  # Kvasir masks are stored as JPEG: threshold at 127
+    return [
+        (img.data, {"name": img.name, "rgb": True}, "image"),
+        (labels, {"name": f"{img.name}_mask", "features": {"class": ["background", "polyp"]}}, "labels"),
+    ]

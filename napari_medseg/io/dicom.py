@@ -1,0 +1,340 @@
+"""DICOM series reading (pydicom; JPEG 2000 and JPEG-LS through pylibjpeg plugins).
+
+One :class:`Volume` per series (grouped by SeriesInstanceUID, and split further when a series mixes
+orientations or image sizes). Slices are ordered by ImagePositionPatient projected on the slice
+normal; rescale slope/intercept (modality LUT) is applied; the affine maps ``(i, j, k)`` = (column,
+row, slice) to RAS+ millimetres, the convention NIfTI and dicom2nifti use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from .errors import MedSegIOError, MedSegIOWarning
+from .limits import check_allocation
+from .volume import Volume
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_KEEP_TAGS = (
+    "Modality",
+    "PatientID",
+    "PatientName",
+    "StudyDescription",
+    "SeriesDescription",
+    "SeriesNumber",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Manufacturer",
+    "BodyPartExamined",
+    "StudyDate",
+)
+_ORIENT_TOL = 1e-4
+_STEP_RTOL = 0.01  # relative tolerance on slice steps before we call a series uneven
+_STEP_ATOL = 0.01  # mm
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True for files with the ``DICM`` preamble, and for ``.dcm`` files pydicom can parse without one."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    if p.suffix.lower() in (".dcm", ".ima", ".dicom") and len(head) > 0:
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+            return "SOPClassUID" in ds or "Rows" in ds
+        except Exception:
+            return False
+    return False
+
+
+def find_dicom_files(folder: str | os.PathLike) -> list[Path]:
+    """All DICOM files below ``folder`` (recursively), in a stable order."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for f in sorted(files):
+            p = Path(root) / f
+            if not f.startswith(".") and is_dicom_file(p):
+                out.append(p)
+    return out
+
+
+def folder_has_dicom(folder: str | os.PathLike, max_files: int = 200) -> bool:
+    """Cheap check used by the napari reader hook: is there a DICOM file among the first files?"""
+    seen = 0
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            if is_dicom_file(Path(root) / f):
+                return True
+            seen += 1
+            if seen >= max_files:
+                return False
+    return False
+
+
+def read_dicom(path: str | os.PathLike, *, max_bytes: int | None = None) -> list[Volume]:
+    """Read a DICOM file or a folder (recursively) into one :class:`Volume` per series.
+
+    A single 2-D file gives a 2-D volume (``data[row, col]``); a multi-frame file gives a 3-D one.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = find_dicom_files(path)
+        if not files:
+            n = sum(len(f) for _, _, f in os.walk(path))
+            raise MedSegIOError(path, f"no DICOM files found in this folder ({n} files checked)")
+        datasets = _read_all(files)
+    elif path.is_file():
+        if path.stat().st_size == 0:
+            raise MedSegIOError(path, "empty file (0 bytes), not a DICOM file")
+        datasets = _read_all([path])
+    else:
+        raise MedSegIOError(path, "file or folder does not exist")
+    return _volumes_from(path, datasets, max_bytes)
+
+
+def _volumes_from(path: Path, datasets, max_bytes) -> list[Volume]:
+    images = [(f, ds) for f, ds in datasets if "PixelData" in ds or "FloatPixelData" in ds]
+    if not images:
+        raise MedSegIOError(path, f"{len(datasets)} DICOM file(s) but none holds image pixel data")
+    series: dict[str, list] = defaultdict(list)
+    for f, ds in images:
+        series[str(ds.get("SeriesInstanceUID", "unknown-series"))].append((f, ds))
+
+    volumes = []
+    for uid, members in series.items():
+        groups, differing, suffixes = _split_series(members)
+        if len(groups) > 1:
+            warnings.warn(
+                f"{path}: series {uid} mixes {' and '.join(differing)}; opened as {len(groups)} separate volumes",
+                MedSegIOWarning,
+                stacklevel=2,
+            )
+        for group, suffix in zip(groups, suffixes):
+            vol = _build_volume(path, group, max_bytes)
+            if len(groups) > 1:
+                vol.name = f"{vol.name}_{suffix}"
+            volumes.append(vol)
+    volumes.sort(key=lambda v: (str(v.metadata.get("SeriesNumber", "")), v.name))
+    return volumes
+
+
+def read_dicom_files(files, *, max_bytes: int | None = None) -> list[Volume]:
+    """Read an explicit list of DICOM files (for example a multi-selection in a file dialog)."""
+    files = [Path(f) for f in files]
+    if not files:
+        raise MedSegIOError(None, "no DICOM files given")
+    return _volumes_from(files[0].parent, _read_all(files), max_bytes)
+
+
+def _read_all(files: list[Path]):
+    def one(f: Path):
+        try:
+            return f, pydicom.dcmread(f, force=f.suffix.lower() in (".dcm", ".ima", ".dicom"))
+        except (InvalidDicomError, OSError, EOFError, ValueError, AttributeError) as err:
+            raise MedSegIOError(f, f"not a readable DICOM file ({err.__class__.__name__}: {err})") from err
+
+    if len(files) < 8:
+        return [one(f) for f in files]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+        return list(pool.map(one, files))
+
+
+def _stack_key(ds) -> tuple:
+    """What must agree for slices to form one volume: image type (magnitude/phase...), echo,
+    time point, orientation and size."""
+    iop = ds.get("ImageOrientationPatient")
+    iop_key = tuple(np.round(np.asarray(iop, dtype=float) / _ORIENT_TOL).astype(int)) if iop else None
+    image_type = tuple(str(v) for v in ds.get("ImageType", []) or [])
+    return (
+        image_type,
+        str(ds.get("EchoNumbers", "") or ""),
+        str(ds.get("TemporalPositionIdentifier", "") or ""),
+        iop_key,
+        int(ds.Rows),
+        int(ds.Columns),
+    )
+
+
+_KEY_PARTS = ("image types", "echoes", "time points", "orientations", "image sizes")
+
+
+def _split_series(members):
+    """Split one SeriesInstanceUID into stackable groups; also say what differed and a suffix each."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for f, ds in members:
+        groups[_stack_key(ds)].append((f, ds))
+    keys = sorted(groups, key=lambda k: (-len(groups[k]), str(k)))
+    differing = [i for i in range(len(_KEY_PARTS)) if len({k[i] for k in keys}) > 1]
+    suffixes = []
+    for n, k in enumerate(keys):
+        if differing and differing[0] == 0:
+            tags = [t for t in k[0] if not all(t in other[0] for other in keys)]
+            suffixes.append(re.sub(r"[^A-Za-z0-9_]+", "-", "_".join(tags)) or f"part{n + 1}")
+        elif differing and differing[0] == 1:
+            suffixes.append(f"echo{k[1]}")
+        elif differing and differing[0] == 2:
+            suffixes.append(f"t{k[2]}")
+        else:
+            suffixes.append(f"part{n + 1}")
+    return [groups[k] for k in keys], [_KEY_PARTS[i] for i in differing], suffixes
+
+
+def _series_name(ds, fallback: str) -> str:
+    parts = [str(ds.get("SeriesNumber", "") or ""), str(ds.get("SeriesDescription", "") or "")]
+    name = "_".join(p for p in parts if p) or fallback
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", name).strip("-") or fallback
+
+
+def _metadata(ds, files) -> dict:
+    meta = {"source_format": "dicom", "n_files": len(files), "files": [str(f) for f, _ in files]}
+    for tag in _KEEP_TAGS:
+        if tag in ds and ds.get(tag) not in (None, ""):
+            val = ds.get(tag)
+            meta[tag] = val if isinstance(val, (int, float)) else str(val)
+    meta["TransferSyntaxUID"] = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    for tag in ("WindowCenter", "WindowWidth"):
+        if tag in ds:
+            v = ds.get(tag)
+            meta[tag] = float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
+    return meta
+
+
+def _pixels(f: Path, ds) -> np.ndarray:
+    try:
+        arr = ds.pixel_array
+    except Exception as err:  # pydicom raises many types for undecodable data
+        ts = ds.file_meta.get("TransferSyntaxUID", "?") if hasattr(ds, "file_meta") else "?"
+        raise MedSegIOError(
+            f, f"cannot decode pixel data (transfer syntax {ts}; {err.__class__.__name__}: {str(err).splitlines()[0]})"
+        ) from err
+    if arr.ndim == 3 and ds.get("SamplesPerPixel", 1) > 1:
+        raise MedSegIOError(f, "colour (multi-sample) DICOM images are not supported as volumes")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    inter = float(ds.get("RescaleIntercept", 0) or 0)
+    if slope != 1 or inter != 0:
+        arr = arr.astype(np.float64) * slope + inter
+    return arr
+
+
+def _finish_dtype(stack: np.ndarray) -> np.ndarray:
+    if stack.dtype.kind == "f":
+        if np.array_equal(stack, np.round(stack)):
+            lo, hi = stack.min(), stack.max()
+            for dt in (np.int16, np.int32):
+                if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+                    return stack.astype(dt)
+        return stack.astype(np.float32)
+    return stack
+
+
+def _in_plane(ds):
+    iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+    row_cos, col_cos = iop[:3], iop[3:]
+    spacing = np.asarray(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or [1.0, 1.0], dtype=np.float64)
+    return row_cos, col_cos, spacing  # spacing = (between rows, between columns)
+
+
+def _build_volume(path: Path, members, max_bytes) -> Volume:
+    f0, ds0 = members[0]
+    name = _series_name(ds0, path.name)
+    meta = _metadata(ds0, members)
+    if int(ds0.get("NumberOfFrames", 1) or 1) > 1:
+        raise MedSegIOError(f0, "multi-frame (enhanced) DICOM is not supported yet; export it as single-frame files")
+    has_geometry = all("ImageOrientationPatient" in ds and "ImagePositionPatient" in ds for _, ds in members)
+    rows, cols = int(ds0.Rows), int(ds0.Columns)
+
+    if len(members) == 1 or not has_geometry:
+        if len(members) > 1:
+            raise MedSegIOError(
+                path, f"{len(members)} slices of series {name} lack ImagePositionPatient/ImageOrientationPatient; cannot order them"
+            )
+        arr = _finish_dtype(_pixels(f0, ds0))
+        affine = np.eye(4)
+        if has_geometry:
+            row_cos, col_cos, sp = _in_plane(ds0)
+            lps = np.eye(4)
+            lps[:3, 0] = col_cos * sp[0]  # array axis 0 = row index, moves along the column direction
+            lps[:3, 1] = row_cos * sp[1]
+            lps[:3, 2] = np.cross(row_cos, col_cos) * float(ds0.get("SliceThickness", 1) or 1)
+            lps[:3, 3] = np.asarray(ds0.ImagePositionPatient, dtype=np.float64)
+            affine = LPS_TO_RAS @ lps
+        elif "PixelSpacing" in ds0:
+            affine[0, 0], affine[1, 1] = (float(v) for v in ds0.PixelSpacing)
+        meta["layout"] = "2d"
+        return Volume(data=arr, affine=affine, name=name, kind="image", path=str(f0), metadata=meta)
+
+    row_cos, col_cos, sp = _in_plane(ds0)
+    normal = np.cross(row_cos, col_cos)
+    positions = np.array([np.asarray(ds.ImagePositionPatient, dtype=np.float64) for _, ds in members])
+    proj = positions @ normal
+    order = np.argsort(proj, kind="stable")
+    members = [members[i] for i in order]
+    positions, proj = positions[order], proj[order]
+    steps = np.diff(proj)
+    if np.any(np.abs(steps) < _STEP_ATOL):
+        n_dup = int(np.sum(np.abs(steps) < _STEP_ATOL))
+        raise MedSegIOError(
+            path,
+            f"series {name}: {n_dup} slice(s) share a position with another (several echoes or time points "
+            "in one series?); cannot build one volume",
+        )
+    step = float(np.median(steps))
+    uneven = np.abs(steps - step) > _STEP_RTOL * step + _STEP_ATOL
+    if np.any(uneven):
+        k = int(np.argmax(uneven))
+        missing = steps[k] / step - 1
+        hint = f" (about {missing:.0f} missing slice(s))" if missing > 0.5 else ""
+        raise MedSegIOError(
+            members[k + 1][0],
+            f"series {name}: uneven slice step, {steps[k]:.3f} mm between slices {k} and {k + 1} where the series "
+            f"step is {step:.3f} mm{hint}",
+        )
+    n = len(members)
+    nbytes = rows * cols * n * 4
+    check_allocation(path, nbytes, f"series {name} of {n} slices of {rows}x{cols}", max_bytes)
+
+    def decode(m):
+        return _pixels(*m)
+
+    if n >= 8:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+            slices = list(pool.map(decode, members))
+    else:
+        slices = [decode(m) for m in members]
+    shapes = {s.shape for s in slices}
+    if len(shapes) > 1:
+        raise MedSegIOError(path, f"series {name}: decoded slices have different shapes {sorted(shapes)}")
+    stack = _finish_dtype(np.stack(slices, axis=0))  # (k, row, col)
+    data = np.ascontiguousarray(stack.transpose(2, 1, 0))  # (i=col, j=row, k=slice)
+
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * sp[1]  # i (column index) moves along the row direction
+    lps[:3, 1] = col_cos * sp[0]
+    lps[:3, 2] = (positions[-1] - positions[0]) / (n - 1)
+    lps[:3, 3] = positions[0]
+    off_axis = np.linalg.norm(np.cross(lps[:3, 2] / np.linalg.norm(lps[:3, 2]), normal))
+    if off_axis > 1e-3:
+        warnings.warn(
+            f"{path}: series {name} is sheared (gantry tilt of {np.degrees(np.arcsin(min(off_axis, 1))):.2f} deg); "
+            "the affine keeps the shear",
+            MedSegIOWarning,
+            stacklevel=3,
+        )
+    meta["slice_step_mm"] = step
+    meta["layout"] = "3d"
+    return Volume(data=data, affine=LPS_TO_RAS @ lps, name=name, kind="image", path=str(path), metadata=meta)

@@ -1,0 +1,18 @@
+"""Errors raised by the readers and writers: one line, naming the file and the problem."""
+
+from __future__ import annotations
+
+import os
+
+
+class MedSegIOError(ValueError):
+    """A file could not be read or written. ``str(err)`` is one line: ``<file>: <problem>``."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = " ".join(str(problem).split())  # always one line
+        super().__init__(f"{self.path}: {self.problem}" if self.path else self.problem)
+
+
+class MedSegIOWarning(UserWarning):
+    """Something in a file is suspicious but it could still be read (NaN voxels, uneven steps, ...)."""
