@@ -61,8 +61,6 @@ def volume_to_layer_data(vol: Volume) -> tuple[np.ndarray, dict[str, Any]]:
     if "ornt" not in meta:  # 2-D image or 2-D DICOM slice
         data = vol.data
         kwargs["scale"] = tuple(vol.spacing[:2])
-        if vol.rgb:
-            kwargs["rgb"] = True
         return data, kwargs
     ornt = np.asarray(meta["ornt"])
     spatial_shape = vol.data.shape[:3]
@@ -192,18 +190,21 @@ def points_from_layer_data(data: np.ndarray, features: Any, meta: dict | None) -
             return [None] * n
         return col + [None] * (n - len(col))
 
+    def missing(v):
+        return v is None or v == "" or (isinstance(v, float) and np.isnan(v))
+
     numbers, names, confs = column("sct_number"), column("name"), column("confidence")
     discs = []
     for row, num, nm, conf in zip(data, numbers, names, confs):
-        if num is None or (isinstance(num, float) and np.isnan(num)):
-            if nm:
+        if missing(num):
+            if not missing(nm):
                 try:
                     num = disc_number(str(nm))
                 except ValueError as err:
                     raise MedSegIOError(None, f"point {tuple(row)}: {err}") from err
             else:
                 raise MedSegIOError(None, f"point at {tuple(np.round(row, 2))} has no disc name or number")
-        c = 1.0 if conf is None or (isinstance(conf, float) and np.isnan(conf)) else float(conf)
+        c = 1.0 if missing(conf) else float(conf)
         discs.append(Disc(int(num), tuple(float(v) for v in row[::-1]), c))
     affine = None if meta.get("affine") is None else np.asarray(meta["affine"], dtype=float)
     shape = None if meta.get("shape") is None else tuple(meta["shape"])

@@ -55,5 +55,7 @@ def _layer(vol: io.Volume) -> LayerData:
     if "WindowCenter" in info and "WindowWidth" in info:
         c, w = info["WindowCenter"], info["WindowWidth"]
         kwargs["contrast_limits"] = (c - w / 2, c + w / 2)
-    kwargs.setdefault("colormap", "gray") if not vol.rgb else None
+    kwargs["rgb"] = vol.rgb  # never let napari guess: a (.., 256, 4) volume is not RGBA
+    if not vol.rgb:
+        kwargs.setdefault("colormap", "gray")
     return data, kwargs, "image"

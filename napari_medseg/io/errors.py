@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 
-class MedSegIOError(ValueError):
+class MedSegIOError(Exception):
     """A file could not be read or written. ``str(err)`` is one line: ``<file>: <problem>``."""
 
     def __init__(self, path: str | os.PathLike | None, problem: str):

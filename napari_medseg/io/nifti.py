@@ -75,8 +75,9 @@ def read_nifti(path: str | os.PathLike, *, kind: str | None = None, max_bytes: i
     img, size = _load_header(path)
     hdr = img.header
     shape = _spatial_shape(path, img.shape)
-    slope, inter = hdr.get_slope_inter()
-    scaled = slope is not None and (slope != 1 or (inter or 0) != 0)
+    # nibabel moves scl_slope/scl_inter from the header into the array proxy when loading
+    slope, inter = float(getattr(img.dataobj, "slope", 1.0)), float(getattr(img.dataobj, "inter", 0.0))
+    scaled = slope != 1.0 or inter != 0.0
     raw_dtype = np.dtype(hdr.get_data_dtype())
     out_dtype = np.dtype(np.float32) if scaled and raw_dtype.kind in "iu" else raw_dtype
     nbytes = int(np.prod(shape, dtype=np.float64) * out_dtype.itemsize)

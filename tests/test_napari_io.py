@@ -1,0 +1,163 @@
+"""The reader, writer and sample-data contributions in a real napari viewer (Xvfb)."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_medseg import io
+
+pytestmark = pytest.mark.gui
+
+PLACEMENT_CASES = [
+    "spine-t2-crop.nii.gz",  # PSR: permuted axes
+    "pam50-small-t2.nii.gz",  # LAS: flipped
+    "mr-abdomen-small.nii.gz",  # LPS
+    "mr-dicom-series-siemens_dicom2nifti-reference.nii.gz",  # PIL
+    "mr-dicom-series-philips",  # oblique DICOM (two volumes: magnitude and phase)
+]
+
+
+def _file_geometry(path):
+    if path.is_dir():
+        vol = io.read_dicom(path)[0]
+        return vol.data, vol.affine
+    img = nib.load(path)
+    return np.asarray(img.dataobj), img.affine
+
+
+@pytest.mark.parametrize("name", PLACEMENT_CASES)
+def test_layer_lands_where_nibabel_says(make_napari_viewer, volumes, name):
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(volumes / name), plugin="napari-medseg")
+    layer = layers[0]
+    data, affine = _file_geometry(volumes / name)
+    rng = np.random.default_rng(0)
+    voxels = np.c_[[rng.integers(0, s, 12) for s in data.shape[:3]]].T
+    for v in voxels:
+        world_ras = nib.affines.apply_affine(affine, v)
+        idx = np.asarray(layer.world_to_data(world_ras[::-1]))
+        assert np.allclose(idx, np.round(idx), atol=1e-6), (v, idx)
+        assert layer.data[tuple(np.round(idx).astype(int))] == data[tuple(v)]
+        np.testing.assert_allclose(np.asarray(layer.data_to_world(np.round(idx)))[::-1], world_ras, atol=1e-6)
+
+
+def test_labels_layer_saved_back_exactly(make_napari_viewer, volumes, tmp_path):
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(volumes / "spine-t2-crop_cord-seg-manual.nii.gz"), plugin="napari-medseg")
+    assert layer._type_string == "labels"
+    layer.data[layer.data > 0] = 2  # edit
+    out = tmp_path / "edited_seg.nii.gz"
+    layer.save(str(out), plugin="napari-medseg")
+    src, res = nib.load(volumes / "spine-t2-crop_cord-seg-manual.nii.gz"), nib.load(out)
+    assert np.array_equal(res.affine, src.affine)
+    np.testing.assert_array_equal(np.asarray(res.dataobj), np.asarray(src.dataobj) * 2)
+
+
+def test_new_labels_on_image_saved_with_image_geometry(make_napari_viewer, volumes, tmp_path):
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(volumes / "pam50-small-t2.nii.gz"), plugin="napari-medseg")
+    labels = viewer.add_labels(np.zeros(image.data.shape, np.uint8), metadata=dict(image.metadata),
+                               scale=image.scale, affine=image.affine)
+    labels.data[10, 20, 30] = 1
+    out = tmp_path / "drawn.nii.gz"
+    labels.save(str(out), plugin="napari-medseg")
+    res = nib.load(out)
+    assert np.array_equal(res.affine, nib.load(volumes / "pam50-small-t2.nii.gz").affine)
+    [v] = np.argwhere(np.asarray(res.dataobj))
+    np.testing.assert_allclose(nib.affines.apply_affine(res.affine, v)[::-1], labels.data_to_world((10, 20, 30)))
+
+
+def test_labels_without_metadata_use_layer_transform(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.zeros((4, 5, 6), np.uint8), scale=(3, 2, 1), translate=(10, 20, 30))
+    layer.data[1, 2, 3] = 7
+    out = tmp_path / "plain.nii.gz"
+    layer.save(str(out), plugin="napari-medseg")
+    res = nib.load(out)
+    [v] = np.argwhere(np.asarray(res.dataobj) == 7)
+    np.testing.assert_allclose(nib.affines.apply_affine(res.affine, v)[::-1], layer.data_to_world((1, 2, 3)))
+
+
+def test_writer_refuses_mismatched_shape(make_napari_viewer, volumes, tmp_path):
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(volumes / "ct-spleen-crop.nii.gz"), plugin="napari-medseg")
+    bad = viewer.add_labels(np.zeros((3, 3, 3), np.uint8), metadata=dict(image.metadata))
+    with pytest.raises(Exception, match=r"does not match the source geometry"):
+        bad.save(str(tmp_path / "bad.nii.gz"), plugin="napari-medseg")
+    assert not any(tmp_path.iterdir())
+
+
+def test_points_open_edit_save(make_napari_viewer, volumes, tmp_path):
+    viewer = make_napari_viewer()
+    [points] = viewer.open(str(volumes / "pam50-small-t2_labels-disc.nii.gz"), plugin="napari-medseg")
+    assert points._type_string == "points" and len(points.data) == 18
+    assert list(points.features["name"][:2]) == ["C1/C2", "C2/C3"]
+    points.selected_data = {0}  # delete C1/C2 the way a user does
+    points.remove_selected()
+    points.data[0] = points.data[0] + 1.0  # and move C2/C3 by 1 mm on every axis
+    for ext in ("csv", "json", "nii.gz"):
+        out = tmp_path / f"pam_discs.{ext}" if ext != "nii.gz" else tmp_path / "pam_labels-disc.nii.gz"
+        points.save(str(out), plugin="napari-medseg")
+        back = io.read_points(out)
+        assert back.numbers == list(range(3, 20))
+        if ext != "nii.gz":
+            np.testing.assert_allclose(back.world[0], points.data[0][::-1], atol=1e-4)
+    [reopened] = viewer.open(str(tmp_path / "pam_discs.json"), plugin="napari-medseg")
+    np.testing.assert_allclose(reopened.data, points.data, atol=1e-4)
+
+
+@pytest.mark.parametrize("key,types", [
+    ("ct_dicom", ["image"]),
+    ("mr_spine", ["image", "points"]),
+    ("endoscopy", ["image", "labels"]),
+    ("ct_abdomen", ["image", "labels"]),
+])
+def test_sample_data(make_napari_viewer, key, types):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("napari-medseg", key)
+    assert [lyr._type_string for lyr in layers] == types
+    if key == "endoscopy":
+        assert layers[0].rgb and set(np.unique(layers[1].data)) == {0, 1}
+
+
+def _empty_gz(d):
+    (d / "empty.nii.gz").write_bytes(b"")
+    return d / "empty.nii.gz"
+
+
+def _text_nii(d):
+    (d / "text.nii").write_text("hello " * 100)
+    return d / "text.nii"
+
+
+def _no_dicom(d):
+    (d / "nodicom").mkdir()
+    (d / "nodicom" / "a.txt").write_text("x")
+    return d / "nodicom"
+
+
+@pytest.mark.parametrize("make_bad,message", [
+    (_empty_gz, "empty.nii.gz: empty file"),
+    (_text_nii, "text.nii: not a valid NIfTI"),
+    (_no_dicom, "nodicom: no DICOM files found"),
+])
+def test_bad_input_keeps_napari_up(make_napari_viewer, tmp_path, make_bad, message):
+    viewer = make_napari_viewer()
+    path = make_bad(tmp_path)
+    with pytest.raises(Exception) as err:
+        viewer.open(str(path), plugin="napari-medseg")
+    assert message in str(err.value)
+    assert len(viewer.layers) == 0
+    viewer.open_sample("napari-medseg", "mr_spine")  # still usable
+    assert len(viewer.layers) == 2
+
+
+def test_two_series_folder_gives_two_layers(make_napari_viewer, volumes, tmp_path):
+    import shutil
+
+    shutil.copytree(volumes / "ct-dicom-series-jpeg2000", tmp_path / "study" / "ct")
+    shutil.copytree(volumes / "mr-dicom-series-siemens", tmp_path / "study" / "mr")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(tmp_path / "study"), plugin="napari-medseg")
+    assert sorted(lyr.data.size for lyr in layers) == [256 * 256 * 4, 512 * 512 * 20]
+    assert {lyr.metadata["info"]["Modality"] for lyr in layers} == {"CT", "MR"}

@@ -1,0 +1,113 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_medseg import io
+from napari_medseg.io.errors import MedSegIOError
+
+
+def test_disc_names_follow_sct():
+    assert io.disc_name(3) == "C2/C3"
+    assert io.disc_name(19) == "T11/T12" and io.disc_name(20) == "T12/L1"
+    assert io.disc_name(21) == "L1/L2" and io.disc_name(25) == "L5/S1"
+    for n in range(1, 27):
+        assert io.disc_number(io.disc_name(n)) == n
+    assert io.disc_number("l5-s1") == 25
+    with pytest.raises(ValueError):
+        io.disc_number("L5/L3")
+
+
+def test_label_nifti_to_points(volumes):
+    pts = io.read_points(volumes / "pam50-small-t2_labels-disc.nii.gz")
+    assert len(pts) == 18 and pts.numbers == list(range(2, 20))
+    ref = nib.load(volumes / "pam50-small-t2_labels-disc.nii.gz")
+    d = pts.discs[pts.numbers.index(19)]
+    np.testing.assert_allclose(d.world, nib.affines.apply_affine(ref.affine, [35, 35, 42]))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "nii.gz"])
+def test_points_round_trip(volumes, tmp_path, fmt):
+    src = volumes / "pam50-small-t2_labels-disc.nii.gz"
+    pts = io.read_points(src)
+    pts.discs[0].confidence = 0.25
+    out = io.write_points(tmp_path / f"case_discs.{fmt}", pts)
+    back = io.read_points(out)
+    assert back.numbers == pts.numbers
+    np.testing.assert_allclose(back.world, pts.world, atol=1e-4)
+    if fmt != "nii.gz":
+        assert back.discs[0].confidence == pytest.approx(0.25)
+        np.testing.assert_allclose([d.voxel for d in back.discs], pts.voxels(), atol=1e-4)
+    else:  # the single-voxel file is identical to the source labels
+        a, b = nib.load(src), nib.load(out)
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+        np.testing.assert_array_equal(a.affine, b.affine)
+
+
+def test_points_csv_columns(volumes, tmp_path):
+    pts = io.read_points(volumes / "spine-t2-crop_labels.nii.gz")
+    out = io.write_points(tmp_path / "s_discs.csv", pts)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "name,sct_number,confidence,x_mm,y_mm,z_mm,i,j,k"
+    assert lines[1].startswith("C2/C3,3,1.0000,")
+    obj = json.loads(io.write_points(tmp_path / "s_discs.json", pts).read_text())
+    assert obj["discs"][1]["name"] == "C4/C5" and len(obj["affine"]) == 4
+
+
+def test_points_outside_volume_refused(volumes, tmp_path):
+    pts = io.read_points(volumes / "pam50-small-t2_labels-disc.nii.gz")
+    pts.discs[0].world = (1e4, 0, 0)
+    with pytest.raises(MedSegIOError, match=r"disc C1/C2 at voxel .* lies outside the volume"):
+        io.write_points(tmp_path / "x_labels-disc.nii.gz", pts)
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_points_csv(tmp_path):
+    p = tmp_path / "a_discs.csv"
+    p.write_text("foo,bar\n1,2\n")
+    with pytest.raises(MedSegIOError, match="a_discs.csv: missing columns"):
+        io.read_points(p)
+    p.write_text("name,x_mm,y_mm,z_mm\nL9/L10,1,2,3\n")
+    with pytest.raises(MedSegIOError, match="unknown disc name"):
+        io.read_points(p)
+
+
+def test_rgb_image_stays_rgb(shared):
+    f = sorted((shared / "kvasir-seg" / "images").glob("*.jpg"))[0]
+    vol = io.read_image2d(f)
+    assert vol.rgb and vol.data.ndim == 3 and vol.data.shape[-1] == 3 and vol.data.dtype == np.uint8
+    assert vol.kind == "image"
+
+
+def test_png_mask_is_labels_and_round_trips(shared, tmp_path):
+    f = sorted((shared / "ph2" / "masks").glob("*.png"))[0]
+    vol = io.read_image2d(f)
+    assert vol.kind == "labels" and vol.data.ndim == 2
+    out = io.write_image2d(tmp_path / "m_seg.png", (vol.data > 0).astype(np.uint8))
+    np.testing.assert_array_equal(io.read_image2d(out).data, (vol.data > 0))
+
+
+def test_labels_not_saved_as_jpeg(tmp_path):
+    with pytest.raises(MedSegIOError, match="lossy"):
+        io.write_image2d(tmp_path / "m.jpg", np.zeros((4, 4), np.uint8))
+
+
+def test_corrupt_image(tmp_path):
+    p = tmp_path / "x.png"
+    p.write_bytes(b"\x89PNG garbage")
+    with pytest.raises(MedSegIOError, match="x.png: not a readable image"):
+        io.read_image2d(p)
+
+
+def test_sample_registry_verifies_checksums(tmp_path, monkeypatch, shared):
+    from napari_medseg.io import datasets
+
+    assert datasets.fetch("mr_spine").name == "pam50-small-t2.nii.gz"
+    assert len(list(datasets.fetch("ct_dicom").iterdir())) == 20
+    fake = tmp_path / "volumes"
+    fake.mkdir()
+    (fake / "pam50-small-t2.nii.gz").write_bytes(b"tampered")
+    monkeypatch.setenv(datasets.ENV_DATA_DIR, str(tmp_path))
+    with pytest.raises(MedSegIOError, match="checksum mismatch"):
+        datasets.fetch("mr_spine")
