@@ -214,7 +214,8 @@ def _metadata(ds, files) -> dict:
     return meta
 
 
-def _pixels(f: Path, ds) -> np.ndarray:
+def _raw_pixels(f: Path, ds) -> np.ndarray:
+    """Stored pixel values (no rescale yet); a one-line error for undecodable data."""
     try:
         arr = ds.pixel_array
     except Exception as err:  # pydicom raises many types for undecodable data
@@ -224,22 +225,36 @@ def _pixels(f: Path, ds) -> np.ndarray:
         ) from err
     if arr.ndim == 3 and ds.get("SamplesPerPixel", 1) > 1:
         raise MedSegIOError(f, "colour (multi-sample) DICOM images are not supported as volumes")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    inter = float(ds.get("RescaleIntercept", 0) or 0)
-    if slope != 1 or inter != 0:
-        arr = arr.astype(np.float64) * slope + inter
     return arr
 
 
-def _finish_dtype(stack: np.ndarray) -> np.ndarray:
-    if stack.dtype.kind == "f":
-        if np.array_equal(stack, np.round(stack)):
-            lo, hi = stack.min(), stack.max()
-            for dt in (np.int16, np.int32):
-                if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
-                    return stack.astype(dt)
-        return stack.astype(np.float32)
-    return stack
+def _rescale(ds) -> tuple[float, float]:
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def _output_dtype(raws: list[np.ndarray], rescales: list[tuple[float, float]]) -> np.dtype:
+    """Smallest exact type for the rescaled values: int16/int32 when every slope is 1 and every
+    intercept whole, float32 otherwise."""
+    if all(sl == 1 and it.is_integer() for sl, it in rescales) and all(r.dtype.kind in "iu" for r in raws):
+        lo = min(int(r.min()) + int(it) for r, (_, it) in zip(raws, rescales))
+        hi = max(int(r.max()) + int(it) for r, (_, it) in zip(raws, rescales))
+        for dt in (np.uint8, np.int16, np.uint16, np.int32):
+            if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+                if all(sl == 1 and it == 0 for sl, it in rescales) and all(r.dtype == raws[0].dtype for r in raws):
+                    return raws[0].dtype  # nothing to rescale: keep the stored type
+                return np.dtype(dt)
+        return np.dtype(np.int64)
+    return np.dtype(np.float32)
+
+
+def _rescaled_into(out: np.ndarray, raw: np.ndarray, slope: float, inter: float) -> None:
+    if out.dtype.kind == "f":
+        np.multiply(raw, np.float32(slope), out=out, casting="unsafe")
+        out += np.float32(inter)
+    elif inter == 0:
+        out[...] = raw
+    else:  # exact integer arithmetic; the result is known to fit ``out``
+        np.add(raw, int(inter), out=out, dtype=np.int64 if out.dtype == np.int64 else np.int32, casting="unsafe")
 
 
 def _in_plane(ds):
@@ -263,7 +278,9 @@ def _build_volume(path: Path, members, max_bytes) -> Volume:
             raise MedSegIOError(
                 path, f"{len(members)} slices of series {name} lack ImagePositionPatient/ImageOrientationPatient; cannot order them"
             )
-        arr = _finish_dtype(_pixels(f0, ds0))
+        raw = _raw_pixels(f0, ds0)
+        arr = np.empty(raw.shape, _output_dtype([raw], [_rescale(ds0)]))
+        _rescaled_into(arr, raw, *_rescale(ds0))
         affine = np.eye(4)
         if has_geometry:
             row_cos, col_cos, sp = _in_plane(ds0)
@@ -308,19 +325,20 @@ def _build_volume(path: Path, members, max_bytes) -> Volume:
     nbytes = rows * cols * n * 4
     check_allocation(path, nbytes, f"series {name} of {n} slices of {rows}x{cols}", max_bytes)
 
-    def decode(m):
-        return _pixels(*m)
-
     if n >= 8:
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
-            slices = list(pool.map(decode, members))
+            raws = list(pool.map(lambda m: _raw_pixels(*m), members))
     else:
-        slices = [decode(m) for m in members]
-    shapes = {s.shape for s in slices}
+        raws = [_raw_pixels(*m) for m in members]
+    shapes = {r.shape for r in raws}
     if len(shapes) > 1:
         raise MedSegIOError(path, f"series {name}: decoded slices have different shapes {sorted(shapes)}")
-    stack = _finish_dtype(np.stack(slices, axis=0))  # (k, row, col)
-    data = np.ascontiguousarray(stack.transpose(2, 1, 0))  # (i=col, j=row, k=slice)
+    rescales = [_rescale(ds) for _, ds in members]
+    stack = np.empty((n, rows, cols), _output_dtype(raws, rescales))  # (k, row, col), filled in place
+    for k, (raw, (slope, inter)) in enumerate(zip(raws, rescales)):
+        _rescaled_into(stack[k], raw, slope, inter)
+    del raws
+    data = stack.transpose(2, 1, 0)  # (i=col, j=row, k=slice): a view, no copy
 
     lps = np.eye(4)
     lps[:3, 0] = row_cos * sp[1]  # i (column index) moves along the row direction
