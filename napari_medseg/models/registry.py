@@ -1,0 +1,111 @@
+"""Name -> network builder, with what each network expects and returns."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+from torch import nn
+
+SIZES = ("paper", "small")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    title: str
+    task: str  # "segmentation" or "keypoints"
+    input: str  # "2d" or "2d+2.5d"
+    default_in_channels: int
+    default_num_classes: int
+    output: str  # "logits" or "heatmaps"
+    multiple: int  # spatial sizes must be a multiple of this
+    paper: str
+    recipe: dict = field(default_factory=dict)  # the paper's training recipe (MODELS.md)
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sizes"] = list(SIZES)
+        d["parameters"] = {s: parameter_count(self.name, s) for s in SIZES}
+        if self.name == "lstmsa":
+            d["parameters_head"] = {s: _lstmsa_head(s) for s in SIZES}
+        return d
+
+
+def _builders() -> dict[str, Callable[..., nn.Module]]:
+    from .bcdunet import BCDUNet
+    from .bilateral import BilateralAttentionNet
+    from .hourglass import AttentionHourglass
+    from .lstmsa import LSTMSA
+    from .unet import UNetBaseline
+
+    def hourglass(in_channels, num_classes, size, **kw):
+        return AttentionHourglass(in_channels=in_channels, num_discs=num_classes, size=size, **kw)
+
+    return {
+        "lstmsa": lambda in_channels, num_classes, size, **kw: LSTMSA(in_channels, num_classes, size, **kw),
+        "bilateral": lambda in_channels, num_classes, size, **kw: BilateralAttentionNet(in_channels, num_classes, size, **kw),
+        "bcdunet": lambda in_channels, num_classes, size, **kw: BCDUNet(in_channels, num_classes, size, **kw),
+        "hourglass": hourglass,
+        "unet": lambda in_channels, num_classes, size, **kw: UNetBaseline(in_channels, num_classes, size, **kw),
+    }
+
+
+REGISTRY: dict[str, ModelInfo] = {
+    "lstmsa": ModelInfo(
+        "lstmsa", "LSTMSA (self-attention embedded LSTM, 2.5D)", "segmentation", "2d+2.5d", 1, 4, "logits", 16,
+        "Ye et al., IEEE TNNLS", {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-4, "schedule": "poly0.9",
+                                  "batch_size": 8, "input_size": 224, "loss": "0.5ce+0.5dice"}),
+    "bilateral": ModelInfo(
+        "bilateral", "Bilateral spatial attention network", "segmentation", "2d", 3, 1, "logits", 16,
+        "Sun, Sui, Liang, Hu, Du", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
+                                    "loss": "dice+ce+point", "augment": False}),
+    "bcdunet": ModelInfo(
+        "bcdunet", "BCDU-Net (bi-directional ConvLSTM U-Net, dense bottleneck)", "segmentation", "2d", 3, 1,
+        "logits", 8, "Azad et al., ICCVW 2019", {"optimizer": "adam", "lr": 1e-4, "schedule": "plateau0.1p7",
+                                                 "batch_size": 8, "input_size": 256, "loss": "bce", "epochs": 100}),
+    "hourglass": ModelInfo(
+        "hourglass", "Stacked hourglass with multi-level attention (disc labeling)", "keypoints", "2d", 3, 11,
+        "heatmaps", 64, "Azad et al., MLMI 2021", {"optimizer": "rmsprop", "lr": 2.5e-4, "milestones": [60, 90],
+                                                    "gamma": 0.1, "epochs": 120, "batch_size": 3, "input_size": 256,
+                                                    "loss": "heatmap_mse"}),
+    "unet": ModelInfo(
+        "unet", "U-Net baseline (MONAI BasicUNet)", "segmentation", "2d", 3, 1, "logits", 16,
+        "Ronneberger et al. 2015 / MONAI", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
+                                             "loss": "dice+ce"}),
+}
+
+
+def build(name: str, size: str = "small", in_channels: int | None = None, num_classes: int | None = None,
+          **options) -> nn.Module:
+    """Build a network by name (see :func:`available`). ``options`` go to the network's constructor
+    (e.g. ``dense_blocks=1``, ``direction="reverse"``, ``render=False``, ``attention=False``)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown network {name!r}; choose from {sorted(REGISTRY)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {SIZES}")
+    info = REGISTRY[name]
+    in_channels = info.default_in_channels if in_channels is None else int(in_channels)
+    num_classes = info.default_num_classes if num_classes is None else int(num_classes)
+    if in_channels < 1 or num_classes < 1:
+        raise ValueError("in_channels and num_classes must be at least 1")
+    model = _builders()[name](in_channels, num_classes, size, **options)
+    model.medseg_info = {"name": name, "size": size, "in_channels": in_channels, "num_classes": num_classes,
+                         "options": options}
+    return model
+
+
+@lru_cache(maxsize=None)
+def parameter_count(name: str, size: str) -> int:
+    return sum(p.numel() for p in build(name, size).parameters())
+
+
+@lru_cache(maxsize=None)
+def _lstmsa_head(size: str) -> int:
+    return build("lstmsa", size).head_parameters()
+
+
+def available() -> list[dict[str, Any]]:
+    """Every network: name, task, sizes, input, output, the paper's recipe and parameter counts."""
+    return [info.describe() for info in REGISTRY.values()]
