@@ -308,3 +308,16 @@ def test_bf16_autocast_is_sane(name):
     scale = ref.abs().max().item() + 1e-3
     assert err / scale < 0.1, (err, scale)
     assert math.isfinite(err)
+
+
+@pytest.mark.parametrize("cell_name", ["convlstm", "lstmsa"])
+def test_zero_state_shortcut_is_exact(cell_name):
+    """The first step skips the h half of the gate convolution: same result as an explicit zero state."""
+    from napari_medseg.models.lstmsa import SACell
+
+    torch.manual_seed(0)
+    cell = (ConvLSTMCell(6, 6, 5) if cell_name == "convlstm" else SACell(6, 6, 5)).eval()
+    x = torch.randn(2, 6, 8, 8)
+    zeros = torch.zeros(2, 6, 8, 8)
+    for a, b in zip(cell(x, None), cell(x, (zeros, zeros))):
+        torch.testing.assert_close(a, b)

@@ -66,11 +66,15 @@ class ResNeXtBlock(nn.Module):
             nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
         )
+        # projection shortcut: subsample, then 1x1 conv. Identical to a strided 1x1 conv, and avoids a
+        # torch 2.13 CPU crash (heap corruption) in the backward of strided 1x1 convs on channels_last input
+        self.stride = stride
         self.shortcut = nn.Identity() if (cin == cout and stride == 1) else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
-        return F.relu(self.body(x) + self.shortcut(x))
+        skip = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+        return F.relu(self.body(x) + self.shortcut(skip))
 
 
 class ISAM(nn.Module):

@@ -74,10 +74,15 @@ class SACell(ConvLSTMCell):
         return s.reshape(b, c, hh, ww)
 
     def forward(self, x, state=None):
-        h, c = self.zero_state(x) if state is None else state
-        s = self.attention_term(x, h)
-        i, f, o, g = self.gate_activations(x, h)
-        c = f * c + s
+        if state is None:  # h = c = 0: the gate convolution needs only its input half
+            s = self.attention_term(x, x.new_zeros(x.shape[0], self.hidden_channels, *x.shape[2:]))
+            i, _f, o, g = self.gate_activations(x)
+            c = s
+        else:
+            h, c = state
+            s = self.attention_term(x, h)
+            i, f, o, g = self.gate_activations(x, h)
+            c = f * c + s
         h = o * torch.tanh(c) + i * g + s
         return h, c
 
