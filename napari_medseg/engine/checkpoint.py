@@ -1,0 +1,228 @@
+"""Checkpoints: safetensors weights + a JSON config, written atomically, never unpickled.
+
+A checkpoint is a directory::
+
+    model.safetensors     weights
+    config.json           model name, size, channels, classes, preprocessing, data summary, metrics,
+                          software versions
+    train_state.safetensors + train_state.json   (optional) optimizer, scheduler, epoch, RNG states
+
+It is written into a temporary sibling directory and renamed into place, so an interrupted write
+never leaves a half checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..io.errors import MedSegIOError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+FORMAT = "napari-medseg checkpoint v1"
+
+
+class CheckpointError(MedSegIOError):
+    pass
+
+
+def software_versions() -> dict[str, str]:
+    import monai
+
+    from .. import __version__
+
+    return {"napari_medseg": __version__, "torch": torch.__version__, "monai": monai.__version__,
+            "python": platform.python_version()}
+
+
+def _flatten_state(obj: Any, prefix: str, tensors: dict, skeleton: Any = None):
+    """Split a nested state (dicts/lists of tensors and plain values) into tensors + a JSON skeleton."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix or "_"
+        tensors[key] = obj.detach().contiguous().cpu()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_json_key(k), _flatten_state(v, f"{prefix}.{k}" if prefix else str(k), tensors)]
+                             for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [_flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)],
+                "tuple": isinstance(obj, tuple)}
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint without pickle")
+
+
+def _json_key(k):
+    return {"int": k} if isinstance(k, int) else k
+
+
+def _unflatten_state(skel: Any, tensors: dict) -> Any:
+    if isinstance(skel, dict):
+        if "__tensor__" in skel:
+            return tensors[skel["__tensor__"]]
+        if "__dict__" in skel:
+            return {(k["int"] if isinstance(k, dict) else k): _unflatten_state(v, tensors) for k, v in skel["__dict__"]}
+        if "__list__" in skel:
+            items = [_unflatten_state(v, tensors) for v in skel["__list__"]]
+            return tuple(items) if skel.get("tuple") else items
+        if "__ndarray__" in skel:
+            return np.asarray(skel["__ndarray__"], dtype=skel["dtype"])
+    return skel
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": np_state[1], "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": _flatten_py_random(random.getstate()),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _flatten_py_random(state):
+    version, internal, gauss = state
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dict,
+                    train_state: dict | None = None) -> Path:
+    """Write a checkpoint directory atomically (temp dir + rename)."""
+    path = Path(path)
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    except OSError as err:
+        raise CheckpointError(path, f"cannot write here: {err.strerror or err}") from err
+    try:
+        module = model.module if hasattr(model, "module") else model
+        module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
+        weights = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        cfg = {"format": FORMAT, **config, "software": software_versions()}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n")
+        if train_state is not None:
+            tensors: dict = {}
+            skeleton = _flatten_state(train_state, "", tensors)
+            save_file(tensors, str(tmp / "train_state.safetensors"))
+            (tmp / "train_state.json").write_text(json.dumps(skeleton))
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(path, f"could not write checkpoint: {err.strerror or err}") from err
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, (np.ndarray, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _resolve(path: Path) -> Path:
+    if path.is_dir():
+        return path
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            path, "refusing to load a pickle-based PyTorch file (it can run arbitrary code); napari-medseg "
+            "checkpoints are a folder with model.safetensors + config.json")
+    if path.name == "model.safetensors" or path.name == "config.json":
+        return path.parent
+    if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
+        return path  # file pair: x.safetensors + x.json
+    raise CheckpointError(path, "not a napari-medseg checkpoint (expected a folder with model.safetensors and config.json)")
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    path = _resolve(Path(path))
+    cfg_path = path / "config.json" if path.is_dir() else path.with_suffix(".json")
+    if not cfg_path.is_file():
+        raise CheckpointError(path, "config.json is missing")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(cfg_path, f"unreadable config ({err})") from err
+    if cfg.get("format") != FORMAT:
+        raise CheckpointError(cfg_path, f"unknown checkpoint format {cfg.get('format')!r}")
+    return cfg
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = _resolve(Path(path))
+    wpath = path / "model.safetensors" if path.is_dir() else path
+    if not wpath.is_file():
+        raise CheckpointError(path, "model.safetensors is missing")
+    try:
+        return load_file(str(wpath))
+    except Exception as err:
+        raise CheckpointError(wpath, f"unreadable weights ({err.__class__.__name__}: {err})") from err
+
+
+def load_model(path: str | os.PathLike, *, expect_model: str | None = None, expect_classes: int | None = None,
+               device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Build the network the config names and load its weights. Never unpickles."""
+    from .. import models
+
+    cfg = read_config(path)
+    m = cfg.get("model", {})
+    if expect_model is not None and m.get("name") != expect_model:
+        raise CheckpointError(Path(path), f"checkpoint holds network {m.get('name')!r}, not {expect_model!r}")
+    if expect_classes is not None and m.get("num_classes") != expect_classes:
+        raise CheckpointError(Path(path), f"checkpoint predicts {m.get('num_classes')} classes, not {expect_classes}")
+    model = models.build(m["name"], m.get("size", "small"), in_channels=m["in_channels"],
+                         num_classes=m["num_classes"], **m.get("options", {}))
+    try:
+        model.load_state_dict(load_weights(path))
+    except RuntimeError as err:
+        raise CheckpointError(Path(path), f"weights do not fit network {m['name']} ({str(err).splitlines()[0]})") from err
+    return model.to(device).eval(), cfg
+
+
+def load_train_state(path: str | os.PathLike) -> dict | None:
+    path = Path(path)
+    if not (path / "train_state.json").is_file():
+        return None
+    skeleton = json.loads((path / "train_state.json").read_text())
+    tensors = load_file(str(path / "train_state.safetensors"))
+    return _unflatten_state(skeleton, tensors)

@@ -1,0 +1,364 @@
+"""Datasets: the three folder layouts of DESIGN.md, in-memory arrays, splits, augmentation (MONAI).
+
+* 2D: ``DIR/images/*`` + ``DIR/masks/*`` matched by stem (png, jpg, tif, bmp; JPEG masks are
+  thresholded at 127, 0/255 PNG masks become 0/1).
+* 3D: ``DIR/imagesTr/*.nii.gz`` + ``DIR/labelsTr/*.nii.gz`` (Decathlon / nnU-Net), sliced along an
+  axis into 2D (or 2.5D stacks of three neighbouring slices for LSTMSA).
+* Discs: ``DIR/images/*.nii.gz`` + ``DIR/labels/<stem>_labels-disc.nii.gz`` (SCT single voxels) or
+  ``<stem>_discs.csv``: a sagittal view per volume with one Gaussian heatmap per disc.
+
+Everything is decoded, normalised and resized once and kept in memory; augmentation runs per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import io
+from ..io.errors import MedSegIOError
+from . import preprocess as pp
+
+IMAGE_EXT = io.IMAGE2D_SUFFIXES
+
+
+class DataError(MedSegIOError):
+    """A dataset problem (layout, pairing, split, labels). One line, names the file or folder."""
+
+
+@dataclass
+class Layout:
+    kind: str  # "seg2d" | "seg3d" | "discs"
+    root: Path
+    pairs: dict[str, tuple[Path, Path]]  # stem -> (image, target)
+    label_names: list[str] | None = None
+
+
+def _stem(p: Path) -> str:
+    return io.file_stem(p)
+
+
+def _files(folder: Path, exts) -> dict[str, Path]:
+    out = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(exts):
+            out[_stem(p)] = p
+    return out
+
+
+def discover(root: str | os.PathLike) -> Layout:
+    """Recognise the layout of a dataset folder and pair images with their targets by stem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "dataset folder does not exist")
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        kind, images, targets = "seg2d", _files(root / "images", IMAGE_EXT), _files(root / "masks", IMAGE_EXT)
+    elif (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
+        kind = "seg3d"
+        images = {k.removesuffix("_0000"): v for k, v in _files(root / "imagesTr", (".nii", ".nii.gz")).items()}
+        targets = _files(root / "labelsTr", (".nii", ".nii.gz"))
+    elif (root / "images").is_dir() and (root / "labels").is_dir():
+        kind = "discs"
+        images = _files(root / "images", (".nii", ".nii.gz"))
+        targets = {}
+        for p in sorted((root / "labels").iterdir()):
+            low = p.name.lower()
+            for suffix in ("_labels-disc.nii.gz", "_labels-disc.nii", "_discs.csv", "_discs.json"):
+                if low.endswith(suffix):
+                    targets.setdefault(p.name[: -len(suffix)], p)
+    else:
+        raise DataError(root, "unknown dataset layout: expected images/ + masks/, imagesTr/ + labelsTr/, "
+                              "or images/ + labels/ (disc labels)")
+    if not images:
+        raise DataError(root, "the dataset has no images")
+    missing = sorted(set(images) - set(targets))
+    orphans = sorted(set(targets) - set(images))
+    if missing or orphans:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} image(s) without a label (e.g. {missing[0]})")
+        if orphans:
+            parts.append(f"{len(orphans)} label(s) without an image (e.g. {orphans[0]})")
+        raise DataError(root, "unpaired files: " + "; ".join(parts))
+    names = None
+    if kind == "seg3d" and (root / "dataset.json").is_file():
+        labels = json.loads((root / "dataset.json").read_text()).get("labels", {})
+        if labels:
+            inv = {int(v): k for k, v in labels.items()} if all(str(v).isdigit() for v in labels.values()) else \
+                {int(k): v for k, v in labels.items()}
+            names = [inv.get(i, f"class{i}") for i in range(max(inv) + 1)]
+    return Layout(kind, root, {s: (images[s], targets[s]) for s in images}, names)
+
+
+def split(layout: Layout, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1) -> dict[str, list[str]]:
+    """``split.json`` when present (every stem must exist), else a seeded random split."""
+    path = layout.root / "split.json"
+    stems = sorted(layout.pairs)
+    if path.is_file():
+        try:
+            obj = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(path, f"unreadable split ({err})") from err
+        out = {k: list(obj.get(k, [])) for k in ("train", "val", "test")}
+        unknown = sorted({s for v in out.values() for s in v} - set(stems))
+        if unknown:
+            raise DataError(path, f"{len(unknown)} stem(s) in the split have no files (e.g. {unknown[0]})")
+        if not out["train"]:
+            raise DataError(path, "the split has an empty 'train' list")
+        return out
+    rng = np.random.default_rng(seed)
+    order = [stems[i] for i in rng.permutation(len(stems))]
+    n_val = max(1, int(round(val_fraction * len(order)))) if len(order) > 2 else 0
+    n_test = int(round(test_fraction * len(order))) if len(order) > 5 else 0
+    return {"val": sorted(order[:n_val]), "test": sorted(order[n_val:n_val + n_test]),
+            "train": sorted(order[n_val + n_test:])}
+
+
+# ---------------------------------------------------------------- loading into memory
+
+
+@dataclass
+class Prepared:
+    """Arrays ready for the network: images (N, C, H, W) or (N, 3, C, H, W), targets (N, H, W) int or
+    (N, K, H, W) heatmaps with ``visible`` (N, K)."""
+
+    task: str
+    images: np.ndarray
+    targets: np.ndarray
+    visible: np.ndarray | None = None
+    stems: list[str] = field(default_factory=list)
+    num_classes: int = 2
+    preprocessing: dict = field(default_factory=dict)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A 2D mask as class indices: JPEG masks thresholded at 127; 0/255 masks become 0/1."""
+    vol = io.read_image2d(path, kind="labels")
+    m = vol.data
+    if m.ndim == 3:
+        m = m[..., :3].max(axis=-1)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        return (m > 127).astype(np.int64)
+    values = np.unique(m)
+    if set(values.tolist()) <= {0, 255}:
+        return (m > 127).astype(np.int64)
+    if values.max() < 32:
+        return m.astype(np.int64)
+    raise DataError(path, f"unexpected mask values {values[:8].tolist()}...: expected 0/255, 0/1 or class indices < 32")
+
+
+def prepare_seg2d(layout: Layout, stems: list[str], size: tuple[int, int], channels: int) -> Prepared:
+    images, targets = [], []
+    for s in stems:
+        img_path, mask_path = layout.pairs[s]
+        vol = io.read_image2d(img_path, kind="image")
+        mask = read_mask(mask_path)
+        if mask.shape != vol.data.shape[:2]:
+            raise DataError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                                       f"{vol.data.shape[1]}x{vol.data.shape[0]}")
+        img = pp.to_channels(vol.data, channels, vol.rgb)
+        img = pp.normalize(img, "rgb01" if vol.data.dtype == np.uint8 else "minmax")
+        images.append(pp.resize(img, size, "area").numpy())
+        targets.append(pp.resize(mask.astype(np.float32), size, "nearest").numpy().astype(np.int64))
+    norm = "rgb01"
+    return Prepared("segmentation", np.stack(images), np.stack(targets), stems=list(stems),
+                    num_classes=int(max(t.max() for t in targets)) + 1 if targets else 2,
+                    preprocessing={"input_size": list(size), "channels": channels, "normalize": norm,
+                                   "layout": "seg2d"})
+
+
+def prepare_seg3d(layout: Layout, stems: list[str], size: tuple[int, int], channels: int, context: int,
+                  axis: int | str = "auto", normalize: str = "zscore") -> Prepared:
+    images, targets, used_axis = [], [], None
+    for s in stems:
+        img_path, lab_path = layout.pairs[s]
+        vol, lab = io.read_nifti(img_path, kind="image"), io.read_nifti(lab_path, kind="labels")
+        if vol.data.shape[:3] != lab.data.shape[:3]:
+            raise DataError(lab_path, f"label shape {lab.data.shape} differs from image shape {vol.data.shape}")
+        if vol.data.ndim != 3:
+            raise DataError(img_path, f"expected a 3-D volume, got shape {vol.data.shape}")
+        ax = pp.slice_axis_for(vol.affine, vol.data.shape, axis)
+        used_axis = ax if used_axis is None else used_axis
+        stats = pp.volume_stats(vol.data, normalize)
+        data = np.moveaxis(pp.normalize(vol.data.astype(np.float32), normalize, stats), ax, 0)
+        labels = np.moveaxis(np.asarray(lab.data), ax, 0).astype(np.int64)
+        if labels.min() < 0:
+            raise DataError(lab_path, "negative label values")
+        n = data.shape[0]
+        for k in range(n):
+            if context:
+                idx = [min(max(k + d, 0), n - 1) for d in range(-context, context + 1)]
+                stack = np.stack([np.repeat(data[i][None], channels, 0) for i in idx])  # (3, C, H, W)
+                images.append(pp.resize(stack.reshape(-1, *stack.shape[-2:]), size, "bilinear").numpy()
+                              .reshape(len(idx), channels, *size))
+            else:
+                images.append(pp.resize(np.repeat(data[k][None], channels, 0), size, "bilinear").numpy())
+            targets.append(pp.resize(labels[k].astype(np.float32), size, "nearest").numpy().astype(np.int64))
+    k = int(max(t.max() for t in targets)) + 1
+    if layout.label_names:
+        k = max(k, len(layout.label_names))
+    return Prepared("segmentation", np.stack(images), np.stack(targets), stems=list(stems), num_classes=k,
+                    preprocessing={"input_size": list(size), "channels": channels, "normalize": normalize,
+                                   "layout": "seg3d", "slice_axis": axis if axis != "auto" else "auto",
+                                   "context": context, "label_names": layout.label_names})
+
+
+def disc_points(path: Path, vol: io.Volume) -> io.DiscPoints:
+    pts = io.read_points(path)
+    if pts.affine is None:
+        pts.affine, pts.shape = vol.affine, vol.data.shape[:3]
+    return pts
+
+
+def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_numbers: list[int] | None,
+                  sigma: float = 5**0.5, n_average: int = 7) -> Prepared:
+    views, pts_all = [], []
+    for s in stems:
+        img_path, lab_path = layout.pairs[s]
+        vol = io.read_nifti(img_path, kind="image")
+        view, geo = pp.sagittal_view(vol.data, vol.affine, n_average)
+        pts = disc_points(lab_path, vol)
+        rc = pp.voxel_to_view(pts.voxels(), geo)
+        scale = np.array(size) / np.array(view.shape)
+        views.append(disc_view_input(view, size))
+        pts_all.append((pts.numbers, rc * scale + (scale - 1) / 2))
+    numbers = sorted(disc_numbers or {n for nums, _ in pts_all for n in nums})
+    heat, vis = [], []
+    for nums, rc in pts_all:
+        pos = np.zeros((len(numbers), 2))
+        visible = np.zeros(len(numbers), bool)
+        for n, p in zip(nums, rc):
+            if n in numbers:
+                pos[numbers.index(n)] = p
+                visible[numbers.index(n)] = True
+        heat.append(pp.gaussian_heatmaps(pos, visible, size, sigma))
+        vis.append(visible)
+    prior = disc_prior(pts_all, numbers)
+    return Prepared("keypoints", np.stack(views), np.stack(heat), np.stack(vis), list(stems), len(numbers),
+                    {"input_size": list(size), "channels": 3, "normalize": "zscore+minmax", "layout": "discs",
+                     "disc_numbers": numbers, "sigma": sigma, "n_average": n_average, "prior": prior})
+
+
+def disc_view_input(view: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Sagittal view -> network input as in the paper: z-score, resize, min-max to [0, 1], 3 channels."""
+    z = pp.normalize(view.astype(np.float32), "zscore")
+    r = pp.resize(z[None], size, "bilinear").numpy()
+    lo, hi = r.min(), r.max()
+    r = (r - lo) / (hi - lo if hi - lo > 1e-8 else 1.0)
+    return np.repeat(r, 3, axis=0).astype(np.float32)
+
+
+def disc_prior(pts_all, numbers) -> dict:
+    """Mean and spread of each disc's position (in network-input pixels) over the training cases."""
+    rows = {n: [] for n in numbers}
+    cols = {n: [] for n in numbers}
+    for nums, rc in pts_all:
+        for n, (r, c) in zip(nums, rc):
+            if n in rows:
+                rows[n].append(r)
+                cols[n].append(c)
+    return {str(n): {"row": float(np.mean(rows[n])) if rows[n] else None,
+                     "col": float(np.mean(cols[n])) if cols[n] else None,
+                     "row_std": float(np.std(rows[n])) if len(rows[n]) > 1 else None} for n in numbers}
+
+
+def prepare(layout: Layout, stems: list[str], *, size: tuple[int, int], channels: int, context: int = 0,
+            disc_numbers: list[int] | None = None, axis: int | str = "auto") -> Prepared:
+    if not stems:
+        raise DataError(layout.root, "no cases to load (empty split)")
+    if layout.kind == "seg2d":
+        return prepare_seg2d(layout, stems, size, channels)
+    if layout.kind == "seg3d":
+        return prepare_seg3d(layout, stems, size, channels, context, axis)
+    return prepare_discs(layout, stems, size, disc_numbers)
+
+
+def from_arrays(images: list[np.ndarray], labels: list[np.ndarray], *, size: tuple[int, int], channels: int,
+                rgb: bool = False) -> Prepared:
+    """In-memory pairs (for napari layers): 2D images (H, W[, 3]) or 3D volumes (Z, H, W) with labels."""
+    imgs, tgts = [], []
+    for img, lab in zip(images, labels):
+        img, lab = np.asarray(img), np.asarray(lab)
+        if img.shape[: lab.ndim] != lab.shape:
+            raise DataError(None, f"image shape {img.shape} and label shape {lab.shape} differ")
+        slices = [(img, lab)] if lab.ndim == 2 else [(img[k], lab[k]) for k in range(lab.shape[0])]
+        norm = "rgb01" if img.dtype == np.uint8 and rgb else "zscore"
+        stats = pp.volume_stats(img.astype(np.float32), norm) if norm == "zscore" else None
+        for im, lb in slices:
+            x = pp.normalize(pp.to_channels(im, channels, rgb), norm, stats)
+            imgs.append(pp.resize(x, size, "area").numpy())
+            tgts.append(pp.resize(lb.astype(np.float32), size, "nearest").numpy().astype(np.int64))
+    return Prepared("segmentation", np.stack(imgs), np.stack(tgts), stems=[f"array{i}" for i in range(len(imgs))],
+                    num_classes=int(max(t.max() for t in tgts)) + 1,
+                    preprocessing={"input_size": list(size), "channels": channels,
+                                   "normalize": "rgb01" if rgb else "zscore", "layout": "arrays"})
+
+
+# ---------------------------------------------------------------- torch dataset with MONAI augmentation
+
+
+def augmentations(task: str):
+    from monai.transforms import Compose, RandFlipd, RandRotated, RandScaleIntensityd, RandShiftIntensityd
+
+    if task == "keypoints":  # no flips: superior-inferior order and anterior-posterior side carry meaning
+        return Compose([
+            RandRotated(keys=["image", "target"], range_x=0.17, prob=0.5, mode=("bilinear", "bilinear"),
+                        padding_mode="zeros"),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+        ])
+    return Compose([
+        RandFlipd(keys=["image", "target"], prob=0.5, spatial_axis=1),
+        RandFlipd(keys=["image", "target"], prob=0.5, spatial_axis=0),
+        RandRotated(keys=["image", "target"], range_x=0.26, prob=0.3, mode=("bilinear", "nearest"),
+                    padding_mode="zeros"),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+    ])
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    def __init__(self, data: Prepared, augment: bool = True, seed: int = 0):
+        self.data, self.augment, self.seed = data, augment, seed
+        self.transform = augmentations(data.task) if augment else None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, worker: int = 0):
+        """Reseed the augmentation so an epoch draws the same numbers whether or not training was resumed."""
+        self.epoch = epoch
+        if self.transform is not None:
+            self.transform.set_random_state(seed=(self.seed * 1_000_003 + epoch * 1009 + worker) % (2**32))
+
+    def __len__(self):
+        return len(self.data.images)
+
+    def __getitem__(self, i):
+        img = np.asarray(self.data.images[i], dtype=np.float32)
+        tgt = self.data.targets[i]
+        shape5 = img.shape if img.ndim == 4 else None
+        if shape5 is not None:
+            img = img.reshape(-1, *img.shape[-2:])
+        tgt_arr = tgt[None].astype(np.float32) if tgt.ndim == 2 else tgt.astype(np.float32)
+        if self.transform is not None:
+            out = self.transform({"image": img, "target": tgt_arr})
+            img, tgt_arr = np.asarray(out["image"]), np.asarray(out["target"])
+        if shape5 is not None:
+            img = img.reshape(shape5)
+        item = {"image": torch.as_tensor(img, dtype=torch.float32)}
+        if self.data.task == "segmentation":
+            item["target"] = torch.as_tensor(np.rint(tgt_arr[0]), dtype=torch.long)
+        else:
+            item["target"] = torch.as_tensor(tgt_arr, dtype=torch.float32)
+            item["visible"] = torch.as_tensor(self.data.visible[i])
+        return item
+
+
+def worker_init(worker_id: int):
+    info = torch.utils.data.get_worker_info()
+    ds = info.dataset
+    ds.set_epoch(ds.epoch, worker_id + 1)

@@ -1,0 +1,87 @@
+"""Device and mixed-precision choice: auto/cpu/cuda/mps, bf16 or fp16 autocast where it pays."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA if available, else Apple MPS, else CPU. Asking for a missing device is an error."""
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; choose from {DEVICES}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available (try --device auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' was asked for but Apple MPS is not available (try --device auto)")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AVX512-BF16 or AMX (where bf16 matmuls/convs run faster than fp32)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return True
+    try:
+        return torch.backends.cpu.get_cpu_capability() == "AVX512" and "amx" in flags
+    except Exception:
+        return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What autocast to use: ``dtype`` None means full fp32. ``scaler`` only for CUDA fp16."""
+
+    device_type: str
+    dtype: torch.dtype | None
+    scaler: bool = False
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self):
+        return torch.amp.GradScaler(self.device_type, enabled=self.scaler)
+
+
+def select_precision(device: torch.device, mode: str = "auto") -> Precision:
+    """``mode``: ``auto`` (bf16 on CUDA GPUs that support it, else fp16 with grad scaling; bf16 on CPUs
+    with AVX512-BF16/AMX; fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``."""
+    if mode not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {mode!r}; choose auto, fp32, bf16 or fp16")
+    kind = device.type
+    if mode == "fp32":
+        return Precision(kind, None)
+    if kind == "cuda":
+        if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()):
+            return Precision(kind, torch.float16, scaler=True)
+        return Precision(kind, torch.bfloat16)
+    if kind == "cpu":
+        if mode == "fp16":
+            raise ValueError("fp16 autocast is not supported for training on CPU; use bf16 or fp32")
+        if mode == "bf16" or cpu_has_fast_bf16():
+            return Precision(kind, torch.bfloat16)
+        return Precision(kind, None)
+    if kind == "mps":
+        return Precision(kind, torch.float16) if mode == "fp16" else Precision(kind, None)
+    return Precision(kind, None)

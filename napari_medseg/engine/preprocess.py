@@ -1,0 +1,142 @@
+"""Array preprocessing shared by training and inference (so both see exactly the same input)."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_channels(image: np.ndarray, channels: int, rgb: bool) -> np.ndarray:
+    """(H, W) or (H, W, 3) -> (C, H, W) float32 with ``channels`` channels (grey is repeated, RGB -> grey
+    averages)."""
+    img = np.asarray(image, dtype=np.float32)
+    if rgb or (img.ndim == 3 and img.shape[-1] in (3, 4)):
+        img = img[..., :3].transpose(2, 0, 1)
+    else:
+        img = img[None]
+    if img.shape[0] == channels:
+        return img
+    if img.shape[0] == 1:
+        return np.repeat(img, channels, axis=0)
+    if channels == 1:
+        return img.mean(axis=0, keepdims=True)
+    raise ValueError(f"cannot turn a {img.shape[0]}-channel image into {channels} channels")
+
+
+def normalize(img: np.ndarray, mode: str, stats: tuple[float, float] | None = None) -> np.ndarray:
+    """``rgb01``: divide by 255; ``zscore``: (x - mean) / std (stats from the whole volume when given);
+    ``minmax``: percentiles 0.5-99.5 to [0, 1]."""
+    if mode == "rgb01":
+        return img / 255.0
+    if mode == "zscore":
+        mean, std = stats if stats is not None else (float(img.mean()), float(img.std()))
+        return (img - mean) / (std if std > 1e-8 else 1.0)
+    if mode == "minmax":
+        lo, hi = stats if stats is not None else np.percentile(img, [0.5, 99.5])
+        return np.clip((img - lo) / (hi - lo if hi - lo > 1e-8 else 1.0), 0, 1)
+    raise ValueError(f"unknown normalisation {mode!r}")
+
+
+def volume_stats(data: np.ndarray, mode: str) -> tuple[float, float] | None:
+    if mode == "zscore":
+        finite = data[np.isfinite(data)]
+        return float(finite.mean()), float(finite.std())
+    if mode == "minmax":
+        lo, hi = np.percentile(data[np.isfinite(data)], [0.5, 99.5])
+        return float(lo), float(hi)
+    return None
+
+
+def resize(arr: np.ndarray | torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """(C, H, W) -> (C, h, w). ``nearest`` for labels, ``area`` when shrinking images looks best."""
+    t = torch.as_tensor(np.ascontiguousarray(arr) if isinstance(arr, np.ndarray) else arr)
+    squeeze = t.ndim == 2
+    t = t[None, None] if squeeze else t[None]
+    kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    out = F.interpolate(t.float(), size=tuple(size), mode=mode, **kw)[0]
+    return out[0] if squeeze else out
+
+
+def slice_axis_for(affine: np.ndarray, shape: tuple[int, ...], axis: int | str | None = None) -> int:
+    """The axis to slice a volume along: explicit, ``"auto"`` = the through-plane axis (largest spacing,
+    ties broken by the axis closest to superior-inferior)."""
+    if isinstance(axis, int):
+        if not 0 <= axis < 3:
+            raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
+        return axis
+    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    codes = nib.aff2axcodes(affine)
+    si = [i for i, c in enumerate(codes) if c in "SI"]
+    best = np.flatnonzero(np.isclose(spacing, spacing.max(), rtol=1e-3))
+    if si and si[0] in best:
+        return si[0]
+    return int(best[-1])
+
+
+def sagittal_axes(affine: np.ndarray) -> tuple[int, int, int, bool, bool]:
+    """(lr_axis, si_axis, ap_axis, flip_si, flip_ap) so that the 2D view has rows superior -> inferior and
+    columns anterior -> posterior."""
+    codes = nib.aff2axcodes(affine)
+    lr = next(i for i, c in enumerate(codes) if c in "LR")
+    si = next(i for i, c in enumerate(codes) if c in "SI")
+    ap = next(i for i, c in enumerate(codes) if c in "AP")
+    return lr, si, ap, codes[si] == "S", codes[ap] == "P"
+
+
+def sagittal_view(data: np.ndarray, affine: np.ndarray, n_average: int = 7) -> tuple[np.ndarray, dict]:
+    """Average ``n_average`` sagittal slices around the middle (as the disc-labeling paper) into a 2D
+    image (rows superior -> inferior, columns anterior -> posterior) and say how to map back."""
+    lr, si, ap, flip_si, flip_ap = sagittal_axes(affine)
+    mid = data.shape[lr] // 2
+    lo, hi = max(0, mid - n_average // 2), min(data.shape[lr], mid + (n_average + 1) // 2)
+    view = np.take(data, range(lo, hi), axis=lr).astype(np.float32).mean(axis=lr)
+    # remaining axes keep their order; put SI first
+    rem = [a for a in range(3) if a != lr]
+    if rem.index(si) == 1:
+        view = view.T
+    if flip_si:
+        view = view[::-1]
+    if flip_ap:
+        view = view[:, ::-1]
+    geo = {"lr": lr, "si": si, "ap": ap, "flip_si": flip_si, "flip_ap": flip_ap, "mid": (lo + hi - 1) / 2,
+           "shape": list(data.shape[:3])}
+    return np.ascontiguousarray(view), geo
+
+
+def view_to_voxel(rows: np.ndarray, cols: np.ndarray, geo: dict) -> np.ndarray:
+    """Sagittal-view (row, col) positions (in view pixels) -> voxel coordinates (i, j, k)."""
+    shape = geo["shape"]
+    n = len(rows)
+    vox = np.zeros((n, 3))
+    si_idx = (shape[geo["si"]] - 1 - np.asarray(rows)) if geo["flip_si"] else np.asarray(rows)
+    ap_idx = (shape[geo["ap"]] - 1 - np.asarray(cols)) if geo["flip_ap"] else np.asarray(cols)
+    vox[:, geo["si"]] = si_idx
+    vox[:, geo["ap"]] = ap_idx
+    vox[:, geo["lr"]] = geo["mid"]
+    return vox
+
+
+def voxel_to_view(vox: np.ndarray, geo: dict) -> np.ndarray:
+    """Voxel coordinates -> sagittal view (row, col)."""
+    vox = np.asarray(vox, dtype=float).reshape(-1, 3)
+    shape = geo["shape"]
+    rows = vox[:, geo["si"]]
+    cols = vox[:, geo["ap"]]
+    if geo["flip_si"]:
+        rows = shape[geo["si"]] - 1 - rows
+    if geo["flip_ap"]:
+        cols = shape[geo["ap"]] - 1 - cols
+    return np.stack([rows, cols], axis=1)
+
+
+def gaussian_heatmaps(points: np.ndarray, visible: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarray:
+    """One Gaussian per row of ``points`` (row, col) in a (K, H, W) map; invisible discs give zeros."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    maps = np.zeros((len(points), h, w), np.float32)
+    for k, ((r, c), vis) in enumerate(zip(points, visible)):
+        if vis:
+            maps[k] = np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * sigma**2))
+    return maps

@@ -1,0 +1,320 @@
+"""Training: per-network recipes, validation every epoch, best/last checkpoints, early stopping,
+exact ``resume``, cancellation, mixed precision, optional ``torch.compile`` and DDP under torchrun."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import models
+from . import checkpoint as ckpt
+from . import data as D
+from .devices import select_device, select_precision
+from .events import CancelToken, Epoch, Finished, Preview, Started, Step
+from .losses import HeatmapLoss, SegmentationLoss, mean_peak_error, soft_dice
+
+
+@dataclass
+class TrainOptions:
+    model: str
+    out: str
+    data: str | None = None
+    size: str = "small"
+    epochs: int = 50
+    batch_size: int | None = None  # default: the recipe's
+    lr: float | None = None  # default: the recipe's
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    seed: int = 0
+    resume: bool = False
+    input_size: int | None = None  # default: the recipe's
+    patience: int | None = None  # early stopping after this many epochs without improvement
+    num_workers: int = 0
+    compile: bool = False
+    augment: bool = True
+    recipe: str | None = None  # train with another network's recipe (for baselines)
+    max_steps_per_epoch: int | None = None
+    max_cases: int | None = None  # use only the first N train / val cases (smoke tests)
+    slice_axis: int | str = "auto"
+    model_options: dict = field(default_factory=dict)
+    preview_every: int = 1
+
+
+def _dist():
+    """(rank, world_size); initialises torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _recipe(opts: TrainOptions) -> dict:
+    return dict(models.REGISTRY[opts.recipe or opts.model].recipe)
+
+
+def build_optimizer(model, recipe: dict, lr: float):
+    if recipe.get("optimizer") == "rmsprop":
+        return torch.optim.RMSprop(model.parameters(), lr=lr)
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=recipe.get("weight_decay", 0.0))
+
+
+def build_scheduler(optimizer, recipe: dict, epochs: int):
+    sched = recipe.get("schedule")
+    if sched == "poly0.9":
+        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max(1, epochs), power=0.9)
+    if sched == "plateau0.1p7":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=7)
+    if "milestones" in recipe:  # the paper's epochs 60 and 90 of 120, scaled to this run's length
+        total = recipe.get("epochs", 120)
+        ms = sorted({max(1, round(m * epochs / total)) for m in recipe["milestones"]})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=ms, gamma=recipe.get("gamma", 0.1))
+    return None
+
+
+def _channels_for(layout: D.Layout) -> int:
+    if layout.kind == "seg2d":
+        first = next(iter(layout.pairs.values()))[0]
+        from .. import io
+
+        return 3 if io.read_image2d(first).rgb else 1
+    return 1 if layout.kind == "seg3d" else 3
+
+
+def prepare_data(opts: TrainOptions, size: tuple[int, int]):
+    layout = D.discover(opts.data)
+    parts = D.split(layout, seed=opts.seed)
+    train_stems, val_stems = parts["train"], parts["val"] or parts["train"][:1]
+    if opts.max_cases:
+        train_stems, val_stems = train_stems[: opts.max_cases], val_stems[: max(1, opts.max_cases // 2)]
+    channels = _channels_for(layout)
+    context = 1 if (opts.model == "lstmsa" and layout.kind == "seg3d") else 0
+    train = D.prepare(layout, train_stems, size=size, channels=channels, context=context, axis=opts.slice_axis)
+    numbers = train.preprocessing.get("disc_numbers")
+    val = D.prepare(layout, val_stems, size=size, channels=channels, context=context, disc_numbers=numbers,
+                    axis=opts.slice_axis)
+    val.num_classes = train.num_classes = max(train.num_classes, val.num_classes)
+    summary = {"root": str(Path(opts.data).resolve()), "layout": layout.kind, "train_cases": len(train_stems),
+               "val_cases": len(val_stems), "train_samples": len(train.images), "val_samples": len(val.images),
+               "split": "split.json" if (layout.root / "split.json").is_file() else f"seeded({opts.seed})"}
+    return train, val, summary
+
+
+def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, data=None) -> dict:
+    """Train ``opts.model``; ``data`` may be a (train, val, summary) tuple of :class:`Prepared` arrays
+    instead of ``opts.data``. Returns a summary with the checkpoint paths and the history."""
+    emit = callback or (lambda e: None)
+    cancel = cancel or CancelToken()
+    rank, world = _dist()
+    is_main = rank == 0
+    if not is_main:
+        emit = lambda e: None  # noqa: E731
+    info = models.REGISTRY.get(opts.model)
+    if info is None:
+        raise ValueError(f"unknown network {opts.model!r}; choose from {sorted(models.REGISTRY)}")
+    recipe = _recipe(opts)
+    size = int(opts.input_size or recipe.get("input_size", 256))
+    if size % info.multiple:
+        raise ValueError(f"input size {size} must be a multiple of {info.multiple} for {opts.model}")
+    train_data, val_data, summary = data if data is not None else prepare_data(opts, (size, size))
+    if info.task == "keypoints" and train_data.task != "keypoints":
+        raise ValueError(f"{opts.model} labels discs: it needs a disc dataset (images/ + labels/)")
+    if info.task == "segmentation" and train_data.task != "segmentation":
+        raise ValueError(f"{opts.model} segments: it needs images/ + masks/ or imagesTr/ + labelsTr/")
+    out = Path(opts.out)
+    device = select_device(opts.device)
+    precision = select_precision(device, opts.precision)
+    channels = train_data.images.shape[-3]
+    num_classes = train_data.num_classes
+
+    torch.manual_seed(opts.seed)
+    model = models.build(opts.model, opts.size, in_channels=channels, num_classes=num_classes, **opts.model_options)
+    model.to(device)
+    if device.type != "mps":
+        model = model.to(memory_format=torch.channels_last)
+    lr = opts.lr or recipe.get("lr", 1e-3)
+    epochs = opts.epochs
+    optimizer = build_optimizer(model, recipe, lr)
+    scheduler = build_scheduler(optimizer, recipe, epochs)
+    scaler = precision.grad_scaler()
+    config = {
+        "model": {"name": opts.model, "size": opts.size, "in_channels": channels, "num_classes": num_classes,
+                  "options": opts.model_options, "task": info.task},
+        "preprocessing": train_data.preprocessing,
+        "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_options",)}, "lr": lr,
+                     "recipe": opts.recipe or opts.model, "input_size": size, "world_size": world,
+                     "precision": precision.name, "device": str(device)},
+        "data": summary,
+    }
+    state = {"epoch": 0, "best": -math.inf, "bad_epochs": 0, "history": []}
+    if opts.resume and (out / "last").is_dir():
+        prev = ckpt.read_config(out / "last")
+        if prev["model"]["name"] != opts.model or prev["model"]["num_classes"] != num_classes:
+            raise ckpt.CheckpointError(out / "last", f"cannot resume: it trains {prev['model']['name']} with "
+                                       f"{prev['model']['num_classes']} classes")
+        model.load_state_dict(ckpt.load_weights(out / "last"))
+        ts = ckpt.load_train_state(out / "last")
+        if ts is None:
+            raise ckpt.CheckpointError(out / "last", "no training state to resume from")
+        optimizer.load_state_dict(ts["optimizer"])
+        if scheduler is not None and ts.get("scheduler"):
+            scheduler.load_state_dict(ts["scheduler"])
+        if ts.get("scaler"):
+            scaler.load_state_dict(ts["scaler"])
+        state = {k: ts[k] for k in ("epoch", "best", "bad_epochs", "history")}
+    elif opts.resume:
+        raise ckpt.CheckpointError(out, "nothing to resume: no 'last' checkpoint in this folder")
+
+    dataset = D.TrainDataset(train_data, augment=opts.augment, seed=opts.seed)
+    bs = int(opts.batch_size or recipe.get("batch_size", 8))
+    bs = max(1, min(bs, len(dataset)))
+    sampler = None
+    if world > 1:
+        sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=world, rank=rank,
+                                                                  shuffle=True, seed=opts.seed, drop_last=True)
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    train_model = torch.compile(model) if opts.compile else model
+    seg_loss, heat_loss = SegmentationLoss(), HeatmapLoss()
+    steps_per_epoch = math.ceil(len(dataset) / (bs * world))
+    if opts.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, opts.max_steps_per_epoch)
+    emit(Started(total_epochs=epochs, steps_per_epoch=steps_per_epoch, device=str(device),
+                 precision=precision.name, start_epoch=state["epoch"]))
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    def save(which: str, with_state: bool):
+        if not is_main:
+            return None
+        cfg = {**config, "metrics": {"best_val": state["best"], "history": state["history"][-1:] if
+                                     state["history"] else []}, "epoch": state["epoch"]}
+        ts = None
+        if with_state:
+            ts = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+                  "scaler": scaler.state_dict() if precision.scaler else None, **state}
+        path = ckpt.save_checkpoint(out / which, model, cfg, ts)
+        (out / "history.json").write_text(json.dumps(state["history"], indent=1))
+        return path
+
+    t_start, steps_done = time.perf_counter(), 0
+    total_steps = (epochs - state["epoch"]) * steps_per_epoch
+    reason = "done"
+    while state["epoch"] < epochs:
+        epoch = state["epoch"]
+        t_epoch = time.perf_counter()
+        torch.manual_seed(opts.seed * 100_003 + epoch)  # dropout etc.: same draws with or without resume
+        dataset.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(opts.seed * 100_003 + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=bs, shuffle=sampler is None, sampler=sampler, generator=gen,
+            num_workers=opts.num_workers, worker_init_fn=D.worker_init if opts.num_workers else None,
+            drop_last=len(dataset) >= 2 * bs, persistent_workers=False)
+        model.train()
+        losses = []
+        for step, batch in enumerate(loader):
+            if step >= steps_per_epoch:
+                break
+            if cancel.cancelled:
+                reason = "cancelled"
+                break
+            x = batch["image"].to(device)
+            if x.ndim == 4 and device.type != "mps":
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = batch["target"].to(device)
+            with precision.autocast():
+                outputs = train_model(x)
+            if info.task == "keypoints":
+                loss = heat_loss(outputs, y, batch["visible"].to(device))
+            else:
+                loss = seg_loss(outputs, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
+                                         "try a lower --lr or --precision fp32")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            steps_done += 1
+            elapsed = time.perf_counter() - t_start
+            eta = elapsed / steps_done * (total_steps - steps_done)
+            emit(Step(epoch=epoch + 1, step=step + 1, steps_per_epoch=steps_per_epoch, loss=losses[-1], eta_s=eta))
+        if reason == "cancelled":
+            save("last", with_state=True)  # the interrupted epoch is redone on --resume
+            break
+        metrics, preview = validate(model, val_data, info.task, device, precision, bs)
+        score = metrics["dice"] if info.task == "segmentation" else -metrics["l2_px"]
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(score)
+            else:
+                scheduler.step()
+        improved = score > state["best"]
+        if improved:
+            state["best"], state["bad_epochs"] = score, 0
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                  **metrics, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch}
+        state["history"].append(record)
+        if improved:
+            save("best", with_state=False)
+        save("last", with_state=True)
+        remaining = (time.perf_counter() - t_start) / max(1, steps_done) * (epochs - state["epoch"]) * steps_per_epoch
+        emit(Epoch(epoch=epoch + 1, train_loss=record["train_loss"], metrics=metrics, best=improved,
+                   eta_s=remaining, seconds=record["seconds"]))
+        if preview is not None and (epoch + 1) % max(1, opts.preview_every) == 0:
+            emit(Preview(epoch=epoch + 1, preview=preview))
+        if opts.patience is not None and state["bad_epochs"] >= opts.patience:
+            reason = "early_stop"
+            break
+    best_path = out / "best" if (out / "best").is_dir() else out / "last"
+    emit(Finished(reason=reason, epoch=state["epoch"], best_metric=state["best"], checkpoint=str(best_path)))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return {"reason": reason, "epochs_done": state["epoch"], "best": state["best"], "history": state["history"],
+            "best_checkpoint": str(best_path), "last_checkpoint": str(out / "last"), "device": str(device),
+            "precision": precision.name, "wall_s": time.perf_counter() - t_start}
+
+
+@torch.no_grad()
+def validate(model, val: D.Prepared, task: str, device, precision, batch_size: int):
+    """Task metrics on the (resized) validation samples, and a preview of the first prediction."""
+    was_training = model.training
+    model.eval()
+    dices, errors, preview = [], [], None
+    for i in range(0, len(val.images), batch_size):
+        x = torch.as_tensor(val.images[i: i + batch_size], dtype=torch.float32, device=device)
+        with precision.autocast():
+            out = model(x)
+        out = out.float()
+        if task == "segmentation":
+            y = torch.as_tensor(val.targets[i: i + batch_size], device=device)
+            dices.append(soft_dice(out, y).cpu())
+            if preview is None:
+                preview = out[0].argmax(0).cpu().numpy().astype(np.uint8)
+        else:
+            y = torch.as_tensor(val.targets[i: i + batch_size], device=device)
+            vis = torch.as_tensor(val.visible[i: i + batch_size], device=device)
+            errors.append(mean_peak_error(out, y, vis))
+            if preview is None:
+                preview = out[0].max(0).values.cpu().numpy()
+    model.train(was_training)
+    if task == "segmentation":
+        return {"dice": float(torch.cat(dices).mean())}, preview
+    return {"l2_px": float(np.nanmean(errors))}, preview
