@@ -1,11 +1,18 @@
-"""``napari-medseg`` command line: a thin shell over the Python API."""
+"""``napari-medseg`` command line: a thin shell over :mod:`napari_medseg.api`.
+
+Every command has ``--help`` and exits with status 2 and a one-line error on bad input.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 
 from .io.errors import MedSegIOError
+
+EXIT_BAD_INPUT, EXIT_CANCELLED = 2, 130
 
 
 def _cmd_demo(args) -> int:
@@ -15,23 +22,193 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_models(args) -> int:
+    from . import api
+
+    rows = api.list_models()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':<22} {'network':<10} {'task':<13} {'weights':<8} parameters (small / paper) or metrics")
+    for r in rows:
+        extra = (f"{r['parameters']['small'] / 1e6:.2f} M / {r['parameters']['paper'] / 1e6:.2f} M"
+                 if not r["weights"] else json.dumps(r["metrics"]))
+        print(f"{r['name']:<22} {r['network']:<10} {r['task']:<13} {'yes' if r['weights'] else '-':<8} {extra}")
+    return 0
+
+
+class _TqdmEvents:
+    """Engine events -> tqdm bars (training) and lines (epochs)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event):
+        from tqdm import tqdm
+
+        if event.kind == "started":
+            tqdm.write(f"training on {event.device} ({event.precision}), {event.total_epochs} epochs of "
+                       f"{event.steps_per_epoch} steps, starting at epoch {event.start_epoch + 1}")
+        elif event.kind == "step":
+            if self.bar is None or event.step == 1:
+                if self.bar is not None:
+                    self.bar.close()
+                self.bar = tqdm(total=event.steps_per_epoch, desc=f"epoch {event.epoch}", leave=False)
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{event.loss:.4f}", eta=f"{(event.eta_s or 0) / 60:.1f} min")
+        elif event.kind == "epoch":
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in event.metrics.items())
+            tqdm.write(f"epoch {event.epoch}: loss={event.train_loss:.4f} {metrics}{' (best)' if event.best else ''}")
+        elif event.kind == "finished":
+            if self.bar is not None:
+                self.bar.close()
+            tqdm.write(f"finished ({event.reason}) after epoch {event.epoch}; checkpoint: {event.checkpoint}")
+        elif event.kind == "progress":
+            tqdm.write(f"[{event.done}/{event.total}] {event.item}: {event.status}")
+
+
+def _cmd_train(args) -> int:
+    from . import api
+    from .engine.events import CancelToken
+
+    cancel = CancelToken()
+
+    def on_sigint(signum, frame):
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        print("\ninterrupt: stopping at the next step and saving a resumable checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr)
+        cancel.cancel()
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = api.train(
+            args.model, args.data, args.out, size=args.size, epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, device=args.device, precision=args.precision, seed=args.seed, resume=args.resume,
+            input_size=args.input_size, patience=args.patience, num_workers=args.workers, compile=args.compile,
+            recipe=args.recipe, max_cases=args.max_cases, max_steps_per_epoch=args.max_steps,
+            augment=not args.no_augment, callback=_TqdmEvents(), cancel=cancel)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
+    return EXIT_CANCELLED if result["reason"] == "cancelled" else 0
+
+
+def _cmd_predict(args, task=None) -> int:
+    from . import api
+
+    summary = api.batch(args.inputs, args.out, model=args.model, weights=args.weights, task=task,
+                        tta=getattr(args, "tta", False), cleanup=getattr(args, "cleanup", False), device=args.device,
+                        callback=_TqdmEvents())
+    for s in summary["skipped"]:
+        print(f"skipped {s['file']}: {s['error']}", file=sys.stderr)
+    print(f"wrote {len(summary['written'])} file(s) for {len(summary['results'])} input(s); "
+          f"skipped {len(summary['skipped'])}")
+    if not summary["results"]:
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from . import api
+
+    result = api.evaluate(args.data, model=args.model, weights=args.weights, json_path=args.json, subset=args.subset,
+                          max_cases=args.max_cases, tta=args.tta, device=args.device, callback=_TqdmEvents())
+    print(json.dumps(result["mean"], indent=1))
+    return 0
+
+
+def _weights_args(p, required=True):
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--model", help="name of bundled weights (see `napari-medseg models`)")
+    g.add_argument("--weights", help="checkpoint folder (model.safetensors + config.json)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-medseg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="napari-medseg", description="Medical image segmentation and disc "
+                                     "labeling networks: train, predict, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="open the shipped sample data in napari (or headless: screenshots + summary)")
-    demo.add_argument("--headless", action="store_true", help="no window: write screenshots and a summary to --out")
-    demo.add_argument("--out", default="out/demo", help="output folder for --headless (default: out/demo)")
-    demo.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("models", help="list networks and bundled weights")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("train", help="train a network on a dataset folder")
+    p.add_argument("--model", required=True, help="lstmsa, bilateral, bcdunet, hourglass or unet")
+    p.add_argument("--size", default="small", choices=["small", "paper"])
+    p.add_argument("--data", required=True, help="dataset folder (images/+masks/, imagesTr/+labelsTr/, images/+labels/)")
+    p.add_argument("--out", required=True, help="run folder: best/ and last/ checkpoints, history.json")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 on CUDA/AVX512-BF16/AMX CPUs, fp16+grad scaling on older GPUs; fp32 turns it off")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--recipe", default=None, help="use another network's training recipe (baselines)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--max-cases", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="segment images or volumes; writes <stem>_seg.nii.gz / <stem>_seg.png")
+    _weights_args(p)
+    p.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tta", action="store_true", help="average over flips")
+    p.add_argument("--cleanup", action="store_true", help="keep the largest component of each class")
+    p.set_defaults(func=lambda a: _cmd_predict(a, task="segmentation"))
+
+    p = sub.add_parser("label-discs", help="label intervertebral discs; writes _discs.csv/.json/_labels-disc.nii.gz")
+    _weights_args(p, required=False)
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=lambda a: _cmd_predict(_default_disc_model(a), task="keypoints"))
+
+    p = sub.add_parser("evaluate", help="metrics on a dataset's test split (JSON with cases and mean)")
+    _weights_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--json", default=None, help="write the full result here")
+    p.add_argument("--subset", default="test", choices=["train", "val", "test"])
+    p.add_argument("--max-cases", type=int, default=None)
+    p.add_argument("--tta", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="open the shipped sample data in napari (or headless: screenshots + summary)")
+    p.add_argument("--headless", action="store_true", help="no window: write screenshots and a summary to --out")
+    p.add_argument("--out", default="out/demo", help="output folder for --headless (default: out/demo)")
+    p.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _default_disc_model(args):
+    if args.model is None and args.weights is None:
+        from . import api
+
+        discs = [n for n, p in api.bundled_weights().items() if "hourglass" in n]
+        if not discs:
+            raise ValueError("no bundled disc-labeling weights yet; pass --weights <checkpoint folder>")
+        args.model = discs[0]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (MedSegIOError, KeyError, ValueError) as err:
-        print(f"napari-medseg: error: {err}", file=sys.stderr)
-        return 2
+    except (MedSegIOError, KeyError, ValueError, MemoryError, FloatingPointError, FileNotFoundError) as err:
+        msg = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+        print(f"napari-medseg: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -191,7 +191,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     emit(Started(total_epochs=epochs, steps_per_epoch=steps_per_epoch, device=str(device),
                  precision=precision.name, start_epoch=state["epoch"]))
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        _check_writable(out)
 
     def save(which: str, with_state: bool):
         if not is_main:
@@ -220,7 +220,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=bs, shuffle=sampler is None, sampler=sampler, generator=gen,
             num_workers=opts.num_workers, worker_init_fn=D.worker_init if opts.num_workers else None,
-            drop_last=len(dataset) >= 2 * bs, persistent_workers=False)
+            drop_last=len(dataset) > bs, persistent_workers=False)  # no batch of 1 for BatchNorm
         model.train()
         losses = []
         for step, batch in enumerate(loader):
@@ -290,6 +290,18 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     return {"reason": reason, "epochs_done": state["epoch"], "best": state["best"], "history": state["history"],
             "best_checkpoint": str(best_path), "last_checkpoint": str(out / "last"), "device": str(device),
             "precision": precision.name, "wall_s": time.perf_counter() - t_start}
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before training starts, not after an hour, when the run folder cannot be written."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ckpt.CheckpointError(out, f"cannot write the run folder: {err.strerror or err}") from err
 
 
 @torch.no_grad()

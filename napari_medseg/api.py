@@ -1,0 +1,269 @@
+"""Python API for scripts and napari's console: ``segment``, ``label_discs``, ``train``, ``evaluate``,
+``batch``. The CLI and the widgets call the same functions.
+
+    >>> from napari_medseg import api
+    >>> seg = api.segment("ct.nii.gz", weights="runs/unet/best")      # labels + geometry
+    >>> discs = api.label_discs(viewer.layers["t2"], weights="runs/hg/best")
+    >>> api.batch("scans/*.nii.gz", out="results", weights="runs/unet/best")
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import io
+from .engine import checkpoint as ckpt
+from .engine.events import CancelToken
+from .engine.infer import Predictor
+from .io.errors import MedSegIOError
+
+ImageLike = Any  # path, numpy array, io.Volume or a napari layer (anything with .data)
+
+
+@dataclass
+class Segmentation:
+    labels: np.ndarray
+    affine: np.ndarray | None
+    name: str
+    class_names: list[str] = field(default_factory=list)
+    probabilities: np.ndarray | None = None
+    source: str | None = None
+
+
+# ---------------------------------------------------------------- weights
+
+
+def bundled_weights() -> dict[str, Path]:
+    """Weights shipped inside the package (``napari_medseg/weights/<name>/``)."""
+    root = resources.files("napari_medseg") / "weights"
+    out = {}
+    try:
+        for entry in root.iterdir():
+            if entry.is_dir() and (entry / "config.json").is_file():
+                out[entry.name] = Path(str(entry))
+    except FileNotFoundError:
+        pass
+    return dict(sorted(out.items()))
+
+
+def list_models() -> list[dict]:
+    """Networks and bundled weights, as ``napari-medseg models --json`` prints them."""
+    from . import models
+
+    rows = []
+    for info in models.available():
+        rows.append({"name": info["name"], "network": info["name"], "size": "small|paper", "task": info["task"],
+                     "dataset": None, "weights": False, "metrics": {}, "parameters": info["parameters"],
+                     "title": info["title"]})
+    for name, path in bundled_weights().items():
+        cfg = ckpt.read_config(path)
+        card = cfg.get("card", {})
+        rows.append({"name": name, "network": cfg["model"]["name"], "size": cfg["model"].get("size"),
+                     "task": cfg["model"].get("task"), "dataset": card.get("dataset"), "weights": True,
+                     "metrics": card.get("test_metrics", {}), "path": str(path)})
+    return rows
+
+
+def load(model: str | None = None, weights: str | os.PathLike | None = None, *, device: str = "auto",
+         precision: str = "auto", batch_size: int = 8) -> Predictor:
+    """A :class:`Predictor` from a checkpoint folder (``weights``) or a bundled name (``model``)."""
+    if weights is None and model is None:
+        raise ValueError("give weights=<checkpoint folder> or model=<bundled weights name>")
+    if weights is None:
+        bundled = bundled_weights()
+        if model not in bundled:
+            have = ", ".join(bundled) or "none yet"
+            raise ValueError(f"no bundled weights named {model!r} (bundled: {have}); pass a checkpoint with --weights")
+        weights = bundled[model]
+    return Predictor.from_checkpoint(weights, device=device, precision=precision, batch_size=batch_size)
+
+
+def _predictor(model, weights, predictor, **kw) -> Predictor:
+    return predictor if predictor is not None else load(model, weights, **kw)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _as_volume(image: ImageLike) -> io.Volume:
+    if isinstance(image, io.Volume):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        vols = io.read(image)
+        if len(vols) > 1:
+            raise MedSegIOError(image, f"holds {len(vols)} series; pass one series folder")
+        return vols[0]
+    data = getattr(image, "data", image)  # napari layers and arrays alike
+    arr = np.asarray(data)
+    rgb = bool(getattr(image, "rgb", False)) or (arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8)
+    scale = tuple(getattr(image, "scale", ())) or (1.0,) * arr.ndim
+    affine = np.eye(4)
+    if arr.ndim - int(rgb) == 3:  # napari layer order (z, y, x): file order is reversed
+        arr = arr.transpose(2, 1, 0)
+        affine[:3, :3] = np.diag(scale[::-1][:3])
+    name = getattr(image, "name", "array")
+    return io.Volume(data=arr, affine=affine, name=str(name), rgb=rgb,
+                     metadata={"layout": "2d" if arr.ndim - int(rgb) == 2 else "3d", "from_layer": hasattr(image, "data")})
+
+
+def _is_2d(vol: io.Volume) -> bool:
+    return vol.spatial_ndim == 2 or vol.metadata.get("layout") == "2d"
+
+
+# ---------------------------------------------------------------- segmentation
+
+
+def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: int | str | None = None,
+            tta: bool = False, cleanup: bool = False, probabilities: bool = False, device: str = "auto",
+            predictor: Predictor | None = None, callback=None, cancel: CancelToken | None = None) -> Segmentation:
+    """Segment a 2D image or a 3D volume. Arrays and napari layers come back in their own layout;
+    files and volumes in file order with their affine."""
+    pred = _predictor(model, weights, predictor, device=device)
+    vol = _as_volume(image)
+    from_layer = vol.metadata.get("from_layer", False)
+    if _is_2d(vol):
+        out = pred.segment_image(vol.data, rgb=vol.rgb, tta=tta, cleanup=cleanup, probabilities=probabilities)
+    else:
+        out = pred.segment_volume(vol, axis=axis, tta=tta, cleanup=cleanup, probabilities=probabilities,
+                                  callback=callback, cancel=cancel)
+    labels, probs = out if probabilities else (out, None)
+    if from_layer and not _is_2d(vol):  # back to the layer's (z, y, x) order
+        labels = labels.transpose(2, 1, 0)
+        probs = None if probs is None else probs.transpose(0, 3, 2, 1)
+    names = pred.config.get("preprocessing", {}).get("label_names") or (
+        ["background"] + [f"class {i}" for i in range(1, pred.num_classes)])
+    return Segmentation(labels, None if from_layer else vol.affine, vol.name, list(names), probs, vol.path)
+
+
+def label_discs(image: ImageLike, weights=None, model: str | None = None, *, device: str = "auto",
+                min_confidence: float = 0.2, predictor: Predictor | None = None) -> io.DiscPoints:
+    """Named intervertebral discs (SCT numbers, confidences) in voxel and world coordinates."""
+    pred = _predictor(model, weights, predictor, device=device)
+    vol = _as_volume(image)
+    if _is_2d(vol):
+        raise ValueError(f"{vol.name}: disc labeling needs a 3-D spine volume")
+    return pred.label_discs(vol, min_confidence=min_confidence)
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+
+def train(model: str, data: str, out: str, **options) -> dict:
+    """Train a network on a dataset folder; ``options`` are :class:`TrainOptions` fields."""
+    from .engine.train import TrainOptions, train as _train
+
+    callback, cancel = options.pop("callback", None), options.pop("cancel", None)
+    return _train(TrainOptions(model=model, data=data, out=out, **options), callback=callback, cancel=cancel)
+
+
+def evaluate(data: str, model: str | None = None, weights=None, *, json_path: str | None = None,
+             subset: str = "test", max_cases: int | None = None, tta: bool = False, device: str = "auto",
+             callback=None) -> dict:
+    from .engine.evaluate import evaluate as _evaluate
+
+    pred = load(model, weights, device=device)
+    result = _evaluate(pred, data, subset=subset, max_cases=max_cases, tta=tta, callback=callback)
+    if json_path:
+        io.atomic.write_text_atomic(json_path, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+# ---------------------------------------------------------------- batch
+
+
+def expand_inputs(inputs) -> list[Path]:
+    """Files, folders (their images, and DICOM series folders) and glob patterns -> a sorted file list."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    out: list[Path] = []
+    for item in items:
+        s = str(item)
+        if any(ch in s for ch in "*?["):
+            out.extend(Path(p) for p in sorted(glob.glob(s, recursive=True)))
+            continue
+        p = Path(s)
+        if p.is_dir() and not io.folder_has_dicom(p, max_files=20):
+            for child in sorted(p.iterdir()):
+                if child.is_file() and (io.is_nifti_path(child) or io.is_image2d_path(child)):
+                    out.append(child)
+                elif child.is_dir() and io.folder_has_dicom(child, max_files=20):
+                    out.append(child)
+        else:
+            out.append(p)
+    seen, unique = set(), []
+    for p in out:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique
+
+
+def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None, *, task: str | None = None,
+          tta: bool = False, cleanup: bool = False, device: str = "auto", callback=None,
+          cancel: CancelToken | None = None) -> dict:
+    """Run a model over many files; a bad file is reported and skipped, the rest are written.
+
+    Writes ``<stem>_seg.nii.gz`` (volumes, source geometry) or ``<stem>_seg.png`` (2D images), or for disc
+    labeling ``<stem>_discs.csv``, ``<stem>_discs.json`` and ``<stem>_labels-disc.nii.gz``. Under torchrun
+    the files are split across ranks. Returns ``{"written": [...], "skipped": [...], "results": [...]}``."""
+    from .engine.events import Progress
+
+    pred = load(model, weights, device=device)
+    task = task or pred.task
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = expand_inputs(inputs)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    files = files[rank::world]
+    emit = callback or (lambda e: None)
+    summary: dict = {"written": [], "skipped": [], "results": []}
+    for i, path in enumerate(files):
+        if cancel is not None and cancel.cancelled:
+            break
+        t0 = time.perf_counter()
+        try:
+            row = _batch_one(pred, path, out, task, tta, cleanup)
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            summary["written"].extend(row["outputs"])
+            summary["results"].append(row)
+            status = "ok"
+        except (MedSegIOError, ValueError, MemoryError, OSError) as err:
+            summary["skipped"].append({"file": str(path), "error": str(err)})
+            status = f"skipped: {err}"
+        emit(Progress(done=i + 1, total=len(files), item=str(path), status=status))
+    summary["n_inputs"] = len(files)
+    return summary
+
+
+def _batch_one(pred: Predictor, path: Path, out: Path, task: str, tta: bool, cleanup: bool) -> dict:
+    vols = io.read(path)
+    if len(vols) != 1:
+        raise MedSegIOError(path, f"holds {len(vols)} series; give one series per folder")
+    vol = vols[0]
+    stem = io.file_stem(path) if path.is_file() else path.name
+    if task == "keypoints":
+        points = pred.label_discs(vol)
+        outs = [io.write_points(out / f"{stem}_discs.csv", points), io.write_points(out / f"{stem}_discs.json", points),
+                io.write_points(out / f"{stem}_labels-disc.nii.gz", points, reference=vol)]
+        return {"file": str(path), "outputs": [str(p) for p in outs], "discs": len(points),
+                "names": [d.name for d in points.discs]}
+    if _is_2d(vol):
+        labels = pred.segment_image(vol.data, rgb=vol.rgb, tta=tta, cleanup=cleanup)
+        target = io.write_image2d(out / f"{stem}_seg.png", labels)
+        voxel = 1.0
+    else:
+        labels = pred.segment_volume(vol, tta=tta, cleanup=cleanup)
+        target = io.write_nifti(out / f"{stem}_seg.nii.gz", labels, reference=vol, kind="labels")
+        voxel = float(np.prod(vol.spacing))
+    counts = np.bincount(labels.ravel(), minlength=pred.num_classes)
+    unit = "px" if _is_2d(vol) else "mm3"
+    return {"file": str(path), "outputs": [str(target)],
+            "volumes": {f"class{c}_{unit}": float(counts[c] * voxel) for c in range(1, pred.num_classes)}}

@@ -1,0 +1,93 @@
+"""Evaluate a checkpoint on a dataset's test split at native resolution; JSON per DESIGN.md."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import io
+from . import data as D
+from . import preprocess as pp
+from .infer import Predictor
+from .metrics import disc_metrics, segmentation_metrics
+
+
+def evaluate(predictor: Predictor, data_dir: str, *, subset: str = "test", max_cases: int | None = None,
+             tta: bool = False, callback=None) -> dict:
+    layout = D.discover(data_dir)
+    parts = D.split(layout, seed=0)
+    stems = parts.get(subset) or []
+    if not stems:
+        raise D.DataError(layout.root, f"the split has no {subset!r} cases")
+    stems = stems[:max_cases] if max_cases else stems
+    cases = []
+    for i, stem in enumerate(stems):
+        img_path, tgt_path = layout.pairs[stem]
+        t0 = time.perf_counter()
+        if layout.kind == "discs":
+            case = _eval_discs(predictor, img_path, tgt_path)
+        elif layout.kind == "seg2d":
+            vol = io.read_image2d(img_path, kind="image")
+            truth = D.read_mask(tgt_path)
+            pred = predictor.segment_image(vol.data, rgb=vol.rgb, tta=tta)
+            case = segmentation_metrics(pred, truth, predictor.num_classes)
+        else:
+            vol = io.read_nifti(img_path, kind="image")
+            truth = np.asarray(io.read_nifti(tgt_path, kind="labels").data)
+            pred = predictor.segment_volume(vol, tta=tta)
+            case = segmentation_metrics(pred, truth, predictor.num_classes, vol.spacing)
+        case["stem"] = stem
+        case["seconds"] = time.perf_counter() - t0
+        cases.append(case)
+        if callback:
+            from .events import Progress
+
+            callback(Progress(done=i + 1, total=len(stems), item=stem, status="evaluated"))
+    return {"subset": subset, "cases": [_jsonable(c) for c in cases], "mean": _mean(cases, layout.kind),
+            "model": predictor.config.get("model"), "data": str(layout.root)}
+
+
+def _eval_discs(predictor: Predictor, img_path, tgt_path) -> dict:
+    vol = io.read_nifti(img_path, kind="image")
+    truth = D.disc_points(tgt_path, vol)
+    pred = predictor.label_discs(vol)
+    _, geo = pp.sagittal_view(np.zeros(vol.data.shape[:3], np.float32), vol.affine, 1)
+    spacing = vol.spacing
+    sp_rc = (spacing[geo["si"]], spacing[geo["ap"]])
+    t_rc = dict(zip(truth.numbers, pp.voxel_to_view(truth.voxels(), geo)))
+    p_rc = dict(zip(pred.numbers, pp.voxel_to_view(pred.voxels(), geo))) if len(pred) else {}
+    out = disc_metrics(p_rc, t_rc, sp_rc)
+    out["predicted"] = [{"name": d.name, "confidence": d.confidence} for d in pred.discs]
+    return out
+
+
+def _mean(cases: list[dict], kind: str) -> dict:
+    if kind == "discs":
+        all_d = [d for c in cases for d in c["l2_all_mm"]]
+        n_true = sum(c["n_true"] for c in cases)
+        return {"l2_mm": float(np.median(all_d)) if all_d else float("nan"),
+                "fnr": sum(c["fn"] for c in cases) / max(1, n_true),
+                "fpr": sum(c["fp"] for c in cases) / max(1, n_true), "cases": len(cases),
+                "seconds_per_case": float(np.mean([c["seconds"] for c in cases]))}
+    out = {}
+    for k in ("dice", "iou", "hd95"):
+        vals = [c[f"{k}_mean"] for c in cases if np.isfinite(c[f"{k}_mean"])]
+        out[k] = float(np.mean(vals)) if vals else float("nan")
+        classes = sorted({cl for c in cases for cl in c[k]})
+        out[f"{k}_per_class"] = {str(cl): float(np.nanmean([c[k][cl] for c in cases])) for cl in classes}
+    out["cases"] = len(cases)
+    out["seconds_per_case"] = float(np.mean([c["seconds"] for c in cases]))
+    return out
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

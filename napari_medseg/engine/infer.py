@@ -1,0 +1,188 @@
+"""Inference: 2D images, 3D volumes slice by slice (2.5D stacks for LSTMSA), sliding windows with
+Gaussian blending, test-time flips, largest-component clean-up, and disc labeling from heatmaps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import io
+from . import checkpoint as ckpt
+from . import preprocess as pp
+from .devices import select_device, select_precision
+from .discs import decode_discs
+from .events import CancelToken, Progress
+
+
+class Predictor:
+    """A trained network plus the preprocessing it was trained with."""
+
+    def __init__(self, model: torch.nn.Module, config: dict, device: str = "auto", precision: str = "auto",
+                 batch_size: int = 8):
+        self.device = select_device(device)
+        self.precision = select_precision(self.device, precision)
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.pre = config.get("preprocessing", {})
+        self.size = tuple(self.pre.get("input_size", (256, 256)))
+        self.channels = int(config["model"]["in_channels"])
+        self.num_classes = int(config["model"]["num_classes"])
+        self.task = config["model"].get("task", "segmentation")
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kw) -> "Predictor":
+        model, cfg = ckpt.load_model(path)
+        return cls(model, cfg, **kw)
+
+    # ------------------------------------------------------------ core
+
+    @torch.no_grad()
+    def _forward(self, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """Softmax probabilities (B, K, H, W); ``tta`` averages over horizontal and vertical flips."""
+        flips = [(), (-1,), (-2,)] if tta else [()]
+        acc = None
+        for dims in flips:
+            xi = x.flip(dims) if dims else x
+            with self.precision.autocast():
+                out = self.model(xi.to(self.device))
+            prob = torch.softmax(out.float(), dim=1) if self.task == "segmentation" else out.float()
+            prob = prob.flip(dims) if dims else prob
+            acc = prob if acc is None else acc + prob
+        return (acc / len(flips)).cpu()
+
+    def _batched(self, samples: list[np.ndarray], tta: bool, cancel: CancelToken | None = None, progress=None):
+        outs = []
+        for i in range(0, len(samples), self.batch_size):
+            if cancel is not None and cancel.cancelled:
+                raise InterruptedError("prediction cancelled")
+            x = torch.as_tensor(np.stack(samples[i: i + self.batch_size]), dtype=torch.float32)
+            try:
+                outs.append(self._forward(x, tta))
+            except RuntimeError as err:
+                if "out of memory" in str(err).lower() or "can't allocate" in str(err).lower():
+                    raise MemoryError(
+                        f"out of memory predicting a batch of {x.shape[0]} at {tuple(x.shape[-2:])}: "
+                        "use a smaller batch size or tile size") from err
+                raise
+            if progress:
+                progress(min(i + self.batch_size, len(samples)), len(samples))
+        return torch.cat(outs)
+
+    # ------------------------------------------------------------ 2D
+
+    def segment_image(self, image: np.ndarray, *, rgb: bool | None = None, tta: bool = False,
+                      cleanup: bool = False, probabilities: bool = False, mode: str = "resize"):
+        """Labels (H, W) uint8 for one 2D image (and probabilities (K, H, W) on request).
+
+        ``mode="resize"`` resizes to the training size and back (how the 2D networks were trained);
+        ``mode="sliding"`` runs Gaussian-blended sliding windows of the training size at native resolution
+        (for images much larger than the training size, when training used native-resolution crops)."""
+        image = np.asarray(image)
+        rgb = (image.ndim == 3 and image.shape[-1] in (3, 4)) if rgb is None else rgb
+        h, w = image.shape[:2]
+        norm = self.pre.get("normalize", "rgb01")
+        if norm == "rgb01" and image.dtype != np.uint8:
+            norm = "minmax"
+        x = pp.normalize(pp.to_channels(image, self.channels, rgb), norm)
+        if mode == "sliding":
+            from monai.inferers import sliding_window_inference
+
+            t = torch.as_tensor(x)[None]
+            with torch.no_grad():
+                prob = sliding_window_inference(t, self.size, sw_batch_size=self.batch_size,
+                                                predictor=lambda b: self._forward(b, tta), overlap=0.25,
+                                                mode="gaussian", padding_mode="reflect")[0]
+        else:
+            sample = pp.resize(x, self.size, "area").numpy()
+            prob = self._batched([sample], tta)[0]
+            prob = pp.resize(prob, (h, w), "bilinear")
+        labels = prob.argmax(0).numpy().astype(np.uint8)
+        if cleanup:
+            labels = largest_components(labels)
+        return (labels, prob.numpy()) if probabilities else labels
+
+    # ------------------------------------------------------------ 3D
+
+    def segment_volume(self, vol: io.Volume, *, axis: int | str | None = None, tta: bool = False,
+                       cleanup: bool = False, probabilities: bool = False, callback=None,
+                       cancel: CancelToken | None = None):
+        """Labels with the volume's spatial shape, predicted slice by slice along ``axis``."""
+        data = np.asarray(vol.data, dtype=np.float32)
+        if data.ndim == 4:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise ValueError(f"{vol.name}: expected a 3-D volume, got shape {data.shape}")
+        ax = pp.slice_axis_for(vol.affine, data.shape, self.pre.get("slice_axis", "auto") if axis is None else axis)
+        norm = self.pre.get("normalize", "zscore")
+        if norm == "rgb01":
+            norm = "minmax"
+        stats = pp.volume_stats(data, norm)
+        moved = np.moveaxis(pp.normalize(data, norm, stats), ax, 0)
+        n, h, w = moved.shape
+        context = int(self.pre.get("context", 0))
+        samples = []
+        for k in range(n):
+            if context:
+                idx = [min(max(k + d, 0), n - 1) for d in range(-context, context + 1)]
+                st = np.stack([np.repeat(moved[i][None], self.channels, 0) for i in idx])
+                samples.append(pp.resize(st.reshape(-1, h, w), self.size).numpy().reshape(len(idx), self.channels,
+                                                                                            *self.size))
+            else:
+                samples.append(pp.resize(np.repeat(moved[k][None], self.channels, 0), self.size).numpy())
+        emit = callback or (lambda e: None)
+        probs = self._batched(samples, tta, cancel,
+                              progress=lambda d, t: emit(Progress(done=d, total=t, item=vol.name, status="slices")))
+        probs = torch.stack([pp.resize(p, (h, w)) for p in probs])  # (n, K, h, w)
+        labels = probs.argmax(1).numpy().astype(np.uint8)
+        labels = np.moveaxis(labels, 0, ax)
+        if cleanup:
+            labels = largest_components(labels)
+        if probabilities:
+            return labels, np.moveaxis(probs.numpy(), 0, ax + 1 if ax else 1)
+        return labels
+
+    # ------------------------------------------------------------ discs
+
+    def label_discs(self, vol: io.Volume, *, min_confidence: float = 0.2) -> io.DiscPoints:
+        """Named discs (SCT numbers) with confidences, in voxel and world coordinates of ``vol``."""
+        if self.task != "keypoints":
+            raise ValueError("this network segments; disc labeling needs a keypoint (hourglass) checkpoint")
+        data = np.asarray(vol.data, dtype=np.float32)
+        if data.ndim != 3:
+            raise ValueError(f"{vol.name}: disc labeling needs a 3-D volume, got shape {data.shape}")
+        from .data import disc_view_input
+
+        view, geo = pp.sagittal_view(data, vol.affine, int(self.pre.get("n_average", 7)))
+        x = disc_view_input(view, self.size)
+        heat = self._batched([x], tta=False)[0].numpy()
+        numbers = list(self.pre["disc_numbers"])
+        found = decode_discs(heat, numbers, self.pre.get("prior", {}), min_confidence=min_confidence)
+        if not found:
+            return io.DiscPoints([], vol.affine, vol.data.shape[:3], vol.path)
+        rows = np.array([f["row"] for f in found])
+        cols = np.array([f["col"] for f in found])
+        # network-input pixels -> sagittal-view pixels
+        sr, sc = view.shape[0] / self.size[0], view.shape[1] / self.size[1]
+        vox = pp.view_to_voxel((rows + 0.5) * sr - 0.5, (cols + 0.5) * sc - 0.5, geo)
+        return io.DiscPoints.from_voxels(vox, [f["number"] for f in found], vol.affine, vol.data.shape[:3],
+                                         confidences=[f["confidence"] for f in found], source=vol.path)
+
+
+def largest_components(labels: np.ndarray) -> np.ndarray:
+    """Keep only the largest connected component of each foreground class."""
+    from scipy import ndimage
+
+    out = np.zeros_like(labels)
+    for c in np.unique(labels):
+        if c == 0:
+            continue
+        comp, n = ndimage.label(labels == c)
+        if n == 0:
+            continue
+        sizes = np.bincount(comp.ravel())[1:]
+        out[comp == (np.argmax(sizes) + 1)] = c
+    return out
+

@@ -1,0 +1,64 @@
+"""Segmentation metrics (Dice, IoU, HD95 via MONAI, in mm where spacing is known) and the disc
+labeling metrics of the MLMI 2021 paper (median L2 in mm, false-negative and false-positive rates)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+
+def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int,
+                         spacing: tuple[float, ...] | None = None) -> dict:
+    """Per foreground class: dice, iou, hd95 (mm when ``spacing`` is given, else pixels)."""
+    from monai.metrics import compute_hausdorff_distance
+
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+    out = {"dice": {}, "iou": {}, "hd95": {}}
+    for c in range(1, num_classes):
+        p, t = pred == c, truth == c
+        inter, ps, ts = np.logical_and(p, t).sum(), p.sum(), t.sum()
+        union = ps + ts - inter
+        out["dice"][c] = 1.0 if ps + ts == 0 else float(2 * inter / (ps + ts))
+        out["iou"][c] = 1.0 if union == 0 else float(inter / union)
+        if ps == 0 or ts == 0:
+            out["hd95"][c] = 0.0 if ps == ts == 0 else float("nan")
+            continue
+        pt = torch.as_tensor(p[None, None])
+        tt = torch.as_tensor(t[None, None])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hd = compute_hausdorff_distance(pt, tt, percentile=95, spacing=list(spacing) if spacing else None)
+        out["hd95"][c] = float(hd.item())
+    for k in ("dice", "iou", "hd95"):
+        vals = [v for v in out[k].values() if np.isfinite(v)]
+        out[f"{k}_mean"] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def disc_metrics(pred_rc: dict[int, np.ndarray], true_rc: dict[int, np.ndarray], spacing_rc: tuple[float, float],
+                 fn_px: float = 7.0, fp_px: float = 10.0) -> dict:
+    """Disc positions in the sagittal plane, keyed by SCT number, as (row = along the spine, col) pixels.
+
+    * L2: distance between a true disc and the prediction with the same number, in mm.
+    * false negative: a true disc with no prediction of its number within ``fn_px`` along the spine axis.
+    * false positive: a prediction whose nearest true disc is more than ``fp_px`` away.
+    Rates are over the number of true discs."""
+    sp = np.asarray(spacing_rc, dtype=float)
+    dists, fn, fp = [], 0, 0
+    for n, t in true_rc.items():
+        p = pred_rc.get(n)
+        if p is None or abs(p[0] - t[0]) > fn_px:
+            fn += 1
+        if p is not None:
+            dists.append(float(np.linalg.norm((np.asarray(p) - np.asarray(t)) * sp)))
+    truths = np.array(list(true_rc.values())) if true_rc else np.zeros((0, 2))
+    for n, p in pred_rc.items():
+        if len(truths) == 0 or np.min(np.linalg.norm(truths - np.asarray(p), axis=1)) > fp_px:
+            fp += 1
+    n_true = max(1, len(true_rc))
+    return {"l2_mm": float(np.median(dists)) if dists else float("nan"), "l2_all_mm": dists,
+            "fn": fn, "fp": fp, "n_true": len(true_rc), "n_pred": len(pred_rc),
+            "fnr": fn / n_true, "fpr": fp / n_true}

@@ -1,0 +1,422 @@
+"""Engine: short real training runs on tiny subsets of ../shared/data, checkpoints, resume, cancel,
+inference, evaluation, bad input."""
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medseg import api, io
+from napari_medseg.engine import checkpoint as ckpt
+from napari_medseg.engine import data as D
+from napari_medseg.engine.devices import Precision, select_device, select_precision
+from napari_medseg.engine.events import CancelToken
+from napari_medseg.engine.train import TrainOptions, train
+
+torch.set_num_threads(2)
+
+
+def _subset(shared, tmp, name, train, val, test, kind):
+    """A tiny copy (symlinks) of a shared dataset with its own split.json."""
+    root = tmp / name
+    layout = D.discover(shared / name)
+    dirs = {"seg2d": ("images", "masks"), "seg3d": ("imagesTr", "labelsTr"), "discs": ("images", "labels")}[kind]
+    for d in dirs:
+        (root / d).mkdir(parents=True)
+    stems = train + val + test
+    for s in stems:
+        img, tgt = layout.pairs[s]
+        os.symlink(img, root / dirs[0] / img.name)
+        os.symlink(tgt, root / dirs[1] / tgt.name)
+    if (shared / name / "dataset.json").is_file():
+        shutil.copy(shared / name / "dataset.json", root / "dataset.json")
+    (root / "split.json").write_text(json.dumps({"train": train, "val": val, "test": test}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(shared, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("data")
+    out = {}
+    for name, kind in (("kvasir-seg", "seg2d"), ("acdc", "seg3d"), ("spine-discs", "discs")):
+        parts = json.loads((shared / name / "split.json").read_text())
+        n = (4, 2, 2) if kind == "seg2d" else (3, 1, 1)
+        out[name] = _subset(shared, tmp, name, parts["train"][: n[0]], parts["val"][: n[1]], parts["test"][: n[2]], kind)
+    return out
+
+
+def _opts(model, data, out, **kw):
+    base = dict(model=model, data=str(data), out=str(out), epochs=1, batch_size=2, input_size=64, seed=1,
+                precision="fp32", max_steps_per_epoch=2)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+@pytest.mark.parametrize("model,dataset", [
+    ("unet", "kvasir-seg"), ("bilateral", "kvasir-seg"), ("bcdunet", "kvasir-seg"),
+    ("lstmsa", "acdc"), ("hourglass", "spine-discs"),
+])
+def test_train_predict_evaluate(tiny, tmp_path, model, dataset):
+    events = []
+    result = train(_opts(model, tiny[dataset], tmp_path / "run", epochs=2), callback=events.append)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished" and kinds.count("epoch") == 2 and "step" in kinds
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    cfg = ckpt.read_config(tmp_path / "run" / "best")
+    assert cfg["model"]["name"] == model and cfg["software"]["torch"] == torch.__version__
+    assert cfg["data"]["train_cases"] >= 3
+    res = api.evaluate(str(tiny[dataset]), weights=result["best_checkpoint"], device="cpu")
+    assert len(res["cases"]) >= 1
+    keys = {"l2_mm", "fnr", "fpr"} if model == "hourglass" else {"dice", "iou", "hd95"}
+    assert keys <= set(res["mean"])
+    if model != "hourglass":
+        assert 0.0 <= res["mean"]["dice"] <= 1.0
+
+
+def test_lstmsa_trains_on_25d_stacks(tiny, tmp_path):
+    train(_opts("lstmsa", tiny["acdc"], tmp_path / "run"))
+    cfg = ckpt.read_config(tmp_path / "run" / "best")
+    assert cfg["preprocessing"]["context"] == 1 and cfg["model"]["num_classes"] == 4
+    assert cfg["preprocessing"]["label_names"] == ["background", "RV", "Myo", "LV"]
+
+
+def _weights(path):
+    return ckpt.load_weights(path)
+
+
+def test_resume_equals_uninterrupted(tiny, tmp_path):
+    full = train(_opts("unet", tiny["kvasir-seg"], tmp_path / "full", epochs=3))
+    cancel = CancelToken()  # interrupt after epoch 2 of 3 (same schedule as the full run), then resume
+
+    def stop_after_two(e):
+        if e.kind == "epoch" and e.epoch == 2:
+            cancel.cancel()
+
+    first = train(_opts("unet", tiny["kvasir-seg"], tmp_path / "part", epochs=3), callback=stop_after_two,
+                  cancel=cancel)
+    assert first["reason"] == "cancelled" and first["epochs_done"] == 2
+    second = train(_opts("unet", tiny["kvasir-seg"], tmp_path / "part", epochs=3, resume=True))
+    assert second["epochs_done"] == 3
+    a, b = _weights(tmp_path / "full" / "last"), _weights(tmp_path / "part" / "last")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert [round(h["train_loss"], 6) for h in full["history"]] == [round(h["train_loss"], 6) for h in second["history"]]
+
+
+def test_cancel_mid_epoch_leaves_resumable_checkpoint(tiny, tmp_path):
+    cancel = CancelToken()
+
+    def on_event(e):
+        if e.kind == "step" and e.step == 1:
+            cancel.cancel()
+
+    res = train(_opts("unet", tiny["kvasir-seg"], tmp_path / "run", epochs=2, max_steps_per_epoch=3),
+                callback=on_event, cancel=cancel)
+    assert res["reason"] == "cancelled" and res["epochs_done"] == 0
+    state = ckpt.load_train_state(tmp_path / "run" / "last")
+    assert state["epoch"] == 0 and "optimizer" in state
+    res2 = train(_opts("unet", tiny["kvasir-seg"], tmp_path / "run", epochs=2, resume=True))
+    assert res2["epochs_done"] == 2 and res2["reason"] == "done"
+
+
+def test_early_stopping(tiny, tmp_path):
+    res = train(_opts("unet", tiny["kvasir-seg"], tmp_path / "run", epochs=6, patience=1, lr=1e-12))
+    assert res["reason"] == "early_stop" and res["epochs_done"] < 6
+
+
+def test_sigkill_then_resume(tiny, tmp_path):
+    """A training process killed with SIGKILL leaves a loadable checkpoint; --resume carries on."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "napari_medseg.cli", "train", "--model", "unet", "--data", str(tiny["kvasir-seg"]),
+           "--out", str(out), "--epochs", "30", "--batch-size", "2", "--input-size", "64", "--precision", "fp32"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "history.json").is_file():
+        time.sleep(0.2)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "last").is_dir(), "no checkpoint was written before the kill"
+    model, cfg = ckpt.load_model(out / "last")  # not corrupt
+    done = ckpt.load_train_state(out / "last")["epoch"]
+    assert done >= 1
+    res = train(_opts("unet", tiny["kvasir-seg"], out, epochs=done + 1, resume=True, max_steps_per_epoch=None))
+    assert res["epochs_done"] == done + 1
+
+
+def test_ddp_two_gloo_processes(tiny, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "napari_medseg.cli", "train", "--model", "unet", "--data", str(tiny["kvasir-seg"]), "--out", str(out),
+           "--epochs", "2", "--batch-size", "1", "--input-size", "64", "--precision", "fp32", "--seed", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist) == 2 and all(np.isfinite(h["train_loss"]) for h in hist)
+    cfg = ckpt.read_config(out / "last")
+    assert cfg["training"]["world_size"] == 2
+    single = train(_opts("unet", tiny["kvasir-seg"], tmp_path / "single", epochs=2, batch_size=2,
+                         max_steps_per_epoch=None))
+    # same data, same global batch: the curves agree to within the noise of the different shuffles
+    for a, b in zip(hist, single["history"]):
+        assert abs(a["train_loss"] - b["train_loss"]) < 0.25
+
+
+def test_pickle_checkpoint_is_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ckpt.CheckpointError, match="refusing to load a pickle-based PyTorch file"):
+        ckpt.load_model(bad)
+    with pytest.raises(ckpt.CheckpointError, match="refusing to load a pickle"):
+        api.load(weights=bad)
+    assert not marker.exists()
+
+
+def test_checkpoint_for_another_model_or_class_count(tiny, tmp_path):
+    train(_opts("unet", tiny["kvasir-seg"], tmp_path / "run"))
+    with pytest.raises(ckpt.CheckpointError, match="holds network 'unet', not 'bcdunet'"):
+        ckpt.load_model(tmp_path / "run" / "best", expect_model="bcdunet")
+    with pytest.raises(ckpt.CheckpointError, match="predicts 2 classes, not 4"):
+        ckpt.load_model(tmp_path / "run" / "best", expect_classes=4)
+    with pytest.raises(ckpt.CheckpointError, match="cannot resume: it trains unet"):
+        train(_opts("bcdunet", tiny["kvasir-seg"], tmp_path / "run", resume=True))
+
+
+def test_unwritable_output_fails_before_training(tiny, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    events = []
+    with pytest.raises(ckpt.CheckpointError, match="cannot write the run folder"):
+        train(_opts("unet", tiny["kvasir-seg"], tmp_path / "afile" / "run"), callback=events.append)
+    assert not any(e.kind == "step" for e in events)
+
+
+def test_read_only_output_directory(tiny, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user that ignores directory permissions")
+        with pytest.raises(Exception, match="ro"):
+            train(_opts("unet", tiny["kvasir-seg"], ro / "run"))
+    finally:
+        ro.chmod(0o700)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    ckpt.save_checkpoint(tmp_path / "c", model, {"model": {"name": "x"}})
+    before = (tmp_path / "c" / "model.safetensors").read_bytes()
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_file", boom)
+    with pytest.raises(ckpt.CheckpointError, match="No space left on device"):
+        ckpt.save_checkpoint(tmp_path / "c", model, {"model": {"name": "x"}})
+    assert (tmp_path / "c" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+# ---------------------------------------------------------------- bad datasets
+
+
+def _seg2d(tmp_path, shared, n=3):
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    imgs = sorted((shared / "ph2" / "images").glob("*.jpg"))[:n]
+    for p in imgs:
+        shutil.copy(p, root / "images" / p.name)
+        shutil.copy(shared / "ph2" / "masks" / (p.stem + ".png"), root / "masks" / (p.stem + ".png"))
+    return root, [p.stem for p in imgs]
+
+
+def test_missing_partner(tmp_path, shared):
+    root, stems = _seg2d(tmp_path, shared)
+    (root / "masks" / f"{stems[0]}.png").unlink()
+    with pytest.raises(D.DataError, match=r"unpaired files: 1 image\(s\) without a label"):
+        D.discover(root)
+
+
+def test_size_mismatch(tmp_path, shared):
+    from PIL import Image
+
+    root, stems = _seg2d(tmp_path, shared)
+    Image.new("L", (10, 12)).save(root / "masks" / f"{stems[1]}.png")
+    with pytest.raises(D.DataError, match=rf"{stems[1]}.png: mask is 10x12 but its image is"):
+        D.prepare(D.discover(root), stems, size=(64, 64), channels=3)
+
+
+def test_unexpected_mask_values(tmp_path, shared):
+    from PIL import Image
+
+    root, stems = _seg2d(tmp_path, shared)
+    arr = np.asarray(Image.open(root / "masks" / f"{stems[0]}.png")).copy()
+    arr[:5, :5] = 128
+    Image.fromarray(arr).save(root / "masks" / f"{stems[0]}.png")
+    with pytest.raises(D.DataError, match="unexpected mask values"):
+        D.prepare(D.discover(root), stems, size=(64, 64), channels=3)
+
+
+def test_empty_dataset_and_bad_split(tmp_path, shared):
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "masks").mkdir()
+    with pytest.raises(D.DataError, match="has no images"):
+        D.discover(tmp_path / "empty")
+    root, stems = _seg2d(tmp_path, shared)
+    (root / "split.json").write_text(json.dumps({"train": stems[:2] + ["ghost"], "val": stems[2:]}))
+    with pytest.raises(D.DataError, match=r"1 stem\(s\) in the split have no files \(e.g. ghost\)"):
+        D.split(D.discover(root))
+
+
+def test_unknown_layout(tmp_path):
+    with pytest.raises(D.DataError, match="unknown dataset layout"):
+        D.discover(tmp_path)
+
+
+# ---------------------------------------------------------------- inference
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    seg = train(_opts("unet", tiny["kvasir-seg"], out / "seg"))["best_checkpoint"]
+    vol = train(_opts("unet", tiny["acdc"], out / "vol"))["best_checkpoint"]
+    hg = train(_opts("hourglass", tiny["spine-discs"], out / "hg"))["best_checkpoint"]
+    return {"seg": seg, "vol": vol, "hg": hg}
+
+
+def test_segment_volume_keeps_geometry_and_cli_predict(trained, shared, tmp_path):
+    src = shared / "volumes" / "ct-spleen-crop.nii.gz"
+    from napari_medseg.cli import main
+
+    assert main(["predict", "--weights", trained["vol"], str(src), "--out", str(tmp_path)]) == 0
+    import nibabel as nib
+
+    seg, ref = nib.load(tmp_path / "ct-spleen-crop_seg.nii.gz"), nib.load(src)
+    assert seg.shape == ref.shape and np.array_equal(seg.affine, ref.affine)
+
+
+def test_segment_image_resize_and_sliding(trained, shared):
+    pred = api.load(weights=trained["seg"], device="cpu")
+    img = io.read_image2d(sorted((shared / "kvasir-seg" / "images").glob("*.jpg"))[0])
+    a = pred.segment_image(img.data, tta=True, cleanup=True)
+    b = pred.segment_image(img.data, mode="sliding")
+    assert a.shape == b.shape == img.data.shape[:2]
+    labels, probs = pred.segment_image(img.data, probabilities=True)
+    assert probs.shape == (2, *img.data.shape[:2]) and np.allclose(probs.sum(0), 1, atol=1e-4)
+
+
+def test_out_of_memory_message(trained, monkeypatch):
+    pred = api.load(weights=trained["seg"], device="cpu")
+
+    def oom(*a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99999999999 bytes")
+
+    monkeypatch.setattr(pred.model, "forward", oom)
+    with pytest.raises(MemoryError, match="use a smaller batch size or tile size"):
+        pred.segment_image(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_label_discs_cli_outputs(trained, shared, tmp_path):
+    from napari_medseg.cli import main
+
+    src = shared / "spine-discs" / "images" / "spine_vb2_02.nii.gz"
+    assert main(["label-discs", "--weights", trained["hg"], str(src), "--out", str(tmp_path)]) == 0
+    for suffix in ("_discs.csv", "_discs.json", "_labels-disc.nii.gz"):
+        assert (tmp_path / f"spine_vb2_02{suffix}").is_file()
+    pts = io.read_points(tmp_path / "spine_vb2_02_discs.json")
+    ref = io.read_nifti(src)
+    # every predicted disc lies inside the volume, on the mid-sagittal slices
+    for v in pts.voxels():
+        assert all(0 <= c <= s - 1 for c, s in zip(v, ref.data.shape))
+
+
+def test_batch_skips_bad_file(trained, shared, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for p in sorted((shared / "kvasir-seg" / "images").glob("*.jpg"))[:2]:
+        shutil.copy(p, inp / p.name)
+    (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    summary = api.batch(inp, tmp_path / "out", weights=trained["seg"], device="cpu")
+    assert len(summary["results"]) == 2 and len(summary["skipped"]) == 1
+    assert "broken.png: not a readable image" in summary["skipped"][0]["error"]
+    assert all(Path(p).is_file() for p in summary["written"])
+    assert all(Path(p).name.endswith("_seg.png") for p in summary["written"])
+
+
+def test_api_accepts_layer_like_objects(trained):
+    class Layer:  # what a napari Image layer offers
+        data = np.random.default_rng(0).normal(size=(6, 40, 48)).astype(np.float32)
+        scale = (3.0, 1.0, 1.0)
+        name = "vol"
+        rgb = False
+
+    seg = api.segment(Layer(), weights=trained["vol"], device="cpu")
+    assert seg.labels.shape == Layer.data.shape and seg.affine is None
+
+
+# ---------------------------------------------------------------- CLI and devices
+
+
+def test_cli_models_json(capsys):
+    from napari_medseg.cli import main
+
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} >= {"lstmsa", "bilateral", "bcdunet", "hourglass", "unet"}
+    assert all({"name", "network", "size", "task", "dataset", "weights", "metrics"} <= set(r) for r in rows)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from napari_medseg.cli import main
+
+    assert main(["predict", "--weights", str(tmp_path / "nope.pt"), "x.nii.gz", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "refusing to load a pickle" in err
+    assert main(["train", "--model", "unet", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "dataset folder does not exist" in capsys.readouterr().err
+
+
+def test_device_selection(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device("auto").type in ("cpu", "mps")
+    assert select_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        select_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        select_device("tpu")
+
+
+def test_precision_selection(monkeypatch):
+    from napari_medseg.engine import devices
+
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
+    assert select_precision(torch.device("cpu")).dtype == torch.bfloat16
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
+    assert select_precision(torch.device("cpu")).dtype is None
+    assert select_precision(torch.device("cpu"), "fp32").name == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    p = select_precision(torch.device("cuda"))
+    assert p.dtype == torch.float16 and p.scaler
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert select_precision(torch.device("cuda")) == Precision("cuda", torch.bfloat16)
+    with pytest.raises(ValueError, match="fp16 autocast is not supported for training on CPU"):
+        select_precision(torch.device("cpu"), "fp16")
