@@ -22,43 +22,9 @@ from napari_medseg.engine.devices import Precision, select_device, select_precis
 from napari_medseg.engine.events import CancelToken
 from napari_medseg.engine.train import TrainOptions, train
 
+from .conftest import train_opts as _opts
+
 torch.set_num_threads(2)
-
-
-def _subset(shared, tmp, name, train, val, test, kind):
-    """A tiny copy (symlinks) of a shared dataset with its own split.json."""
-    root = tmp / name
-    layout = D.discover(shared / name)
-    dirs = {"seg2d": ("images", "masks"), "seg3d": ("imagesTr", "labelsTr"), "discs": ("images", "labels")}[kind]
-    for d in dirs:
-        (root / d).mkdir(parents=True)
-    stems = train + val + test
-    for s in stems:
-        img, tgt = layout.pairs[s]
-        os.symlink(img, root / dirs[0] / img.name)
-        os.symlink(tgt, root / dirs[1] / tgt.name)
-    if (shared / name / "dataset.json").is_file():
-        shutil.copy(shared / name / "dataset.json", root / "dataset.json")
-    (root / "split.json").write_text(json.dumps({"train": train, "val": val, "test": test}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny(shared, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("data")
-    out = {}
-    for name, kind in (("kvasir-seg", "seg2d"), ("acdc", "seg3d"), ("spine-discs", "discs")):
-        parts = json.loads((shared / name / "split.json").read_text())
-        n = (4, 2, 2) if kind == "seg2d" else (3, 1, 1)
-        out[name] = _subset(shared, tmp, name, parts["train"][: n[0]], parts["val"][: n[1]], parts["test"][: n[2]], kind)
-    return out
-
-
-def _opts(model, data, out, **kw):
-    base = dict(model=model, data=str(data), out=str(out), epochs=1, batch_size=2, input_size=64, seed=1,
-                precision="fp32", max_steps_per_epoch=2)
-    base.update(kw)
-    return TrainOptions(**base)
 
 
 @pytest.mark.parametrize("model,dataset", [
@@ -292,15 +258,6 @@ def test_unknown_layout(tmp_path):
 
 
 # ---------------------------------------------------------------- inference
-
-
-@pytest.fixture(scope="module")
-def trained(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    seg = train(_opts("unet", tiny["kvasir-seg"], out / "seg"))["best_checkpoint"]
-    vol = train(_opts("unet", tiny["acdc"], out / "vol"))["best_checkpoint"]
-    hg = train(_opts("hourglass", tiny["spine-discs"], out / "hg"))["best_checkpoint"]
-    return {"seg": seg, "vol": vol, "hg": hg}
 
 
 def test_segment_volume_keeps_geometry_and_cli_predict(trained, shared, tmp_path):

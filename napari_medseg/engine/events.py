@@ -78,10 +78,11 @@ Callback = Callable[[Event], None]
 
 
 class CancelToken:
-    """Set from another thread (or a signal handler); the engine stops at the next step."""
+    """Set from another thread, a signal handler or (with a ``multiprocessing.Event``) another process;
+    the engine stops at the next step."""
 
-    def __init__(self):
-        self._event = threading.Event()
+    def __init__(self, event=None):
+        self._event = event if event is not None else threading.Event()
 
     def cancel(self):
         self._event.set()

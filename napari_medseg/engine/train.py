@@ -223,7 +223,11 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
             drop_last=len(dataset) > bs, persistent_workers=False)  # no batch of 1 for BatchNorm
         model.train()
         losses = []
+        data_s = compute_s = 0.0
+        t_wait = time.perf_counter()
         for step, batch in enumerate(loader):
+            t_got = time.perf_counter()
+            data_s += t_got - t_wait
             if step >= steps_per_epoch:
                 break
             if cancel.cancelled:
@@ -248,6 +252,8 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
             scaler.update()
             losses.append(float(loss.detach()))
             steps_done += 1
+            t_wait = time.perf_counter()
+            compute_s += t_wait - t_got
             elapsed = time.perf_counter() - t_start
             eta = elapsed / steps_done * (total_steps - steps_done)
             emit(Step(epoch=epoch + 1, step=step + 1, steps_per_epoch=steps_per_epoch, loss=losses[-1], eta_s=eta))
@@ -268,7 +274,8 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                  **metrics, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch}
+                  **metrics, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch,
+                  "data_s": data_s, "compute_s": compute_s, "samples": len(losses) * bs}
         state["history"].append(record)
         if improved:
             save("best", with_state=False)

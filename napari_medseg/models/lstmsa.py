@@ -54,24 +54,24 @@ class SACell(ConvLSTMCell):
         if in_channels != hidden_channels:
             raise ValueError("the LSTMSA cell attends x against h: input and hidden channels must match")
         super().__init__(in_channels, hidden_channels, kernel_size)
-        self.fuse = nn.Linear(2 * hidden_channels, hidden_channels)
+        self.fuse = nn.Conv2d(2 * hidden_channels, hidden_channels, 1)  # Linear_{2C->C} per pixel, no transposes
         self.dropout = nn.Dropout(dropout)
         self._pe_cache: dict = {}
 
-    def position_table(self, hw: int, ref: torch.Tensor) -> torch.Tensor:
-        key = (hw, ref.device, ref.dtype)
+    def position_table(self, hh: int, ww: int, ref: torch.Tensor) -> torch.Tensor:
+        key = (hh, ww, ref.device, ref.dtype)
         if key not in self._pe_cache:
-            self._pe_cache = {key: sinusoidal_table(hw, self.hidden_channels, ref.device, ref.dtype)}
+            table = sinusoidal_table(hh * ww, self.hidden_channels, ref.device, ref.dtype)
+            self._pe_cache = {key: table.reshape(self.hidden_channels, hh, ww)}
         return self._pe_cache[key]
 
     def attention_term(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         b, c, hh, ww = x.shape
         xf, hf = x.flatten(2), h.flatten(2)  # (B, C, HW)
         energy = torch.softmax(torch.bmm(xf, hf.transpose(1, 2)) / math.sqrt(hh * ww), dim=-1)  # (B, C, C)
-        attended = torch.bmm(energy, xf)  # (B, C, HW)
-        fused = torch.relu(self.fuse(torch.cat([hf, attended], dim=1).transpose(1, 2))).transpose(1, 2)
-        s = torch.sigmoid(self.dropout(fused + self.position_table(hh * ww, fused)))
-        return s.reshape(b, c, hh, ww)
+        attended = torch.bmm(energy, xf).reshape(b, c, hh, ww)
+        fused = torch.relu(self.fuse(torch.cat([h, attended], dim=1)))
+        return torch.sigmoid(self.dropout(fused + self.position_table(hh, ww, fused)))
 
     def forward(self, x, state=None):
         if state is None:  # h = c = 0: the gate convolution needs only its input half

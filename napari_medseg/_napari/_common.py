@@ -1,0 +1,165 @@
+"""Pieces the widgets share: weight choices, running engine work off the GUI thread, error display."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+
+from ..engine.events import CancelToken
+
+CHECKPOINT_CHOICE = "checkpoint folder..."
+# checkpoints trained in this session (Train widget) become selectable everywhere at once
+_SESSION_CHECKPOINTS: dict[str, str] = {}
+
+
+def register_checkpoint(name: str, path: str) -> None:
+    _SESSION_CHECKPOINTS[name] = path
+
+
+def weight_choices(task: str) -> list[str]:
+    from .. import api
+
+    names = []
+    for name, path in api.bundled_weights().items():
+        try:
+            from ..engine.checkpoint import read_config
+
+            if read_config(path)["model"].get("task") == task:
+                names.append(name)
+        except Exception:
+            continue
+    names += [n for n, p in _SESSION_CHECKPOINTS.items() if _task_of(p) == task]
+    return names + [CHECKPOINT_CHOICE]
+
+
+def _task_of(path: str) -> str | None:
+    try:
+        from ..engine.checkpoint import read_config
+
+        return read_config(path)["model"].get("task")
+    except Exception:
+        return None
+
+
+class WeightsPicker(Container):
+    """Bundled / session weights, or a checkpoint folder."""
+
+    def __init__(self, task: str):
+        self.task = task
+        self.choice = ComboBox(label="weights", choices=lambda _w: weight_choices(task))
+        self.folder = FileEdit(label="checkpoint", mode="d", visible=True)
+        super().__init__(widgets=[self.choice, self.folder], labels=True)
+        self.choice.changed.connect(self._sync)
+        self._sync()
+
+    def _sync(self, *_):
+        self.folder.visible = self.choice.value == CHECKPOINT_CHOICE
+
+    def refresh(self):
+        self.choice.reset_choices()
+
+    def resolve(self) -> dict:
+        """``{"model": name}`` for bundled weights or ``{"weights": path}``."""
+        from .. import api
+
+        value = self.choice.value
+        if value == CHECKPOINT_CHOICE or value is None:
+            path = Path(str(self.folder.value))
+            if not str(self.folder.value) or str(self.folder.value) == ".":
+                raise ValueError("choose a checkpoint folder (model.safetensors + config.json)")
+            return {"weights": str(path)}
+        if value in _SESSION_CHECKPOINTS:
+            return {"weights": _SESSION_CHECKPOINTS[value]}
+        if value in api.bundled_weights():
+            return {"model": value}
+        raise ValueError(f"unknown weights {value!r}")
+
+
+class RunControls(Container):
+    """Run / Cancel buttons, a progress bar and a status line."""
+
+    def __init__(self, run_text: str = "Run"):
+        self.run_button = PushButton(text=run_text)
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=100, visible=False)
+        self.status = Label(value="")
+        super().__init__(widgets=[self.run_button, self.cancel_button, self.progress, self.status])
+        self.token: CancelToken | None = None
+        self.cancel_button.changed.connect(self._cancel)
+        self._latest = None  # (done, total, text) written by the worker thread, read by a GUI timer
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._poll)
+
+    def report(self, event) -> None:
+        """Engine callback (any thread): remember the latest progress; the GUI timer shows it."""
+        if getattr(event, "kind", "") == "progress":
+            self._latest = (event.done, event.total, f"{event.item}: {event.done}/{event.total} {event.status}")
+
+    def _poll(self):
+        if self._latest is not None:
+            self.set_progress(*self._latest)
+
+    def _cancel(self, *_):
+        if self.token is not None:
+            self.token.cancel()
+            self.status.value = "cancelling at the next step..."
+
+    def busy(self, on: bool, text: str = ""):
+        self.run_button.enabled = not on
+        self.cancel_button.enabled = on
+        self.progress.visible = on
+        if on:
+            self.progress.value = 0
+            self.token = CancelToken()
+            self._latest = None
+            self._timer.start()
+        else:
+            self._timer.stop()
+        if text:
+            self.status.value = text
+
+    def set_progress(self, done: int, total: int, text: str = ""):
+        self.progress.max = max(1, total)
+        self.progress.value = min(done, total)
+        if text:
+            self.status.value = text
+
+
+class Failed:
+    """What a worker returns instead of raising, so expected errors become a one-line notification
+    rather than a traceback from the Qt event loop."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def guarded(fn):
+    """Run ``fn`` in a worker; any exception comes back as :class:`Failed`."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - reported to the user, never swallowed silently
+            return Failed(err)
+
+    return wrapper
+
+
+def notify_error(err: BaseException) -> str:
+    """Expected bad input: a napari notification with the engine's one-line message (no traceback dialog)."""
+    from napari.utils.notifications import show_error
+
+    from ..io.errors import MedSegIOError
+
+    expected = (MedSegIOError, ValueError, MemoryError, FileNotFoundError, InterruptedError)
+    msg = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+    if not isinstance(err, expected):
+        msg = f"{err.__class__.__name__}: {msg}"
+        traceback.print_exception(err)
+    show_error(msg)
+    return msg

@@ -1,0 +1,45 @@
+"""Engine results -> napari layer data, keeping the source layer's world placement and metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..io import DiscPoints
+from ._geometry import META_KEY, points_to_layer_data
+
+TRANSFORM_KEYS = ("scale", "translate", "rotate", "shear", "affine")
+
+
+def transform_of(layer) -> dict:
+    """The keyword arguments that place a new layer exactly where ``layer`` is."""
+    kw = {}
+    for key in TRANSFORM_KEYS:
+        value = getattr(layer, key, None)
+        if value is None:
+            continue
+        kw[key] = value.affine_matrix if key == "affine" and hasattr(value, "affine_matrix") else np.asarray(value)
+    return kw
+
+
+def labels_layer_data(labels: np.ndarray, source, class_names: list[str], name: str) -> tuple:
+    meta = dict(getattr(source, "metadata", {}) or {})
+    kwargs = {"name": name, "metadata": meta, **transform_of(source)}
+    n = int(max(labels.max() if labels.size else 0, len(class_names) - 1)) + 1
+    names = list(class_names) + [f"class {i}" for i in range(len(class_names), n)]
+    kwargs["features"] = {"index": np.arange(n), "class": names[:n]}
+    return labels.astype(np.uint8 if n < 256 else np.uint16), kwargs, "labels"
+
+
+def points_layer_data(points: DiscPoints, source, name: str) -> tuple:
+    """Disc points computed on ``source``'s array (file-like order, see ``api._as_volume``) -> world points."""
+    data, kwargs = points_to_layer_data(points, name=name)
+    if len(points):
+        # the engine worked on the layer array transposed to (x, y, z): map its voxels back to the layer,
+        # then through the layer's own transform to world coordinates
+        vox = points.voxels()
+        layer_idx = vox[:, ::-1]
+        data = np.array([source.data_to_world(v) for v in layer_idx], dtype=float)
+    src_meta = (getattr(source, "metadata", {}) or {}).get(META_KEY) or {}
+    kwargs["metadata"] = {META_KEY: {"affine": src_meta.get("affine"), "shape": src_meta.get("shape"),
+                                     "source": src_meta.get("source")}}
+    return data, kwargs, "points"

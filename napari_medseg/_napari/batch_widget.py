@@ -1,0 +1,81 @@
+"""Batch: run a network over a folder; progress per file, a results table, skipped files with their error."""
+
+from __future__ import annotations
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Table
+from napari.qt.threading import thread_worker
+
+from ._common import Failed, RunControls, WeightsPicker, guarded, notify_error
+
+
+class BatchWidget(Container):
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer
+        self.task = ComboBox(label="task", choices=["segmentation", "keypoints"], value="segmentation")
+        self.inputs = FileEdit(label="input folder", mode="d")
+        self.out = FileEdit(label="output folder", mode="d")
+        self.weights = WeightsPicker("segmentation")
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.controls = RunControls("Run batch")
+        self.table = Table(value={"file": [], "status": [], "time (s)": [], "result": []})
+        super().__init__(widgets=[self.task, self.inputs, self.out, self.weights, self.device, self.controls,
+                                  self.table])
+        self.task.changed.connect(self._task_changed)
+        self.controls.run_button.changed.connect(self.run)
+        self.worker = None
+        self.summary = None
+
+    def _task_changed(self, *_):
+        self.weights.task = self.task.value
+        self.weights.refresh()
+
+    def run(self, *_):
+        try:
+            source = self.weights.resolve()
+            inputs, out = str(self.inputs.value), str(self.out.value)
+            if inputs in ("", ".") or out in ("", "."):
+                raise ValueError("choose an input folder and an output folder")
+        except ValueError as err:
+            notify_error(err)
+            return
+        self.controls.busy(True, "running...")
+        self.table.value = {"file": [], "status": [], "time (s)": [], "result": []}
+        token, task, device = self.controls.token, self.task.value, self.device.value
+
+        @thread_worker
+        @guarded
+        def work():
+            from .. import api
+
+            return api.batch(inputs, out, task=task, device=device, callback=self.controls.report, cancel=token,
+                             **source)
+
+        worker = work()
+        worker.returned.connect(self._done)
+        worker.errored.connect(lambda err: setattr(self.controls.status, "value", notify_error(err)))
+        worker.finished.connect(lambda: self.controls.busy(False))
+        self.worker = worker
+        worker.start()
+
+    def _done(self, summary):
+        if isinstance(summary, Failed):
+            self.controls.status.value = notify_error(summary.error)
+            return
+        self.summary = summary
+        rows = {"file": [], "status": [], "time (s)": [], "result": []}
+        for r in summary["results"]:
+            rows["file"].append(r["file"])
+            rows["status"].append("ok")
+            rows["time (s)"].append(r.get("seconds", ""))
+            if "discs" in r:
+                rows["result"].append(f"{r['discs']} discs: {', '.join(r['names'])}")
+            else:
+                rows["result"].append(", ".join(f"{k}={v:.0f}" for k, v in r["volumes"].items()))
+        for s in summary["skipped"]:
+            rows["file"].append(s["file"])
+            rows["status"].append("skipped")
+            rows["time (s)"].append("")
+            rows["result"].append(s["error"])
+        self.table.value = rows
+        self.controls.status.value = (f"{len(summary['results'])} done, {len(summary['skipped'])} skipped; "
+                                      f"outputs in {self.out.value}")

@@ -1,0 +1,101 @@
+"""Segment: image layer -> Labels layer with the image's exact world placement, off the GUI thread."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+
+from ._common import Failed, RunControls, WeightsPicker, guarded, notify_error
+from ._layers import labels_layer_data
+
+
+class SegmentWidget(Container):
+    def __init__(self, napari_viewer):
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=self._image_layers)
+        self.weights = WeightsPicker("segmentation")
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.axis = ComboBox(label="slice axis", choices=["auto", "0", "1", "2"], value="auto")
+        self.current_slice = CheckBox(text="current slice only", value=False)
+        self.tta = CheckBox(text="test-time flips", value=False)
+        self.cleanup = CheckBox(text="keep largest component", value=False)
+        self.probs = CheckBox(text="add probability layer", value=False)
+        self.controls = RunControls("Segment")
+        super().__init__(widgets=[self.image, self.weights, self.device, self.axis, self.current_slice, self.tta,
+                                  self.cleanup, self.probs, self.controls])
+        self.controls.run_button.changed.connect(self.run)
+        self.viewer.layers.events.inserted.connect(self._refresh)
+        self.viewer.layers.events.removed.connect(self._refresh)
+        self.worker = None
+        self.last_layer = None
+
+    def _image_layers(self, _w=None):
+        return [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Image)]
+
+    def _refresh(self, *_):
+        self.image.reset_choices()
+        self.weights.refresh()
+
+    def run(self, *_):
+        try:
+            layer = self.viewer.layers[self.image.value]
+            source = self.weights.resolve()
+        except (KeyError, ValueError) as err:
+            notify_error(err if isinstance(err, ValueError) else ValueError("choose an image layer"))
+            return
+        axis = None if self.axis.value == "auto" else int(self.axis.value)
+        spatial = layer.data.ndim - (1 if layer.rgb else 0)
+        step = None
+        if self.current_slice.value and spatial == 3:
+            step = int(self.viewer.dims.current_step[0])
+        self.controls.busy(True, f"segmenting {layer.name}...")
+        token = self.controls.token
+        opts = dict(axis=axis, tta=self.tta.value, cleanup=self.cleanup.value, probabilities=self.probs.value,
+                    device=self.device.value)
+
+        @thread_worker
+        @guarded
+        def work():
+            from .. import api
+
+            pred = api.load(**source, device=opts["device"])
+            data = np.asarray(layer.data)
+            if step is not None:
+                seg = api.segment(data[step], predictor=pred, tta=opts["tta"], cleanup=opts["cleanup"],
+                                  probabilities=opts["probabilities"])
+                full = np.zeros(data.shape, np.uint8)
+                full[step] = seg.labels
+                seg.labels = full
+                if seg.probabilities is not None:
+                    p = np.zeros((seg.probabilities.shape[0],) + data.shape, np.float32)
+                    p[:, step] = seg.probabilities
+                    seg.probabilities = p
+                return seg
+            seg = api.segment(layer, predictor=pred, axis=opts["axis"], tta=opts["tta"], cleanup=opts["cleanup"],
+                              probabilities=opts["probabilities"], callback=self.controls.report, cancel=token)
+            return seg
+
+        worker = work()
+        worker.returned.connect(lambda seg: self._done(seg, layer))
+        worker.errored.connect(self._failed)
+        worker.finished.connect(lambda: self.controls.busy(False))
+        self.worker = worker
+        worker.start()
+
+    def _done(self, seg, layer):
+        if isinstance(seg, Failed):
+            self._failed(seg.error)
+            return
+        data, kwargs, _ = labels_layer_data(seg.labels, layer, seg.class_names, f"{layer.name}_seg")
+        self.last_layer = self.viewer.add_labels(data, **kwargs)
+        if seg.probabilities is not None:
+            for k in range(1, seg.probabilities.shape[0]):
+                meta = {k2: v for k2, v in kwargs.items() if k2 not in ("features", "name")}
+                self.viewer.add_image(seg.probabilities[k], name=f"{layer.name}_prob_{seg.class_names[k]}",
+                                      colormap="magma", blending="additive", contrast_limits=(0, 1), **meta)
+        self.controls.status.value = f"done: {self.last_layer.name}"
+
+    def _failed(self, err):
+        self.controls.status.value = notify_error(err)

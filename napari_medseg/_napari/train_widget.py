@@ -1,0 +1,266 @@
+"""Train: on the open image + labels layers or on a dataset folder, in a separate process, with a live
+progress bar, loss/metric plot, prediction preview, Cancel (keeps a resumable checkpoint) and Resume."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
+from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
+from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtWidgets import QWidget
+
+from ._common import RunControls, notify_error, register_checkpoint
+
+FOLDER, LAYERS = "dataset folder", "open layers"
+
+
+class CurvePlot(QWidget):
+    """Training loss and validation metric per epoch, drawn with QPainter (no plotting dependency)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setMinimumHeight(140)
+        self.loss: list[float] = []
+        self.metric: list[float] = []
+        self.metric_name = "val"
+
+    def add(self, loss: float, metric: float | None, name: str):
+        self.loss.append(loss)
+        if metric is not None:
+            self.metric.append(metric)
+        self.metric_name = name
+        self.update()
+
+    def clear(self):
+        self.loss, self.metric = [], []
+        self.update()
+
+    def paintEvent(self, _event):  # noqa: N802 (Qt name)
+        p = QPainter(self)
+        w, h = self.width(), self.height()
+        p.fillRect(0, 0, w, h, QColor(30, 30, 35))
+        for series, colour in ((self.loss, QColor(80, 170, 255)), (self.metric, QColor(255, 170, 60))):
+            if len(series) < 1:
+                continue
+            lo, hi = min(series), max(series)
+            span = hi - lo if hi > lo else 1.0
+            pen = QPen(colour)
+            pen.setWidth(2)
+            p.setPen(pen)
+            n = max(2, len(series))
+            pts = [(8 + (w - 16) * i / (n - 1), h - 18 - (h - 30) * (v - lo) / span) for i, v in enumerate(series)]
+            for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+                p.drawLine(int(x0), int(y0), int(x1), int(y1))
+            for x, y in pts:
+                p.drawEllipse(int(x) - 2, int(y) - 2, 4, 4)
+        p.setPen(QColor(220, 220, 220))
+        last = f"loss {self.loss[-1]:.4f}" if self.loss else "loss -"
+        last += f"   {self.metric_name} {self.metric[-1]:.4f}" if self.metric else ""
+        p.drawText(8, h - 4, last)
+        p.end()
+
+
+class TrainWidget(Container):
+    def __init__(self, napari_viewer):
+        from .. import models
+
+        self.viewer = napari_viewer
+        self.source = ComboBox(label="train on", choices=[LAYERS, FOLDER], value=LAYERS)
+        self.image = ComboBox(label="image", choices=self._images)
+        self.labels_layer = ComboBox(label="labels", choices=self._labels)
+        self.folder = FileEdit(label="dataset folder", mode="d", visible=False)
+        self.network = ComboBox(label="network", choices=[n for n, i in models.REGISTRY.items()
+                                                           if i.task == "segmentation"] + ["hourglass"], value="unet")
+        self.size = ComboBox(label="size", choices=["small", "paper"], value="small")
+        self.epochs = SpinBox(label="epochs", min=1, max=1000, value=20)
+        self.batch = SpinBox(label="batch size", min=1, max=256, value=4)
+        self.lr = FloatSpinBox(label="learning rate (0 = recipe)", min=0.0, max=1.0, step=1e-4, value=0.0)
+        self.input_size = SpinBox(label="input size", min=64, max=1024, step=16, value=128)
+        self.val_fraction = FloatSpinBox(label="validation fraction", min=0.05, max=0.5, step=0.05, value=0.2)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.out = FileEdit(label="output folder", mode="d", value=str(Path.home() / "napari-medseg-runs" / "run"))
+        self.resume = CheckBox(text="resume the run in the output folder", value=False)
+        self.controls = RunControls("Train")
+        super().__init__(widgets=[self.source, self.image, self.labels_layer, self.folder, self.network, self.size,
+                                  self.epochs, self.batch, self.lr, self.input_size, self.val_fraction, self.device,
+                                  self.out, self.resume, self.controls])
+        self.plot = CurvePlot()
+        self.native.layout().addWidget(self.plot)
+        self.source.changed.connect(self._source_changed)
+        self.controls.run_button.changed.connect(self.run)
+        self.controls.cancel_button.changed.connect(self._cancel)
+        self.viewer.layers.events.inserted.connect(self._refresh)
+        self.viewer.layers.events.removed.connect(self._refresh)
+        self.proc = None
+        self.result = None
+        self.events: list[dict] = []
+        self.preview_layer = None
+        self._preview_slice = None
+        self._timer = QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._poll)
+
+    def _images(self, _w=None):
+        return [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Image)]
+
+    def _labels(self, _w=None):
+        return [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Labels)]
+
+    def _refresh(self, *_):
+        self.image.reset_choices()
+        self.labels_layer.reset_choices()
+
+    def _source_changed(self, *_):
+        layers = self.source.value == LAYERS
+        self.image.visible = self.labels_layer.visible = self.val_fraction.visible = layers
+        self.folder.visible = not layers
+
+    def _layer_data(self):
+        """(train, val, summary) Prepared arrays from the open layers; the current slice is validation
+        sample 0, so the preview shows the model's prediction on it."""
+        from ..engine import data as D
+
+        img_layer, lab_layer = self.viewer.layers[self.image.value], self.viewer.layers[self.labels_layer.value]
+        img, lab = np.asarray(img_layer.data), np.asarray(lab_layer.data)
+        rgb = bool(getattr(img_layer, "rgb", False))
+        if img.shape[: lab.ndim] != lab.shape:
+            raise ValueError(f"image {img_layer.name} {img.shape} and labels {lab_layer.name} {lab.shape} differ in shape")
+        size = (int(self.input_size.value),) * 2
+        channels = 3 if rgb else 1
+        if lab.ndim == 2:
+            prepared = D.from_arrays([img], [lab], size=size, channels=channels, rgb=rgb)
+            val_idx, self._preview_slice = [0], None
+        else:
+            prepared = D.from_arrays([img], [lab], size=size, channels=channels, rgb=rgb)
+            cur = int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim == lab.ndim else 0
+            cur = min(max(cur, 0), lab.shape[0] - 1)
+            labelled = [k for k in range(lab.shape[0]) if lab[k].any()] or list(range(lab.shape[0]))
+            step = max(1, int(round(1 / float(self.val_fraction.value))))
+            val_idx = [cur] + [k for k in labelled[::step] if k != cur]
+            self._preview_slice = cur
+        train_idx = [k for k in range(len(prepared.images)) if k not in val_idx] or val_idx
+        if lab.ndim == 3:
+            labelled_set = {k for k in range(lab.shape[0]) if lab[k].any()}
+            train_idx = [k for k in train_idx if k in labelled_set] or train_idx
+
+        def subset(idx):
+            return D.Prepared("segmentation", prepared.images[idx], prepared.targets[idx], None,
+                              [prepared.stems[i] for i in idx], prepared.num_classes, dict(prepared.preprocessing))
+
+        summary = {"layout": "napari layers", "image": img_layer.name, "labels": lab_layer.name,
+                   "train_samples": len(train_idx), "val_samples": len(val_idx)}
+        return subset(train_idx), subset(val_idx), summary
+
+    def run(self, *_):
+        from ..engine.remote import TrainingProcess
+        from ..engine.train import TrainOptions
+
+        try:
+            out = str(self.out.value)
+            opts = TrainOptions(model=self.network.value, out=out, size=self.size.value, epochs=int(self.epochs.value),
+                                batch_size=int(self.batch.value), lr=float(self.lr.value) or None,
+                                device=self.device.value, resume=bool(self.resume.value),
+                                input_size=int(self.input_size.value), preview_every=1)
+            data = None
+            if self.source.value == FOLDER:
+                if str(self.folder.value) in ("", "."):
+                    raise ValueError("choose a dataset folder")
+                opts.data = str(self.folder.value)
+            else:
+                if self.network.value == "hourglass":
+                    raise ValueError("disc labeling trains on a dataset folder (images/ + labels/)")
+                data = self._layer_data()
+        except (KeyError, ValueError) as err:
+            notify_error(err if isinstance(err, ValueError) else ValueError("choose an image and a labels layer"))
+            return
+        self.plot.clear()
+        self.events, self.result = [], None
+        self.controls.busy(True, "starting the training process...")
+        self._t0 = time.perf_counter()
+        self.proc = TrainingProcess(opts, data).start()
+        self._timer.start()
+
+    def _cancel(self, *_):
+        if self.proc is not None:
+            self.proc.cancel()
+            self.controls.status.value = "cancelling: the run stops at the next step and keeps a resumable checkpoint"
+
+    def _poll(self):
+        if self.proc is None:
+            return
+        for ev in self.proc.poll():
+            self.events.append({k: v for k, v in ev.items() if k != "preview"})
+            self._handle(ev)
+        if not self.proc.alive and self.result is None and not any(e["kind"] == "error" for e in self.events):
+            for ev in self.proc.poll():
+                self._handle(ev)
+            if self.result is None:
+                self._finish(error=f"the training process ended unexpectedly (exit code {self.proc.process.exitcode})")
+
+    def _handle(self, ev: dict):
+        kind = ev["kind"]
+        if kind == "started":
+            self.controls.status.value = f"training on {ev['device']} ({ev['precision']})"
+            self._total = ev["total_epochs"] * ev["steps_per_epoch"]
+            self._steps = ev["start_epoch"] * ev["steps_per_epoch"]
+        elif kind == "step":
+            self._steps += 1
+            eta = ev.get("eta_s") or 0
+            self.controls.set_progress(self._steps, self._total,
+                                       f"epoch {ev['epoch']} step {ev['step']}/{ev['steps_per_epoch']}  "
+                                       f"loss {ev['loss']:.4f}  ETA {eta / 60:.1f} min")
+        elif kind == "epoch":
+            metrics = ev.get("metrics", {})
+            name, value = next(iter(metrics.items())) if metrics else ("val", None)
+            self.plot.add(ev["train_loss"], value, name)
+        elif kind == "preview":
+            self._show_preview(ev["preview"])
+        elif kind == "result":
+            self.result = ev["result"]
+            self._finish()
+        elif kind == "error":
+            self._finish(error=ev["message"])
+
+    def _show_preview(self, preview):
+        if preview is None or self.source.value == FOLDER:
+            return
+        from ..engine import preprocess as pp
+
+        img_layer = self.viewer.layers[self.image.value] if self.image.value in self.viewer.layers else None
+        if img_layer is None:
+            return
+        shape = img_layer.data.shape[:-1] if img_layer.rgb else img_layer.data.shape
+        target = shape[-2:]
+        pv = pp.resize(np.asarray(preview, np.float32), target, "nearest").numpy().astype(np.uint8)
+        full = np.zeros(shape, np.uint8)
+        if self._preview_slice is not None:
+            full[self._preview_slice] = pv
+        else:
+            full[...] = pv
+        from ._layers import transform_of
+
+        if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
+            self.preview_layer = self.viewer.add_labels(full, name="training preview", opacity=0.5,
+                                                        **transform_of(img_layer))
+        else:
+            self.preview_layer.data = full
+
+    def _finish(self, error: str | None = None):
+        self._timer.stop()
+        self.controls.busy(False)
+        if error:
+            from napari.utils.notifications import show_error
+
+            show_error(error)
+            self.controls.status.value = error
+            return
+        res = self.result or {}
+        ckpt = res.get("best_checkpoint")
+        if ckpt and Path(ckpt).is_dir():
+            register_checkpoint(f"{Path(str(self.out.value)).name} ({self.network.value}, this session)", ckpt)
+        self.controls.status.value = (f"{res.get('reason', 'done')} after epoch {res.get('epochs_done')}: "
+                                      f"checkpoint {ckpt}")

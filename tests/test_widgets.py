@@ -1,0 +1,180 @@
+"""The widgets in a real napari viewer (Xvfb), added through the plugin menu's dock-widget mechanism and
+driven by setting their values and clicking their buttons."""
+
+import shutil
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_medseg import io
+from napari_medseg._napari._common import CHECKPOINT_CHOICE
+
+pytestmark = pytest.mark.gui
+
+
+def _dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-medseg", name)
+    return widget
+
+
+def _use_checkpoint(widget_weights, path):
+    widget_weights.choice.value = CHECKPOINT_CHOICE
+    widget_weights.folder.value = path
+
+
+def _wait_idle(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: widget.controls.run_button.enabled, timeout=timeout)
+
+
+def test_segment_2d_rgb(make_napari_viewer, qtbot, trained):
+    viewer = make_napari_viewer()
+    image, _mask = viewer.open_sample("napari-medseg", "endoscopy")
+    w = _dock(viewer, "Segment")
+    w.image.value = image.name
+    _use_checkpoint(w.weights, trained["seg"])
+    w.tta.value = True
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w.last_layer is not None, timeout=120_000)
+    labels = w.last_layer
+    assert labels.data.shape == image.data.shape[:2]
+    np.testing.assert_allclose(labels.extent.world, image.extent.world)
+    assert list(labels.features["class"][:2]) == ["background", "class 1"]
+
+
+def test_segment_volume_lands_on_the_image_and_saves_exactly(make_napari_viewer, qtbot, trained, volumes, tmp_path):
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(volumes / "ct-spleen-crop.nii.gz"), plugin="napari-medseg")
+    w = _dock(viewer, "Segment")
+    w.image.value = image.name
+    _use_checkpoint(w.weights, trained["vol"])
+    # the GUI thread must stay responsive while the job runs: measure the event loop's latency
+    from qtpy.QtCore import QTimer
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w.last_layer is not None, timeout=120_000)
+    timer.stop()
+    gaps = np.diff(ticks)
+    assert len(gaps) > 5 and gaps.max() < 0.2, f"GUI blocked for {gaps.max():.3f} s"
+    labels = w.last_layer
+    np.testing.assert_allclose(labels.extent.world, image.extent.world)
+    out = tmp_path / "spleen_seg.nii.gz"
+    labels.save(str(out), plugin="napari-medseg")
+    src, res = nib.load(volumes / "ct-spleen-crop.nii.gz"), nib.load(out)
+    assert res.shape == src.shape and np.array_equal(res.affine, src.affine)
+
+
+def test_segment_current_slice_only(make_napari_viewer, qtbot, trained, volumes):
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(volumes / "ct-spleen-crop.nii.gz"), plugin="napari-medseg")
+    viewer.dims.set_current_step(0, 10)
+    w = _dock(viewer, "Segment")
+    w.image.value = image.name
+    _use_checkpoint(w.weights, trained["vol"])
+    w.current_slice.value = True
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w.last_layer is not None, timeout=60_000)
+    data = w.last_layer.data
+    assert data.shape == image.data.shape
+    assert not data[:10].any() and not data[11:].any()
+
+
+def test_segment_error_is_a_notification(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-medseg", "endoscopy")
+    w = _dock(viewer, "Segment")
+    w.image.value = viewer.layers[0].name
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    _use_checkpoint(w.weights, str(tmp_path / "model.pt"))
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: "refusing to load a pickle" in w.controls.status.value, timeout=30_000)
+    assert len(viewer.layers) == 2  # nothing added, viewer fine
+
+
+def test_label_discs_on_pam50(make_napari_viewer, qtbot, trained, volumes, tmp_path):
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(volumes / "pam50-small-t2.nii.gz"), plugin="napari-medseg")
+    w = _dock(viewer, "Label discs")
+    w.image.value = image.name
+    _use_checkpoint(w.weights, trained["hg"])
+    w.min_conf.value = 0.0
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w.last_layer is not None, timeout=60_000)
+    pts = w.last_layer
+    assert len(pts.data) >= 1
+    lo, hi = np.asarray(image.extent.world)
+    assert np.all(pts.data >= lo - 1e-6) and np.all(pts.data <= hi + 1e-6)
+    assert all(n in [io.disc_name(k) for k in range(19, 25)] for n in pts.features["name"])
+    # the points are editable and the writer saves the edited set where they are in world space
+    pts.data[0] = pts.data[0] + np.array([2.0, 0.0, 0.0])
+    pts.save(str(tmp_path / "pam_discs.json"), plugin="napari-medseg")
+    saved = io.read_points(tmp_path / "pam_discs.json")
+    np.testing.assert_allclose(saved.world[0], pts.data[0][::-1], atol=1e-4)
+
+
+def test_train_on_layers_then_segment_with_it(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    image, mask = viewer.open_sample("napari-medseg", "endoscopy")
+    w = _dock(viewer, "Train")
+    w.image.value, w.labels_layer.value = image.name, mask.name
+    w.network.value = "unet"
+    w.epochs.value, w.batch.value, w.input_size.value = 2, 1, 64
+    w.out.value = str(tmp_path / "run")
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w.result is not None or not w.controls.cancel_button.enabled, timeout=180_000)
+    assert w.result is not None, w.controls.status.value
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert [e["kind"] for e in w.events if e["kind"] == "epoch"] == ["epoch", "epoch"]
+    assert len(w.plot.loss) == 2
+    assert "training preview" in [lyr.name for lyr in viewer.layers]
+    seg = _dock(viewer, "Segment")
+    assert any("this session" in c for c in seg.weights.choice.choices)
+
+
+def test_train_cancel_leaves_resumable_checkpoint(make_napari_viewer, qtbot, tmp_path):
+    from napari_medseg.engine import checkpoint as ckpt
+
+    viewer = make_napari_viewer()
+    image, mask = viewer.open_sample("napari-medseg", "endoscopy")
+    w = _dock(viewer, "Train")
+    w.image.value, w.labels_layer.value = image.name, mask.name
+    w.epochs.value, w.batch.value, w.input_size.value = 200, 1, 64
+    w.out.value = str(tmp_path / "run")
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: any(e["kind"] == "step" for e in w.events), timeout=180_000)
+    w.controls.cancel_button.clicked()
+    qtbot.waitUntil(lambda: w.result is not None, timeout=120_000)
+    assert w.result["reason"] == "cancelled"
+    state = ckpt.load_train_state(tmp_path / "run" / "last")
+    assert state is not None and "optimizer" in state
+    # Resume continues it
+    w.resume.value = True
+    w.epochs.value = state["epoch"] + 1
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w.result is not None and w.result.get("reason") == "done", timeout=180_000)
+    assert w.result["epochs_done"] == state["epoch"] + 1
+
+
+def test_batch_widget_with_a_corrupt_file(make_napari_viewer, qtbot, trained, shared, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for p in sorted((shared / "kvasir-seg" / "images").glob("*.jpg"))[:2]:
+        shutil.copy(p, inp / p.name)
+    (inp / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Batch")
+    w.inputs.value, w.out.value = str(inp), str(tmp_path / "out")
+    _use_checkpoint(w.weights, trained["seg"])
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w.summary is not None, timeout=120_000)
+    table = w.table.to_dict("list")
+    assert table["status"].count("skipped") == 1 and table["status"].count("ok") == 2
+    assert len(w.summary["results"]) == 2 and len(w.summary["skipped"]) == 1
+    assert "corrupt.jpg" in w.summary["skipped"][0]["file"]
+    assert len(list((tmp_path / "out").glob("*_seg.png"))) == 2
