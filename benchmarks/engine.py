@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,11 @@ import torch
 from napari_medseg import io
 from napari_medseg.engine.infer import Predictor
 from napari_medseg.engine.train import TrainOptions, train
+
+try:
+    from _timing import median_time
+except ImportError:  # run as a module
+    from benchmarks._timing import median_time
 
 DATA = {"unet": "kvasir-seg", "bilateral": "kvasir-seg", "bcdunet": "kvasir-seg", "lstmsa": "acdc",
         "hourglass": "spine-discs"}
@@ -45,24 +49,12 @@ def infer_times(ckpt: str, precision: str, data: Path, repeats: int) -> dict:
     out = {}
     if pred.task == "keypoints":
         vol = io.read_nifti(sorted((data / "spine-discs" / "images").glob("*.nii.gz"))[0])
-        pred.label_discs(vol)
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            pred.label_discs(vol)
-            ts.append(time.perf_counter() - t)
-        out["s_per_spine_volume"] = statistics.median(ts)
+        out["s_per_spine_volume"] = median_time(lambda: pred.label_discs(vol), repeats)
         return out
     img = np.random.default_rng(0).integers(0, 255, (256, 256, pred.channels if pred.channels == 3 else 1),
                                             dtype=np.uint8)
     img = img if pred.channels == 3 else img[..., 0]
-    pred.segment_image(img)
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        pred.segment_image(img)
-        ts.append(time.perf_counter() - t)
-    out["ms_per_image"] = statistics.median(ts) * 1e3
+    out["ms_per_image"] = median_time(lambda: pred.segment_image(img), repeats) * 1e3
     vol = io.read_nifti(data / "volumes" / "ct-abdomen.nii.gz")
     t = time.perf_counter()
     pred.segment_volume(vol)

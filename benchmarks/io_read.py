@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,11 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from napari_medseg import io
+
+try:
+    from _timing import median_time
+except ImportError:  # run as a module
+    from benchmarks._timing import median_time
 
 
 def make_series(folder: Path, template: Path, n: int = 300) -> Path:
@@ -43,16 +47,6 @@ def make_series(folder: Path, template: Path, n: int = 300) -> Path:
         ds.PixelData = rng.integers(0, 2000, (512, 512), dtype=np.int16).tobytes()
         ds.save_as(folder / f"slice_{order[k]:04d}.dcm", enforce_file_format=True)
     return folder
-
-
-def time_it(fn, repeats: int) -> float:
-    fn()  # warm-up (file cache, imports)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def sitk_read(folder: Path):
@@ -80,7 +74,7 @@ def main():
         for name, folder in [("ct-jpeg2000-20-slices", j2k), ("synthetic-uncompressed-300-slices", synth)]:
             a, b = ours(folder), sitk_read(folder)
             assert np.array_equal(a.transpose(2, 1, 0), b), "readers disagree on voxel values"
-            t_ours, t_sitk = time_it(lambda: ours(folder), args.repeats), time_it(lambda: sitk_read(folder), args.repeats)
+            t_ours, t_sitk = median_time(lambda: ours(folder), args.repeats), median_time(lambda: sitk_read(folder), args.repeats)
             results[name] = {"ours_s": round(t_ours, 4), "simpleitk_s": round(t_sitk, 4), "ratio": round(t_ours / t_sitk, 2)}
             print(f"{name:36s} ours {t_ours * 1e3:8.1f} ms  SimpleITK {t_sitk * 1e3:8.1f} ms  ratio {t_ours / t_sitk:5.2f}")
     if args.json:

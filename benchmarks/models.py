@@ -15,24 +15,18 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+try:
+    from _timing import median_time
+except ImportError:  # run as a module
+    from benchmarks._timing import median_time
+
 NAMES = ["unet", "lstmsa", "bilateral", "bcdunet", "hourglass"]
 SIZES = ["small", "paper"]
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def conv_peak(threads: int, repeats: int = 5) -> dict:
@@ -45,9 +39,9 @@ def conv_peak(threads: int, repeats: int = 5) -> dict:
     flops = 2 * 4 * 64 * 64 * 256 * 256 * 9
     out = {}
     with torch.no_grad():
-        out["fp32"] = flops / _median_time(lambda: conv(x), repeats) / 1e9
+        out["fp32"] = flops / median_time(lambda: conv(x), repeats) / 1e9
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out["bf16"] = flops / _median_time(lambda: conv(x), repeats) / 1e9
+            out["bf16"] = flops / median_time(lambda: conv(x), repeats) / 1e9
     return out
 
 
@@ -107,8 +101,8 @@ def measure(name: str, size: str, threads: int, repeats: int) -> dict:
             else:
                 train_step()
 
-        res[f"fwd_ms_{precision}"] = _median_time(fwd, repeats) * 1e3
-        res[f"fwdbwd_ms_{precision}"] = _median_time(fwdbwd, repeats) * 1e3
+        res[f"fwd_ms_{precision}"] = median_time(fwd, repeats) * 1e3
+        res[f"fwdbwd_ms_{precision}"] = median_time(fwdbwd, repeats) * 1e3
     return res
 
 

@@ -1,0 +1,116 @@
+"""Regenerate the widget screenshots in docs/images from a real napari viewer.
+
+    bash scripts/screenshots.sh        # = xvfb-run -a .venv/bin/python scripts/screenshots.py
+
+Trains two small networks for a minute on the shared data first (a segmentation U-Net on Kvasir-SEG,
+the attention hourglass on spine-discs), so the pictures show real predictions of barely trained models,
+not of bundled weights (none are bundled yet).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.setdefault("NAPARI_MEDSEG_DATA_DIR", str(ROOT.parent / "shared" / "data")))
+OUT = ROOT / "docs" / "images"
+
+
+def wait(app, cond, timeout=600):
+    t = time.time()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.02)
+        if time.time() - t > timeout:
+            raise TimeoutError("widget did not finish")
+
+
+def main():
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_medseg._napari._common import CHECKPOINT_CHOICE
+    from napari_medseg.engine.train import TrainOptions, train
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp())
+    print("training two small models for the pictures...", flush=True)
+    seg = train(TrainOptions(model="unet", data=str(DATA / "kvasir-seg"), out=str(tmp / "seg"), epochs=3,
+                             input_size=128, batch_size=8, max_cases=120, seed=0))["best_checkpoint"]
+    hg = train(TrainOptions(model="hourglass", data=str(DATA / "spine-discs"), out=str(tmp / "hg"), epochs=25,
+                            input_size=128, batch_size=4, lr=1e-3, seed=0))["best_checkpoint"]
+    app = QApplication.instance()
+
+    def use(picker, path):
+        picker.choice.value = CHECKPOINT_CHOICE
+        picker.folder.value = path
+
+    # Segment
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 900)
+    image, _ = viewer.open_sample("napari-medseg", "endoscopy")
+    _, w = viewer.window.add_plugin_dock_widget("napari-medseg", "Segment")
+    w.image.value = image.name
+    use(w.weights, seg)
+    w.controls.run_button.clicked()
+    wait(app, lambda: w.last_layer is not None)
+    viewer.layers[1].visible = False
+    viewer.screenshot(str(OUT / "segment.png"), canvas_only=False)
+    viewer.close()
+
+    # Label discs
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 900)
+    [t2] = viewer.open(str(DATA / "spine-discs" / "images" / "spine_vb2_05.nii.gz"), plugin="napari-medseg")
+    viewer.dims.order = (2, 0, 1)
+    _, w = viewer.window.add_plugin_dock_widget("napari-medseg", "Label discs")
+    w.image.value = t2.name
+    use(w.weights, hg)
+    w.controls.run_button.clicked()
+    wait(app, lambda: w.last_layer is not None)
+    viewer.dims.set_point(2, float(w.last_layer.data[:, 2].mean()) if len(w.last_layer.data) else 0.0)
+    viewer.camera.orientation2d = ("up", "left")
+    viewer.reset_view()
+    viewer.screenshot(str(OUT / "label_discs.png"), canvas_only=False)
+    viewer.close()
+
+    # Train
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 1000)
+    image, mask = viewer.open_sample("napari-medseg", "endoscopy")
+    _, w = viewer.window.add_plugin_dock_widget("napari-medseg", "Train")
+    w.image.value, w.labels_layer.value = image.name, mask.name
+    w.epochs.value, w.batch.value, w.input_size.value = 6, 1, 128
+    w.out.value = str(tmp / "train")
+    w.controls.run_button.clicked()
+    wait(app, lambda: w.result is not None or not w.controls.cancel_button.enabled)
+    viewer.screenshot(str(OUT / "train.png"), canvas_only=False)
+    viewer.close()
+
+    # Batch
+    inp = tmp / "batch"
+    inp.mkdir()
+    for p in sorted((DATA / "kvasir-seg" / "images").glob("*.jpg"))[:3]:
+        shutil.copy(p, inp / p.name)
+    (inp / "corrupt.jpg").write_bytes(b"\xff\xd8\xff broken")
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 900)
+    _, w = viewer.window.add_plugin_dock_widget("napari-medseg", "Batch")
+    w.inputs.value, w.out.value = str(inp), str(tmp / "batch_out")
+    use(w.weights, seg)
+    w.controls.run_button.clicked()
+    wait(app, lambda: w.summary is not None)
+    viewer.screenshot(str(OUT / "batch.png"), canvas_only=False)
+    viewer.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {sorted(p.name for p in OUT.glob('*.png'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
