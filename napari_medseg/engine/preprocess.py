@@ -82,7 +82,7 @@ def sagittal_axes(affine: np.ndarray) -> tuple[int, int, int, bool, bool]:
     lr = next(i for i, c in enumerate(codes) if c in "LR")
     si = next(i for i, c in enumerate(codes) if c in "SI")
     ap = next(i for i, c in enumerate(codes) if c in "AP")
-    return lr, si, ap, codes[si] == "S", codes[ap] == "P"
+    return lr, si, ap, codes[si] == "S", codes[ap] == "A"
 
 
 def sagittal_view(data: np.ndarray, affine: np.ndarray, n_average: int = 7) -> tuple[np.ndarray, dict]:

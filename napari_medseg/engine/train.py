@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,7 +141,9 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     torch.manual_seed(opts.seed)
     model = models.build(opts.model, opts.size, in_channels=channels, num_classes=num_classes, **opts.model_options)
     model.to(device)
-    if device.type != "mps":
+    # channels_last is faster on CPU/CUDA; torch.compile (2.13) mis-traces some padding backward ops with it
+    channels_last = device.type != "mps" and not opts.compile
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     lr = opts.lr or recipe.get("lr", 1e-3)
     epochs = opts.epochs
@@ -184,6 +187,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
                                                                   shuffle=True, seed=opts.seed, drop_last=True)
         model = torch.nn.parallel.DistributedDataParallel(model)
     train_model = torch.compile(model) if opts.compile else model
+    compiled_ok = False
     seg_loss, heat_loss = SegmentationLoss(), HeatmapLoss()
     steps_per_epoch = math.ceil(len(dataset) / (bs * world))
     if opts.max_steps_per_epoch:
@@ -234,20 +238,36 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
                 reason = "cancelled"
                 break
             x = batch["image"].to(device)
-            if x.ndim == 4 and device.type != "mps":
+            if x.ndim == 4 and channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = batch["target"].to(device)
-            with precision.autocast():
-                outputs = train_model(x)
-            if info.task == "keypoints":
-                loss = heat_loss(outputs, y, batch["visible"].to(device))
+            def forward_backward(net):
+                with precision.autocast():
+                    outputs = net(x)
+                if info.task == "keypoints":
+                    loss = heat_loss(outputs, y, batch["visible"].to(device))
+                else:
+                    loss = seg_loss(outputs, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
+                                             "try a lower --lr or --precision fp32")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                return loss
+
+            if train_model is not model and not compiled_ok:
+                try:  # the first compiled step: fall back to eager mode if the compiler cannot handle the net
+                    loss = forward_backward(train_model)
+                    compiled_ok = True
+                except FloatingPointError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - torch.compile raises many types
+                    warnings.warn(f"torch.compile failed for {opts.model} ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0][:160]}); training continues without it", stacklevel=2)
+                    train_model = model
+                    loss = forward_backward(model)
             else:
-                loss = seg_loss(outputs, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                                         "try a lower --lr or --precision fp32")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+                loss = forward_backward(train_model)
             scaler.step(optimizer)
             scaler.update()
             losses.append(float(loss.detach()))
