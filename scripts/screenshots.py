@@ -42,16 +42,15 @@ def main():
     print("training two small models for the pictures...", flush=True)
     seg = train(TrainOptions(model="unet", data=str(DATA / "kvasir-seg"), out=str(tmp / "seg"), epochs=3,
                              input_size=128, batch_size=8, max_cases=120, seed=0))["best_checkpoint"]
-    hg = train(TrainOptions(model="hourglass", data=str(DATA / "spine-discs"), out=str(tmp / "hg"), epochs=25,
+    hg = train(TrainOptions(model="hourglass", data=str(DATA / "spine-discs"), out=str(tmp / "hg"), epochs=10,
                             input_size=128, batch_size=4, lr=1e-3, seed=0))["best_checkpoint"]
-    app = QApplication.instance()
-
     def use(picker, path):
         picker.choice.value = CHECKPOINT_CHOICE
         picker.folder.value = path
 
     # Segment
     viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
     viewer.window.resize(1500, 900)
     image, _ = viewer.open_sample("napari-medseg", "endoscopy")
     _, w = viewer.window.add_plugin_dock_widget("napari-medseg", "Segment")
@@ -71,6 +70,7 @@ def main():
     _, w = viewer.window.add_plugin_dock_widget("napari-medseg", "Label discs")
     w.image.value = t2.name
     use(w.weights, hg)
+    w.min_conf.value = 0.0
     w.controls.run_button.clicked()
     wait(app, lambda: w.last_layer is not None)
     viewer.dims.set_point(2, float(w.last_layer.data[:, 2].mean()) if len(w.last_layer.data) else 0.0)
