@@ -130,6 +130,17 @@ class RunControls(Container):
             self.status.value = text
 
 
+def chosen_layer_and_weights(viewer, layer_combo, weights: "WeightsPicker", what: str):
+    """The selected layer and weights source, or ``None`` after notifying the user what is missing."""
+    try:
+        return viewer.layers[layer_combo.value], weights.resolve()
+    except ValueError as err:
+        notify_error(err)
+    except KeyError:
+        notify_error(ValueError(f"choose {what}"))
+    return None
+
+
 class Failed:
     """What a worker returns instead of raising, so expected errors become a one-line notification
     rather than a traceback from the Qt event loop."""

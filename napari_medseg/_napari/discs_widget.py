@@ -6,7 +6,7 @@ from magicgui.widgets import ComboBox, Container, FloatSlider
 from napari.layers import Image, Points
 from napari.qt.threading import thread_worker
 
-from ._common import Failed, RunControls, WeightsPicker, guarded, notify_error
+from ._common import Failed, RunControls, WeightsPicker, chosen_layer_and_weights, guarded, notify_error
 from ._layers import points_layer_data
 
 NO_PRIOR = "(none)"
@@ -40,12 +40,10 @@ class LabelDiscsWidget(Container):
         self.weights.refresh()
 
     def run(self, *_):
-        try:
-            layer = self.viewer.layers[self.image.value]
-            source = self.weights.resolve()
-        except (KeyError, ValueError) as err:
-            notify_error(err if isinstance(err, ValueError) else ValueError("choose a spine image layer"))
+        picked = chosen_layer_and_weights(self.viewer, self.image, self.weights, "a spine image layer")
+        if picked is None:
             return
+        layer, source = picked
         prior = None if self.prior.value in (None, NO_PRIOR) else self.viewer.layers[self.prior.value]
         self.controls.busy(True, "labeling discs...")
         min_conf, device = float(self.min_conf.value), self.device.value

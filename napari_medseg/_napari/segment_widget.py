@@ -7,7 +7,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 
-from ._common import Failed, RunControls, WeightsPicker, guarded, notify_error
+from ._common import Failed, RunControls, WeightsPicker, chosen_layer_and_weights, guarded, notify_error
 from ._layers import labels_layer_data
 
 
@@ -39,12 +39,10 @@ class SegmentWidget(Container):
         self.weights.refresh()
 
     def run(self, *_):
-        try:
-            layer = self.viewer.layers[self.image.value]
-            source = self.weights.resolve()
-        except (KeyError, ValueError) as err:
-            notify_error(err if isinstance(err, ValueError) else ValueError("choose an image layer"))
+        picked = chosen_layer_and_weights(self.viewer, self.image, self.weights, "an image layer")
+        if picked is None:
             return
+        layer, source = picked
         axis = None if self.axis.value == "auto" else int(self.axis.value)
         spatial = layer.data.ndim - (1 if layer.rgb else 0)
         step = None
