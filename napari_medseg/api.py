@@ -167,11 +167,12 @@ def train(model: str, data: str, out: str, **options) -> dict:
 
 def evaluate(data: str, model: str | None = None, weights=None, *, json_path: str | None = None,
              subset: str = "test", max_cases: int | None = None, tta: bool = False, device: str = "auto",
-             callback=None) -> dict:
+             precision: str = "auto", callback=None) -> dict:
     from .engine.evaluate import evaluate as _evaluate
 
-    pred = load(model, weights, device=device)
+    pred = load(model, weights, device=device, precision=precision)
     result = _evaluate(pred, data, subset=subset, max_cases=max_cases, tta=tta, callback=callback)
+    result["precision"] = pred.precision.name
     if json_path:
         io.atomic.write_text_atomic(json_path, json.dumps(result, indent=1) + "\n")
     return result

@@ -116,7 +116,8 @@ def _cmd_evaluate(args) -> int:
     from . import api
 
     result = api.evaluate(args.data, model=args.model, weights=args.weights, json_path=args.json, subset=args.subset,
-                          max_cases=args.max_cases, tta=args.tta, device=args.device, callback=_TqdmEvents())
+                          max_cases=args.max_cases, tta=args.tta, device=args.device, precision=args.precision,
+                          callback=_TqdmEvents())
     print(json.dumps(result["mean"], indent=1))
     return 0
 
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", default="test", choices=["train", "val", "test"])
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--tta", action="store_true")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
+                   help="inference precision (default fp32, so the numbers match on any CPU)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="open the shipped sample data in napari (or headless: screenshots + summary)")
