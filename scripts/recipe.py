@@ -1,7 +1,9 @@
 """Train, evaluate and bundle one recipe from recipes/*.json.
 
     .venv/bin/python scripts/recipe.py recipes/hourglass-spine-discs.json train      # resumable: add --resume
-    .venv/bin/python scripts/recipe.py recipes/hourglass-spine-discs.json bundle     # evaluate on test, copy into the package
+    .venv/bin/python scripts/recipe.py recipes/hourglass-spine-discs.json bundle [best|last]
+        # picks the checkpoint (default: whichever scores better on the validation split with the task's
+        # full metrics), evaluates it on the test split, copies it into the package
 
 Data come from $NAPARI_MEDSEG_DATA_DIR (default ../shared/data). The run folder is runs/<name>.
 `bundle` writes napari_medseg/weights/<name>/ (model.safetensors + config.json with a model card: data and
@@ -21,6 +23,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def choose_on_val(api, data: Path, run: Path) -> str:
+    """best/ is chosen by the training loop's quick metric; compare best/ and last/ on the validation split
+    with the full metrics (discs: median L2, then FNR + FPR; segmentation: Dice) and keep the better."""
+    scores = {}
+    for which in ("best", "last"):
+        m = api.evaluate(str(data), weights=str(run / which), subset="val", device="cpu", precision="fp32")["mean"]
+        scores[which] = (m["fnr"] + m["fpr"], m["l2_mm"]) if "l2_mm" in m else (-m["dice"],)
+        print(which, "on val:", m, flush=True)
+    return min(scores, key=scores.get)
+
+
 def main() -> int:
     recipe_path, action = Path(sys.argv[1]), sys.argv[2]
     extra = sys.argv[3:]
@@ -36,18 +49,19 @@ def main() -> int:
     from napari_medseg import api
     from napari_medseg.engine import checkpoint as ckpt
 
-    result = api.evaluate(str(data), weights=str(run / "best"), subset="test", device="cpu", precision="fp32")
+    which = extra[0] if extra else choose_on_val(api, data, run)
+    result = api.evaluate(str(data), weights=str(run / which), subset="test", device="cpu", precision="fp32")
     history = json.loads((run / "history.json").read_text())
-    cfg = ckpt.read_config(run / "best")
+    cfg = ckpt.read_config(run / which)
     target = ROOT / "napari_medseg" / "weights" / recipe["name"]
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    shutil.copy(run / "best" / "model.safetensors", target / "model.safetensors")
+    shutil.copy(run / which / "model.safetensors", target / "model.safetensors")
     cfg["card"] = {
         "name": recipe["name"], "about": recipe["about"], "dataset": recipe["dataset"],
         "split": "split.json of the dataset (train / val / test stems)", "recipe": recipe["train"],
-        "epochs_trained": len(history), "best_epoch": cfg.get("epoch"),
+        "epochs_trained": len(history), "checkpoint": which, "checkpoint_epoch": cfg.get("epoch"),
         "train_wall_s": round(sum(h["seconds"] for h in history), 1),
         "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {cfg['software']['torch']}",
         "test_metrics": result["mean"], "test_precision": result["precision"], "licence": recipe["licence"],

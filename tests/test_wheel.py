@@ -24,6 +24,11 @@ def test_wheel_installs_and_npe2_lists_contributions(tmp_path):
         entry_points = next(n for n in zf.namelist() if n.endswith("entry_points.txt"))
         assert "napari.manifest" in zf.read(entry_points).decode()
     assert shipped == (ROOT / "napari.yaml").read_text()
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    for bundled in (ROOT / "napari_medseg" / "weights").glob("*/config.json"):
+        for f in ("model.safetensors", "config.json"):
+            assert f"napari_medseg/weights/{bundled.parent.name}/{f}" in names
 
     venv = tmp_path / "fresh"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

@@ -1,0 +1,58 @@
+"""Figures for docs/results.md: test cases with truth and prediction overlaid, from the bundled models.
+
+    NAPARI_MEDSEG_DATA_DIR=../shared/data .venv/bin/python scripts/results_figures.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from napari_medseg import api, io
+from napari_medseg.engine import checkpoint as ckpt
+from napari_medseg.engine import data as D
+from napari_medseg.engine import preprocess as pp
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NAPARI_MEDSEG_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def disc_figure(name: str, out: Path, n: int = 6) -> None:
+    card = ckpt.read_config(api.bundled_weights()[name])["card"]
+    layout = D.discover(DATA / card["dataset"])
+    pred_model = api.load(model=name, device="cpu", precision="fp32")
+    tiles = []
+    for stem in D.split(layout)["test"][:n]:
+        img_path, tgt_path = layout.pairs[stem]
+        vol = io.read_nifti(img_path)
+        view, geo = pp.sagittal_view(vol.data, vol.affine, 7)
+        lo, hi = np.percentile(view, [1, 99.5])
+        tile = Image.fromarray((np.clip((view - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)).convert("RGB")
+        draw = ImageDraw.Draw(tile)
+        truth = D.disc_points(tgt_path, vol)
+        pred = pred_model.label_discs(vol)
+        for (r, c) in pp.voxel_to_view(truth.voxels(), geo):
+            draw.ellipse([c - 5, r - 5, c + 5, r + 5], outline=(0, 255, 0), width=2)
+        for d, (r, c) in zip(pred.discs, pp.voxel_to_view(pred.voxels(), geo) if len(pred) else []):
+            draw.line([c - 4, r - 4, c + 4, r + 4], fill=(255, 40, 40), width=2)
+            draw.line([c - 4, r + 4, c + 4, r - 4], fill=(255, 40, 40), width=2)
+            draw.text((c + 8, r - 6), d.name, fill=(255, 255, 0))
+        draw.text((4, 4), stem, fill=(255, 255, 255))
+        tiles.append(tile.resize((256, 256 * tile.height // tile.width)))
+    w = sum(t.width for t in tiles)
+    h = max(t.height for t in tiles)
+    canvas = Image.new("RGB", (w, h))
+    x = 0
+    for t in tiles:
+        canvas.paste(t, (x, 0))
+        x += t.width
+    canvas.save(out)
+
+
+if __name__ == "__main__":
+    (ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
+    disc_figure("hourglass-spine-discs", ROOT / "docs" / "images" / "results_discs.png")
+    print("wrote docs/images/results_discs.png")
