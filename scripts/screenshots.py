@@ -4,7 +4,7 @@
 
 Trains two small networks for a minute on the shared data first (a segmentation U-Net on Kvasir-SEG,
 the attention hourglass on spine-discs), so the pictures show real predictions of barely trained models,
-not of bundled weights (none are bundled yet).
+not of the bundled weights.
 """
 
 from __future__ import annotations
