@@ -20,7 +20,7 @@ from napari_medseg.engine import checkpoint as ckpt
 from napari_medseg.engine import data as D
 from napari_medseg.engine.devices import Precision, select_device, select_precision
 from napari_medseg.engine.events import CancelToken
-from napari_medseg.engine.train import TrainOptions, train
+from napari_medseg.engine.train import train
 
 from .conftest import train_opts as _opts
 

@@ -108,7 +108,7 @@ def read_nifti(path: str | os.PathLike, *, kind: str | None = None, max_bytes: i
     intent = hdr.get_intent()
     metadata = {
         "source_format": "nifti",
-        "description": hdr["descrip"].item().decode("latin-1").strip("\x00 ") if hasattr(hdr["descrip"], "item") else "",
+        "description": bytes(hdr["descrip"]).decode("latin-1").strip("\x00 "),
         "intent": intent[0],
         "intent_name": intent[2],
         "spatial_units": spatial_units,
@@ -185,9 +185,8 @@ def write_nifti(
         hdr.set_data_shape(data.shape)
         hdr.set_data_dtype(data.dtype)
         hdr.set_slope_inter(1.0, 0.0)
-        img = nib.Nifti1Image(data, None, header=hdr) if isinstance(hdr, nib.Nifti1Header) and not isinstance(
-            hdr, nib.Nifti2Header
-        ) else nib.Nifti2Image(data, None, header=hdr)
+        image_class = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+        img = image_class(data, None, header=hdr)
     else:
         img = nib.Nifti1Image(data, affine)
         img.header.set_xyzt_units("mm", "sec")

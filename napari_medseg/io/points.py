@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, write_text_atomic
+from .atomic import write_text_atomic
 from .errors import MedSegIOError
 from .volume import Volume
 
