@@ -118,6 +118,35 @@ def test_label_discs_on_pam50(make_napari_viewer, qtbot, trained, volumes, tmp_p
     np.testing.assert_allclose(saved.world[0], pts.data[0][::-1], atol=1e-4)
 
 
+def test_newcomer_labels_lumbar_discs_from_the_menus(make_napari_viewer, qtbot):
+    """The done-when path: File > Open Sample > lumbar MRI, Layers > Annotate > Label discs with the bundled
+    weights (the default choice), Run: named discs where the sample's own disc points are."""
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer()
+    image, truth = viewer.open_sample("napari-medseg", "mr_lumbar")
+    app = get_app_model()
+    menu = {mid: {getattr(i, "command", None) and i.command.id for i in app.menus.get_menu(mid)}
+            for mid in ("napari/layers/segment", "napari/layers/annotate")}
+    assert {"napari-medseg.segment_widget", "napari-medseg.train_widget", "napari-medseg.batch_widget"} <= menu[
+        "napari/layers/segment"]
+    assert "napari-medseg.discs_widget" in menu["napari/layers/annotate"]
+    w, _name = app.commands.execute_command("napari-medseg.discs_widget").result()
+    assert w.weights.choice.value == "hourglass-spine-discs"  # bundled weights are the default
+    w.image.value = image.name
+    w.controls.run_button.clicked()
+    assert w.controls.activity is not None  # mirrored in napari's activity dock while it runs
+    qtbot.waitUntil(lambda: w.last_layer is not None, timeout=120_000)
+    assert w.controls.activity is None
+    pts = w.last_layer
+    found = dict(zip(pts.features["name"], pts.data))
+    expected = dict(zip(truth.features["name"], truth.data))
+    common = set(found) & set(expected)
+    assert len(common) >= 5, (sorted(found), sorted(expected))
+    errors = [np.linalg.norm(found[n] - expected[n]) for n in common]  # world mm
+    assert np.median(errors) < 3.0, errors
+
+
 def test_train_on_layers_then_segment_with_it(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     image, mask = viewer.open_sample("napari-medseg", "endoscopy")

@@ -78,7 +78,8 @@ class WeightsPicker(Container):
 
 
 class RunControls(Container):
-    """Run / Cancel buttons, a progress bar and a status line."""
+    """Run / Cancel buttons, a progress bar and a status line; the same progress is mirrored into napari's
+    activity dock (``napari.utils.progress``) so it is visible when the widget is scrolled away or hidden."""
 
     def __init__(self, run_text: str = "Run"):
         self.run_button = PushButton(text=run_text)
@@ -89,6 +90,7 @@ class RunControls(Container):
         self.token: CancelToken | None = None
         self.cancel_button.changed.connect(self._cancel)
         self._latest = None  # (done, total, text) written by the worker thread, read by a GUI timer
+        self.activity = None  # napari.utils.progress while a job runs (GUI thread only)
         from qtpy.QtCore import QTimer
 
         self._timer = QTimer()
@@ -117,17 +119,36 @@ class RunControls(Container):
             self.progress.value = 0
             self.token = CancelToken()
             self._latest = None
+            self._open_activity(text)
             self._timer.start()
         else:
             self._timer.stop()
+            self._close_activity()
         if text:
             self.status.value = text
+
+    def _open_activity(self, text: str):
+        from napari.utils import progress
+
+        self._close_activity()
+        self.activity = progress(total=0, desc=f"napari-medseg: {text or 'working'}")
+
+    def _close_activity(self):
+        if self.activity is not None:
+            self.activity.close()
+            self.activity = None
 
     def set_progress(self, done: int, total: int, text: str = ""):
         self.progress.max = max(1, total)
         self.progress.value = min(done, total)
         if text:
             self.status.value = text
+        a = self.activity
+        if a is not None:
+            if a.total != total:
+                a.total = total
+            if done > a.n:
+                a.update(min(done, total) - a.n)
 
 
 def chosen_layer_and_weights(viewer, layer_combo, weights: "WeightsPicker", what: str):

@@ -23,6 +23,12 @@ def mr_spine_discs():
     return read_layers(str(datasets.fetch("mr_spine"))) + read_layers(str(datasets.fetch("mr_spine_discs")))
 
 
+def mr_lumbar_discs():
+    """A sagittal lumbar T2 MRI (spine-discs test case, T11-S1) with its 6 disc points: what the bundled
+    ``hourglass-spine-discs`` model was trained for. A curated file: read from $NAPARI_MEDSEG_DATA_DIR."""
+    return read_layers(str(datasets.fetch("mr_lumbar"))) + read_layers(str(datasets.fetch("mr_lumbar_discs")))
+
+
 def endoscopy_polyp():
     """A colonoscopy image from the Kvasir-SEG test split with its polyp mask."""
     img = read_image2d(datasets.fetch("endoscopy"))

@@ -30,6 +30,8 @@ SAMPLES = {
     "ct_abdomen_seg": "volumes/ct-abdomen-small_totalseg-output.nii.gz",
     "mr_spine": "volumes/pam50-small-t2.nii.gz",
     "mr_spine_discs": "volumes/pam50-small-t2_labels-disc.nii.gz",
+    "mr_lumbar": "spine-discs/images/spine_vb2_05.nii.gz",
+    "mr_lumbar_discs": "spine-discs/labels/spine_vb2_05_labels-disc.nii.gz",
     "endoscopy": "kvasir-seg/images/cju0qx73cjw570799j4n5cjze.jpg",
     "endoscopy_mask": "kvasir-seg/masks/cju0qx73cjw570799j4n5cjze.jpg",
 }
@@ -80,6 +82,9 @@ def fetch_file(rel: str) -> Path:
     target = cache_dir() / rel
     if target.is_file() and _sha256(target) == entry["sha256"]:
         return target
+    if not entry.get("url"):
+        raise MedSegIOError(rel, f"has no public single-file download ({entry.get('source', 'curated file')}); "
+                                 f"set ${ENV_DATA_DIR} to a folder that holds {rel}")
     import pooch
 
     target.parent.mkdir(parents=True, exist_ok=True)
