@@ -1,7 +1,10 @@
-"""The main job on the shipped sample data: open it in napari, or headless write a screenshot + summary.
+"""The main job on the shipped sample data: open the samples in napari and run the bundled models on
+them (named disc points on the lumbar spine MRI, a segmentation of the colonoscopy image and of the cardiac
+MRI); the results are written to the output folder (points CSV, labels PNG / NIfTI with the source geometry).
 
 Headless (no display): napari still renders, on a virtual X server started through Xvfb when one is
-installed; the loaded volumes' summary is written either way.
+installed; screenshots and a summary are written either way. A sample that cannot be had (the curated
+ones need ``$NAPARI_MEDSEG_DATA_DIR``) is listed as skipped with the reason, and the rest go on.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-SAMPLE_KEYS = ("ct_dicom", "mr_spine", "endoscopy")
+SAMPLE_KEYS = ("ct_dicom", "mr_lumbar", "endoscopy", "mr_cardiac")
+# the dataset a sample comes from: the bundled model trained on it (best test score) runs on the sample
+SAMPLE_DATASET = {"mr_lumbar": "spine-discs", "endoscopy": "kvasir-seg", "mr_cardiac": "acdc"}
 
 
 def _have_display() -> bool:
@@ -41,18 +46,22 @@ def _open_in_napari(out: Path, headless: bool) -> dict:
     import napari
 
     summary: dict = {"samples": {}}
+    out.mkdir(parents=True, exist_ok=True)
+    summary["results"], summary["skipped"] = {}, {}
     if not headless:
         viewer = napari.Viewer(title="napari-medseg demo")
         for key in SAMPLE_KEYS:
-            summary["samples"][key] = _add_sample(viewer, key)
-        _focus(viewer, SAMPLE_KEYS[0])
+            _sample_and_model(viewer, key, out, summary)
+        _focus(viewer, "mr_lumbar" if "mr_lumbar" in summary["samples"] else SAMPLE_KEYS[0])
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         napari.run()
         return summary
-    out.mkdir(parents=True, exist_ok=True)
     shots = {}
     for key in SAMPLE_KEYS:
         viewer = napari.Viewer(show=False, title=f"napari-medseg demo: {key}")
-        summary["samples"][key] = _add_sample(viewer, key)
+        if not _sample_and_model(viewer, key, out, summary):
+            viewer.close()
+            continue
         _focus(viewer, key)
         path = out / f"screenshot_{key}.png"
         viewer.screenshot(str(path), canvas_only=False, flash=False)
@@ -60,8 +69,72 @@ def _open_in_napari(out: Path, headless: bool) -> dict:
         viewer.close()
     summary["screenshots"] = shots
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {len(shots)} screenshots and summary.json to {out}")
+    print(f"wrote {len(shots)} screenshots, {len(summary['results'])} model results and summary.json to {out}")
+    for key, why in summary["skipped"].items():
+        print(f"skipped {key}: {why}")
     return summary
+
+
+def _sample_and_model(viewer, key: str, out: Path, summary: dict) -> bool:
+    """Add one sample and run its bundled model; ``False`` (with the reason in the summary) when the sample
+    cannot be had."""
+    from .io.errors import MedSegIOError
+
+    try:
+        summary["samples"][key] = _add_sample(viewer, key)
+    except (MedSegIOError, OSError) as err:
+        summary["skipped"][key] = str(err)
+        return False
+    model = best_bundled(SAMPLE_DATASET.get(key))
+    if model is not None:
+        summary["results"][key] = _run_model(viewer, key, model, out)
+    return True
+
+
+def best_bundled(dataset: str | None) -> str | None:
+    """The bundled model trained on ``dataset`` with the best test score (Dice; discs: median L2)."""
+    from . import api
+    from .engine.checkpoint import read_config
+
+    best, best_score = None, None
+    for name, path in api.bundled_weights().items():
+        card = read_config(path).get("card", {})
+        if dataset is None or card.get("dataset") != dataset:
+            continue
+        m = card.get("test_metrics", {})
+        score = -m["l2_mm"] if "l2_mm" in m else m.get("dice", 0.0)
+        if best_score is None or score > best_score:
+            best, best_score = name, score
+    return best
+
+
+def _run_model(viewer, key: str, model: str, out: Path) -> dict:
+    """Run a bundled model on the sample's image layer; add the result as a layer and save it."""
+    import numpy as np
+
+    from . import api
+    from ._napari._layers import labels_layer_data, points_layer_data
+    from .engine.checkpoint import read_config
+
+    from napari.layers import Image
+
+    image = next(lyr for lyr in viewer.layers if lyr.name.startswith(f"{key}:") and isinstance(lyr, Image))
+    task = read_config(api.bundled_weights()[model])["model"].get("task")
+    if task == "keypoints":
+        points = api.label_discs(image, model=model)
+        data, kwargs, _ = points_layer_data(points, image, f"{key}: discs ({model})")
+        layer = viewer.add_points(data, **kwargs)
+        path = out / f"{key}_discs.csv"
+        layer.save(str(path), plugin="napari-medseg")
+        return {"model": model, "file": str(path), "discs": list(kwargs["features"]["name"])}
+    seg = api.segment(image, model=model)
+    data, kwargs, _ = labels_layer_data(seg.labels, image, seg.class_names, f"{key}: segmentation ({model})")
+    layer = viewer.add_labels(data, **kwargs)
+    path = out / (f"{key}_seg.png" if image.rgb or data.ndim == 2 else f"{key}_seg.nii.gz")
+    layer.save(str(path), plugin="napari-medseg")
+    counts = np.bincount(data.ravel(), minlength=len(seg.class_names))
+    return {"model": model, "file": str(path),
+            "voxels": {seg.class_names[i]: int(c) for i, c in enumerate(counts) if i > 0}}
 
 
 def _add_sample(viewer, key: str) -> list[dict]:
@@ -70,6 +143,7 @@ def _add_sample(viewer, key: str) -> list[dict]:
     from ._napari import _sample_data as samples
 
     loaders = {"ct_dicom": samples.ct_dicom_series, "mr_spine": samples.mr_spine_discs,
+               "mr_lumbar": samples.mr_lumbar_discs, "mr_cardiac": samples.mr_cardiac,
                "endoscopy": samples.endoscopy_polyp}
     entries = []
     for data, kwargs, layer_type in loaders[key]():
@@ -103,7 +177,7 @@ def _focus(viewer, key: str) -> None:
         for ax, c in zip(range(nd - len(lo), nd), (lo + hi) / 2):
             centre[ax] = float(c)
         viewer.dims.point = centre
-    if key == "mr_spine" and viewer.dims.ndim == 3:
+    if key in ("mr_spine", "mr_lumbar") and viewer.dims.ndim == 3:
         viewer.dims.order = (2, 0, 1)  # sagittal: superior-inferior vertical, anterior-posterior horizontal
     if viewer.dims.ndisplay == 2 and key != "endoscopy":
         # radiological convention: anterior up, patient's right on the screen's left

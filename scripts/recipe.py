@@ -68,6 +68,8 @@ def main() -> int:
         "reproduce": f"NAPARI_MEDSEG_DATA_DIR=../shared/data napari-medseg evaluate --model {recipe['name']} "
                      f"--data ../shared/data/{recipe['dataset']}",
     }
+    if recipe.get("label_names"):  # class names for the Labels layer's features (2-D datasets carry none)
+        cfg["preprocessing"]["label_names"] = recipe["label_names"]
     cfg["training"]["out"] = f"runs/{recipe['name']}"
     cfg["data"]["root"] = recipe["dataset"]
     (target / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

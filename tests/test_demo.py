@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from napari_medseg.cli import main
@@ -12,12 +13,22 @@ pytestmark = pytest.mark.gui
 def test_demo_headless_writes_screenshots_and_summary(tmp_path, qapp):
     assert main(["demo", "--headless", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["samples"]) == {"ct_dicom", "mr_spine", "endoscopy"}
+    assert set(summary["samples"]) == {"ct_dicom", "mr_lumbar", "endoscopy", "mr_cardiac"}
+    assert summary["skipped"] == {}
     ct = summary["samples"]["ct_dicom"][0]
     assert ct["shape"] == [20, 512, 512] and ct["info"]["Modality"] == "CT"
-    assert [e["type"] for e in summary["samples"]["mr_spine"]] == ["image", "points"]
+    assert [e["type"] for e in summary["samples"]["mr_lumbar"]] == ["image", "points"]
+    # the bundled models ran on the samples and their results were written
+    from napari_medseg import io
+
+    discs = summary["results"]["mr_lumbar"]
+    assert discs["model"] == "hourglass-spine-discs"
+    saved = io.read_points(discs["file"])
+    assert len(saved) >= 5 and [io.disc_name(n) for n in saved.numbers] == discs["discs"]
+    polyp = summary["results"]["endoscopy"]
+    seg = io.read_image2d(polyp["file"], kind="labels")
+    assert 0.02 < (np.asarray(seg.data) > 0).mean() < 0.9  # a polyp-sized region, not empty or everything
     from PIL import Image
-    import numpy as np
 
     for key, path in summary["screenshots"].items():
         img = np.asarray(Image.open(path))

@@ -29,6 +29,17 @@ def mr_lumbar_discs():
     return read_layers(str(datasets.fetch("mr_lumbar"))) + read_layers(str(datasets.fetch("mr_lumbar_discs")))
 
 
+def mr_cardiac():
+    """A short-axis cine cardiac MRI (ACDC test case, end-diastole) with its manual labels (RV, myocardium,
+    LV): what the bundled cardiac models were trained for. A curated file: read from $NAPARI_MEDSEG_DATA_DIR."""
+    image = read_layers(str(datasets.fetch("mr_cardiac")))
+    labels = read_layers(str(datasets.fetch("mr_cardiac_labels")))
+    for _data, kwargs, _kind in labels:
+        kwargs["name"] = kwargs.get("name", "labels") + "_manual"
+        kwargs["features"] = {"index": [0, 1, 2, 3], "class": ["background", "RV", "Myo", "LV"]}
+    return image + [(d, k, "labels") for d, k, _ in labels]
+
+
 def endoscopy_polyp():
     """A colonoscopy image from the Kvasir-SEG test split with its polyp mask."""
     img = read_image2d(datasets.fetch("endoscopy"))

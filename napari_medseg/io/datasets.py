@@ -32,6 +32,8 @@ SAMPLES = {
     "mr_spine_discs": "volumes/pam50-small-t2_labels-disc.nii.gz",
     "mr_lumbar": "spine-discs/images/spine_vb2_05.nii.gz",
     "mr_lumbar_discs": "spine-discs/labels/spine_vb2_05_labels-disc.nii.gz",
+    "mr_cardiac": "acdc/imagesTr/patient022_frame01.nii.gz",
+    "mr_cardiac_labels": "acdc/labelsTr/patient022_frame01.nii.gz",
     "endoscopy": "kvasir-seg/images/cju0qx73cjw570799j4n5cjze.jpg",
     "endoscopy_mask": "kvasir-seg/masks/cju0qx73cjw570799j4n5cjze.jpg",
 }
