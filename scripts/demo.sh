@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set everything up, then run the main job on the shipped default: open the sample data in napari.
+# Set everything up, then run the main job on the shipped default: open the samples in napari and run the
+# bundled models on them (disc labels on the lumbar MRI, segmentations of the colonoscopy and cardiac samples).
 # Without a display, the same pipeline runs headless (virtual X server) and writes screenshots and a
-# summary of the loaded volumes to out/demo/.
+# summary and the models' results (discs CSV, labels PNG / NIfTI) to out/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
