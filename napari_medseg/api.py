@@ -266,5 +266,7 @@ def _batch_one(pred: Predictor, path: Path, out: Path, task: str, tta: bool, cle
         voxel = float(np.prod(vol.spacing))
     counts = np.bincount(labels.ravel(), minlength=pred.num_classes)
     unit = "px" if _is_2d(vol) else "mm3"
+    names = pred.config.get("preprocessing", {}).get("label_names") or []
+    names = [names[c] if c < len(names) else f"class{c}" for c in range(pred.num_classes)]
     return {"file": str(path), "outputs": [str(target)],
-            "volumes": {f"class{c}_{unit}": float(counts[c] * voxel) for c in range(1, pred.num_classes)}}
+            "volumes": {f"{names[c]}_{unit}": float(counts[c] * voxel) for c in range(1, pred.num_classes)}}

@@ -52,42 +52,87 @@ def disc_figure(name: str, out: Path, n: int = 6) -> None:
     canvas.save(out)
 
 
-def seg_figure(names: list[str], out: Path, n: int = 5) -> None:
-    """Rows: image, truth, one row per model (prediction overlaid in red, truth outline in green)."""
-    cfg = ckpt.read_config(api.bundled_weights()[names[0]])
-    layout = D.discover(DATA / cfg["card"]["dataset"])
-    stems = D.split(layout)["test"][:n]
-    preds = {name: api.load(model=name, device="cpu", precision="fp32") for name in names}
-    rows = []
+COLOURS = np.array([[0, 0, 0], [255, 40, 40], [40, 200, 255], [255, 220, 0], [200, 80, 255]], np.float32)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 3:
+        return image[..., :3].astype(np.float32)
+    lo, hi = np.percentile(image, [1, 99.5])
+    g = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    return np.repeat(g[..., None], 3, axis=-1).astype(np.float32)
+
+
+def _overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, label: str, size: int = 256) -> Image.Image:
+    """Prediction filled (one colour per class), truth outlined in green."""
+    from scipy import ndimage
+
+    rgb = _rgb(image)
+    for k in range(1, int(max(pred.max(), truth.max())) + 1):
+        m = pred == k
+        rgb[m] = 0.55 * rgb[m] + 0.45 * COLOURS[k % len(COLOURS)]
+        t = truth == k
+        width = max(1, round(max(truth.shape) / size))
+        rgb[t & ~ndimage.binary_erosion(t, iterations=width)] = [0, 255, 0]
+    tile = Image.fromarray(rgb.astype(np.uint8)).resize((size, size))
+    ImageDraw.Draw(tile).text((4, 4), label, fill=(255, 255, 0))
+    return tile
+
+
+def _cases(layout, stems):
+    """(image, truth) pairs: 2-D images, or the slice with the most foreground of each test volume."""
     for stem in stems:
         img_path, tgt_path = layout.pairs[stem]
-        vol = io.read_image2d(img_path)
-        truth = D.read_mask(tgt_path) > 0
-        tiles = []
-        for name in names:
-            pred = preds[name].segment_image(vol.data, rgb=vol.rgb) > 0
-            rgb = vol.data[..., :3].astype(np.float32).copy()
-            rgb[pred] = 0.55 * rgb[pred] + 0.45 * np.array([255, 0, 0])
-            from scipy import ndimage
+        if layout.kind == "seg2d":
+            yield stem, io.read_image2d(img_path), D.read_mask(tgt_path), None
+        else:
+            vol = io.read_nifti(img_path)
+            truth = np.asarray(io.read_nifti(tgt_path).data)
+            k = int(np.argmax((truth > 0).sum(axis=(0, 1))))  # ACDC: slices on the last axis
+            yield stem, vol, truth, k
 
-            edge = truth & ~ndimage.binary_erosion(truth, iterations=3)
-            rgb[edge] = [0, 255, 0]
-            tile = Image.fromarray(rgb.astype(np.uint8)).resize((256, 256))
-            ImageDraw.Draw(tile).text((4, 4), name, fill=(255, 255, 0))
-            tiles.append(tile)
-        rows.append(tiles)
-    canvas = Image.new("RGB", (256 * len(stems), 256 * len(names)))
-    for i, tiles in enumerate(rows):
+
+def seg_figure(dataset: str, models: dict[str, dict], out: Path, n: int = 5) -> None:
+    """Columns: test cases; rows: one per model. ``models``: label -> ``{"model": bundled}`` or
+    ``{"weights": run folder}``."""
+    layout = D.discover(DATA / dataset)
+    stems = D.split(layout)["test"]
+    stems = stems[:: max(1, len(stems) // n)][:n]
+    preds = {label: api.load(**src, device="cpu", precision="fp32") for label, src in models.items()}
+    columns = []
+    for stem, image, truth, k in _cases(layout, stems):
+        tiles = []
+        for label, pred in preds.items():
+            if k is None:
+                p = pred.segment_image(image.data, rgb=image.rgb)
+                tiles.append(_overlay(image.data, p, truth, label))
+            else:
+                p = pred.segment_volume(image)
+                tiles.append(_overlay(image.data[..., k].T, p[..., k].T, truth[..., k].T, f"{label} {stem}"))
+        columns.append(tiles)
+    canvas = Image.new("RGB", (256 * len(columns), 256 * len(models)))
+    for i, tiles in enumerate(columns):
         for j, t in enumerate(tiles):
             canvas.paste(t, (256 * i, 256 * j))
     canvas.save(out)
 
 
+def _source(name: str) -> dict | None:
+    """Bundled weights by name, else the recipe's run folder (best/) when it exists here."""
+    if name in api.bundled_weights():
+        return {"model": name}
+    run = ROOT / "runs" / name / "best"
+    return {"weights": str(run)} if (run / "config.json").is_file() else None
+
+
 if __name__ == "__main__":
     (ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
-    bundled = api.bundled_weights()
     disc_figure("hourglass-spine-discs", ROOT / "docs" / "images" / "results_discs.png")
-    kvasir = [n for n in ("bilateral-kvasir", "unet-kvasir") if n in bundled]
-    if kvasir:
-        seg_figure(kvasir, ROOT / "docs" / "images" / "results_kvasir.png")
+    tasks = {"kvasir-seg": ("results_kvasir.png", ["bcdunet-kvasir", "bilateral-kvasir", "unet-kvasir"]),
+             "ph2": ("results_ph2.png", ["bcdunet-ph2", "unet-ph2"]),
+             "acdc": ("results_acdc.png", ["lstmsa-acdc", "unet-acdc"])}
+    for dataset, (png, names) in tasks.items():
+        models = {n: src for n in names if (src := _source(n)) is not None}
+        if models:
+            seg_figure(dataset, models, ROOT / "docs" / "images" / png)
     print("wrote the figures in docs/images")

@@ -2,9 +2,9 @@
 
     bash scripts/screenshots.sh        # = xvfb-run -a .venv/bin/python scripts/screenshots.py
 
-Trains two small networks for a minute on the shared data first (a segmentation U-Net on Kvasir-SEG,
-the attention hourglass on spine-discs), so the pictures show real predictions of barely trained models,
-not of the bundled weights.
+Segment, Label discs and Batch use the bundled weights (the best bundled model for the sample's dataset),
+opened the way a user does: File > Open Sample, then the widget. Train trains a small U-Net for a few
+epochs on the open layers.
 """
 
 from __future__ import annotations
@@ -34,19 +34,15 @@ def main():
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_medseg._napari._common import CHECKPOINT_CHOICE
-    from napari_medseg.engine.train import TrainOptions, train
+    from napari_medseg.demo import best_bundled
 
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp())
-    print("training two small models for the pictures...", flush=True)
-    seg = train(TrainOptions(model="unet", data=str(DATA / "kvasir-seg"), out=str(tmp / "seg"), epochs=3,
-                             input_size=128, batch_size=8, max_cases=120, seed=0))["best_checkpoint"]
-    hg = train(TrainOptions(model="hourglass", data=str(DATA / "spine-discs"), out=str(tmp / "hg"), epochs=10,
-                            input_size=128, batch_size=4, lr=1e-3, seed=0))["best_checkpoint"]
-    def use(picker, path):
-        picker.choice.value = CHECKPOINT_CHOICE
-        picker.folder.value = path
+    kvasir, discs, cardiac = best_bundled("kvasir-seg"), best_bundled("spine-discs"), best_bundled("acdc")
+
+    def use(picker, name):
+        picker.refresh()
+        picker.choice.value = name
 
     # Segment
     viewer = napari.Viewer(show=True)
@@ -55,22 +51,37 @@ def main():
     image, _ = viewer.open_sample("napari-medseg", "endoscopy")
     _, w = viewer.window.add_plugin_dock_widget("napari-medseg", "Segment")
     w.image.value = image.name
-    use(w.weights, seg)
+    use(w.weights, kvasir)
     w.controls.run_button.clicked()
     wait(app, lambda: w.last_layer is not None)
     viewer.layers[1].visible = False
     viewer.screenshot(str(OUT / "segment.png"), canvas_only=False)
     viewer.close()
 
+    if cardiac:  # a cardiac MRI volume, segmented slice by slice
+        viewer = napari.Viewer(show=True)
+        viewer.window.resize(1500, 900)
+        image, manual = viewer.open_sample("napari-medseg", "mr_cardiac")
+        manual.visible = False
+        _, w = viewer.window.add_plugin_dock_widget("napari-medseg", "Segment")
+        w.image.value = image.name
+        use(w.weights, cardiac)
+        w.controls.run_button.clicked()
+        wait(app, lambda: w.last_layer is not None)
+        viewer.dims.set_current_step(0, image.data.shape[0] // 2)
+        viewer.reset_view()
+        viewer.screenshot(str(OUT / "segment_cardiac.png"), canvas_only=False)
+        viewer.close()
+
     # Label discs
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1500, 900)
-    [t2] = viewer.open(str(DATA / "spine-discs" / "images" / "spine_vb2_05.nii.gz"), plugin="napari-medseg")
+    t2, truth = viewer.open_sample("napari-medseg", "mr_lumbar")
+    truth.visible = False
     viewer.dims.order = (2, 0, 1)
     _, w = viewer.window.add_plugin_dock_widget("napari-medseg", "Label discs")
     w.image.value = t2.name
-    use(w.weights, hg)
-    w.min_conf.value = 0.0
+    use(w.weights, discs)
     w.controls.run_button.clicked()
     wait(app, lambda: w.last_layer is not None)
     viewer.dims.set_point(2, float(w.last_layer.data[:, 2].mean()) if len(w.last_layer.data) else 0.0)
@@ -102,7 +113,7 @@ def main():
     viewer.window.resize(1500, 900)
     _, w = viewer.window.add_plugin_dock_widget("napari-medseg", "Batch")
     w.inputs.value, w.out.value = str(inp), str(tmp / "batch_out")
-    use(w.weights, seg)
+    use(w.weights, kvasir)
     w.controls.run_button.clicked()
     wait(app, lambda: w.summary is not None)
     viewer.screenshot(str(OUT / "batch.png"), canvas_only=False)

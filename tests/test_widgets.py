@@ -147,23 +147,36 @@ def test_newcomer_labels_lumbar_discs_from_the_menus(make_napari_viewer, qtbot):
     assert np.median(errors) < 3.0, errors
 
 
-def test_train_on_layers_then_segment_with_it(make_napari_viewer, qtbot, tmp_path):
+def test_train_on_the_ct_sample_then_segment_it(make_napari_viewer, qtbot, tmp_path):
+    """The done-when path for the CT: File > Open Sample > abdominal CT (+ its segmentation), Layers > Segment >
+    Train on those two layers and watch the curve/preview, then Layers > Segment > Segment the CT with the
+    checkpoint the Train widget just registered."""
+    from napari._app_model import get_app_model
+
     viewer = make_napari_viewer()
-    image, mask = viewer.open_sample("napari-medseg", "endoscopy")
-    w = _dock(viewer, "Train")
-    w.image.value, w.labels_layer.value = image.name, mask.name
+    image, seg_layer = viewer.open_sample("napari-medseg", "ct_abdomen")
+    app = get_app_model()
+    w, _ = app.commands.execute_command("napari-medseg.train_widget").result()
+    w.image.value, w.labels_layer.value = image.name, seg_layer.name
     w.network.value = "unet"
-    w.epochs.value, w.batch.value, w.input_size.value = 2, 1, 64
+    w.epochs.value, w.batch.value, w.input_size.value = 2, 4, 64
     w.out.value = str(tmp_path / "run")
     w.controls.run_button.clicked()
-    qtbot.waitUntil(lambda: w.result is not None or not w.controls.cancel_button.enabled, timeout=180_000)
+    qtbot.waitUntil(lambda: w.result is not None or not w.controls.cancel_button.enabled, timeout=300_000)
     assert w.result is not None, w.controls.status.value
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert [e["kind"] for e in w.events if e["kind"] == "epoch"] == ["epoch", "epoch"]
     assert len(w.plot.loss) == 2
     assert "training preview" in [lyr.name for lyr in viewer.layers]
-    seg = _dock(viewer, "Segment")
-    assert any("this session" in c for c in seg.weights.choice.choices)
+    seg, _ = app.commands.execute_command("napari-medseg.segment_widget").result()
+    session = [c for c in seg.weights.choice.choices if "this session" in c]
+    assert session, seg.weights.choice.choices
+    seg.weights.choice.value = session[-1]
+    seg.image.value = image.name
+    seg.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: seg.last_layer is not None, timeout=120_000)
+    assert seg.last_layer.data.shape == image.data.shape
+    np.testing.assert_allclose(seg.last_layer.extent.world, image.extent.world)
 
 
 def test_train_cancel_leaves_resumable_checkpoint(make_napari_viewer, qtbot, tmp_path):

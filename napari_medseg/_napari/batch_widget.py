@@ -66,7 +66,8 @@ class BatchWidget(Container):
         for r in summary["results"]:
             rows["file"].append(r["file"])
             rows["status"].append("ok")
-            rows["time (s)"].append(r.get("seconds", ""))
+            seconds = r.get("seconds")
+            rows["time (s)"].append(f"{seconds:.1f}" if isinstance(seconds, (int, float)) else "")
             if "discs" in r:
                 rows["result"].append(f"{r['discs']} discs: {', '.join(r['names'])}")
             else:
