@@ -121,6 +121,12 @@ def _run_model(viewer, key: str, model: str, out: Path) -> dict:
     image = next(lyr for lyr in viewer.layers if lyr.name.startswith(f"{key}:") and isinstance(lyr, Image))
     task = read_config(api.bundled_weights()[model])["model"].get("task")
     if task == "keypoints":
+        from napari.layers import Points
+
+        for truth in (lyr for lyr in viewer.layers if isinstance(lyr, Points) and lyr.name.startswith(f"{key}:")):
+            truth.text.visible = False  # the sample's own points: unnamed green rings under the prediction
+            truth.symbol, truth.size = "ring", 10
+            truth.face_color = "lime"
         points = api.label_discs(image, model=model)
         data, kwargs, _ = points_layer_data(points, image, f"{key}: discs ({model})")
         layer = viewer.add_points(data, **kwargs)
