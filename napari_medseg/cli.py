@@ -90,7 +90,7 @@ def _cmd_train(args) -> int:
             lr=args.lr, device=args.device, precision=args.precision, seed=args.seed, resume=args.resume,
             input_size=args.input_size, patience=args.patience, num_workers=args.workers, compile=args.compile,
             recipe=args.recipe, max_cases=args.max_cases, max_steps_per_epoch=args.max_steps,
-            augment=not args.no_augment, callback=_TqdmEvents(), cancel=cancel)
+            augment=not args.no_augment, extra_train=args.extra_train, callback=_TqdmEvents(), cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, old)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--recipe", default=None, help="use another network's training recipe (baselines)")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--extra-train", action="append", default=[], metavar="DIR",
+                   help="another dataset folder of the same kind whose train split joins the training set "
+                        "(validation and test stay those of --data); repeatable")
     p.add_argument("--max-cases", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_train)

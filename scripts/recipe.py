@@ -41,8 +41,9 @@ def main() -> int:
     data = Path(os.environ.get("NAPARI_MEDSEG_DATA_DIR", ROOT.parent / "shared" / "data")) / recipe["dataset"]
     run = ROOT / "runs" / recipe["name"]
     if action == "train":
+        more = [a for d in recipe.get("extra_train", []) for a in ("--extra-train", str(data.parent / d))]
         cmd = [sys.executable, "-m", "napari_medseg.cli", "train", "--data", str(data), "--out", str(run),
-               *recipe["train"], *extra]
+               *recipe["train"], *more, *extra]
         return subprocess.call(cmd)
     if action != "bundle":
         raise SystemExit("action must be train or bundle")
@@ -60,7 +61,8 @@ def main() -> int:
     shutil.copy(run / which / "model.safetensors", target / "model.safetensors")
     cfg["card"] = {
         "name": recipe["name"], "about": recipe["about"], "dataset": recipe["dataset"],
-        "split": "split.json of the dataset (train / val / test stems)", "recipe": recipe["train"],
+        "split": "split.json of the dataset (train / val / test stems)",
+        "extra_train": [f"{d} (its train split)" for d in recipe.get("extra_train", [])], "recipe": recipe["train"],
         "epochs_trained": len(history), "checkpoint": which, "checkpoint_epoch": cfg.get("epoch"),
         "train_wall_s": round(sum(h["seconds"] for h in history), 1),
         "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {cfg['software']['torch']}",

@@ -22,6 +22,7 @@ from napari_medseg.engine.devices import Precision, select_device, select_precis
 from napari_medseg.engine.events import CancelToken
 from napari_medseg.engine.train import train
 
+from .conftest import SHARED, _subset, train_opts
 from .conftest import train_opts as _opts
 
 torch.set_num_threads(2)
@@ -57,6 +58,30 @@ def test_lstmsa_trains_on_25d_stacks(tiny, tmp_path):
 
 def _weights(path):
     return ckpt.load_weights(path)
+
+
+def test_extra_training_folder_joins_train_only(tiny, tmp_path):
+    """PH2 + ISIC crops style: a second folder's train split is added; validation stays the first's; a folder
+    of another kind is refused before training."""
+    from napari_medseg.engine.train import prepare_data
+
+    other = _subset(tmp_path, "isic2016-crops", *_first("isic2016-crops", 3, 1, 1))
+    opts = train_opts("unet", tiny["kvasir-seg"], tmp_path / "run", extra_train=[str(other)])
+    train_set, val_set, summary = prepare_data(opts, (64, 64))
+    assert summary["extra_train_cases"] == 3 and len(train_set.images) == 4 + 3 and len(val_set.images) == 2
+    assert sum(s.startswith("isic2016-crops/") for s in train_set.stems) == 3
+    result = train(opts)
+    assert result["reason"] == "done" and Path(result["best_checkpoint"]).is_dir()
+    with pytest.raises(ValueError, match="extra training data"):
+        prepare_data(train_opts("unet", tiny["kvasir-seg"], tmp_path / "r2", extra_train=[str(tiny["acdc"])]),
+                     (64, 64))
+
+
+def _first(name, n_train, n_val, n_test):
+    import json
+
+    parts = json.loads((SHARED / name / "split.json").read_text())
+    return parts["train"][:n_train], parts["val"][:n_val], parts["test"][:n_test]
 
 
 def test_resume_equals_uninterrupted(tiny, tmp_path):

@@ -44,6 +44,7 @@ class TrainOptions:
     max_steps_per_epoch: int | None = None
     max_cases: int | None = None  # use only the first N train / val cases (smoke tests)
     slice_axis: int | str = "auto"
+    extra_train: list[str] = field(default_factory=list)  # more folders whose `train` split joins training
     model_options: dict = field(default_factory=dict)
     preview_every: int = 1
 
@@ -104,8 +105,25 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int]):
     numbers = train.preprocessing.get("disc_numbers")
     val = D.prepare(layout, val_stems, size=size, channels=channels, context=context, disc_numbers=numbers,
                     axis=opts.slice_axis)
+    extra_cases = 0
+    for folder in opts.extra_train:
+        other = D.discover(folder)
+        if other.kind != layout.kind or layout.kind == "discs":
+            raise ValueError(f"{folder}: extra training data must be a {layout.kind} segmentation folder like "
+                             f"{opts.data} (got {other.kind})")
+        stems = D.split(other, seed=opts.seed)["train"]
+        more = D.prepare(other, stems, size=size, channels=channels, context=context, axis=opts.slice_axis)
+        if more.images.shape[1:] != train.images.shape[1:]:
+            raise ValueError(f"{folder}: images have shape {more.images.shape[1:]} after preparation, "
+                             f"{opts.data} has {train.images.shape[1:]} (channels differ?)")
+        train.images = np.concatenate([train.images, more.images])
+        train.targets = np.concatenate([train.targets, more.targets])
+        train.stems = train.stems + [f"{Path(folder).name}/{s}" for s in stems]
+        train.num_classes = max(train.num_classes, more.num_classes)
+        extra_cases += len(stems)
     val.num_classes = train.num_classes = max(train.num_classes, val.num_classes)
     summary = {"root": str(Path(opts.data).resolve()), "layout": layout.kind, "train_cases": len(train_stems),
+               "extra_train": [str(Path(f).resolve()) for f in opts.extra_train], "extra_train_cases": extra_cases,
                "val_cases": len(val_stems), "train_samples": len(train.images), "val_samples": len(val.images),
                "split": "split.json" if (layout.root / "split.json").is_file() else f"seeded({opts.seed})"}
     return train, val, summary
