@@ -299,6 +299,17 @@ def test_bf16_autocast_is_sane(name):
     torch.manual_seed(0)
     model = models.build(name).eval()
     x = _input(model, batch=1, seed=6)
+    if name == "bilateral":
+        # rendering re-predicts the most uncertain pixels: a discrete choice that bf16 rounding can flip
+        # for near-ties, so compare the continuous path here and the rendered labels below
+        with torch.no_grad():
+            ref = model(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = model(x)
+        assert torch.isfinite(low).all()
+        assert ref.shape[1] == 1  # one class: the label is the logit's sign
+        assert ((low.float() > 0) == (ref > 0)).float().mean() > 0.95
+        model.render = False
     with torch.no_grad():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -16,12 +16,15 @@ Sun, Sui, Liang, Hu, Du, "Bilateral spatial attention network for medical image 
 * Decoder: bilinear x2 + skip concatenation + three conv3x3-BN-ReLU per level, up to stride 4, where a
   1x1 conv gives coarse logits **(our choice)**.
 * Attention rendering module (PointRend, Kirillov et al. CVPR 2020): a point head (Conv1d MLP) over
-  fine encoder features (strides 1 and 2) + coarse logits at chosen points.
+  fine encoder features (strides 1 and 2) + coarse logits at chosen points, the coarse logits fed to
+  every layer (PointRend's standard point head).
   - training: about ``train_points`` points, ``importance`` of them where the coarse prediction is
     most uncertain among ``oversample`` x as many random candidates, the rest uniform; the output dict
     carries ``point_logits`` and ``point_coords`` for the point loss (:func:`point_loss`);
   - inference: after each 2x bilinear upsampling from stride 4, the ``subdivision_points`` most
-    uncertain pixels are re-predicted by the point head; output at full resolution.
+    uncertain pixels (at most a quarter of the pixels, so that at small inputs the point head refines
+    the uncertain band instead of replacing the whole map) are re-predicted by the point head; output at
+    full resolution.
   ``render=False`` upsamples the coarse logits x4 instead (ablation).
 
 ``forward`` returns logits (B, K, H, W); in training mode a dict with ``"logits"`` (coarse logits
@@ -134,19 +137,24 @@ def uncertainty(logits: torch.Tensor) -> torch.Tensor:
 
 
 class PointHead(nn.Module):
-    """Per-point MLP (Conv1d) over [fine features, coarse logits] (PointRend Sec. 3.3)."""
+    """Per-point MLP (Conv1d) over [fine features, coarse logits], with the coarse logits concatenated to
+    every hidden layer's input as well (PointRend Sec. 3.3; detectron2's ``coarse_pred_each_layer``):
+    the head starts from the coarse answer and learns the correction."""
 
     def __init__(self, fine_channels: int, num_classes: int, hidden: int, layers: int = 3):
         super().__init__()
-        mods, cin = [], fine_channels + num_classes
+        self.fcs = nn.ModuleList()
+        cin = fine_channels + num_classes
         for _ in range(layers):
-            mods += [nn.Conv1d(cin, hidden, 1), nn.ReLU(inplace=True)]
-            cin = hidden
-        self.mlp = nn.Sequential(*mods)
-        self.out = nn.Conv1d(hidden, num_classes, 1)
+            self.fcs.append(nn.Conv1d(cin, hidden, 1))
+            cin = hidden + num_classes
+        self.out = nn.Conv1d(cin, num_classes, 1)
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-        return self.out(self.mlp(torch.cat([fine, coarse], dim=1)))
+        x = fine
+        for fc in self.fcs:
+            x = F.relu(fc(torch.cat([x, coarse], dim=1)))
+        return self.out(torch.cat([x, coarse], dim=1))
 
 
 class BilateralAttentionNet(nn.Module):
@@ -235,7 +243,7 @@ class BilateralAttentionNet(nn.Module):
         while logits.shape[-2] < out_h:
             logits = F.interpolate(logits, scale_factor=2.0, mode="bilinear", align_corners=False)
             b, k, h, w = logits.shape
-            n = min(self.subdivision_points, h * w)
+            n = min(self.subdivision_points, h * w // 4)  # the most uncertain quarter at most **(our choice)**
             idx = torch.topk(uncertainty(logits).flatten(1), n, dim=1).indices  # (B, N)
             ys = torch.div(idx, w, rounding_mode="floor")
             xs = idx - ys * w
