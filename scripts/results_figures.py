@@ -128,9 +128,9 @@ def _source(name: str) -> dict | None:
 if __name__ == "__main__":
     (ROOT / "docs" / "images").mkdir(parents=True, exist_ok=True)
     disc_figure("hourglass-spine-discs", ROOT / "docs" / "images" / "results_discs.png")
-    tasks = {"kvasir-seg": ("results_kvasir.png", ["bcdunet-kvasir", "bilateral-kvasir", "unet-kvasir"]),
+    tasks = {"kvasir-seg": ("results_kvasir.png", ["unet-kvasir-192", "bilateral-kvasir", "bcdunet-kvasir", "unet-kvasir"]),
              "ph2": ("results_ph2.png", ["bcdunet-ph2", "unet-ph2"]),
-             "acdc": ("results_acdc.png", ["lstmsa-acdc", "unet-acdc"])}
+             "acdc": ("results_acdc.png", ["lstmsa-acdc", "unet-acdc", "unet-acdc-300"])}
     for dataset, (png, names) in tasks.items():
         models = {n: src for n in names if (src := _source(n)) is not None}
         if models:
