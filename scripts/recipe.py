@@ -34,6 +34,23 @@ def choose_on_val(api, data: Path, run: Path) -> str:
     return min(scores, key=scores.get)
 
 
+MAX_BUNDLE_BYTES = 5 * 1024 * 1024  # weights ship inside the package: keep each file small
+
+
+def store_weights(src: Path, dst: Path) -> str:
+    """Copy the weights; above MAX_BUNDLE_BYTES store floating tensors as float16 (the loader casts them
+    back into the float32 network). Returns the stored dtype."""
+    if src.stat().st_size <= MAX_BUNDLE_BYTES:
+        shutil.copy(src, dst)
+        return "float32"
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(src))
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}, str(dst))
+    dst.chmod(0o644)
+    return "float16"
+
+
 def main() -> int:
     recipe_path, action = Path(sys.argv[1]), sys.argv[2]
     extra = sys.argv[3:]
@@ -51,14 +68,16 @@ def main() -> int:
     from napari_medseg.engine import checkpoint as ckpt
 
     which = extra[0] if extra else choose_on_val(api, data, run)
-    result = api.evaluate(str(data), weights=str(run / which), subset="test", device="cpu", precision="fp32")
     history = json.loads((run / "history.json").read_text())
     cfg = ckpt.read_config(run / which)
     target = ROOT / "napari_medseg" / "weights" / recipe["name"]
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    shutil.copy(run / which / "model.safetensors", target / "model.safetensors")
+    stored = store_weights(run / which / "model.safetensors", target / "model.safetensors")
+    (target / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    # the test metrics are those of the weights as shipped
+    result = api.evaluate(str(data), weights=str(target), subset="test", device="cpu", precision="fp32")
     cfg["card"] = {
         "name": recipe["name"], "about": recipe["about"], "dataset": recipe["dataset"],
         "split": "split.json of the dataset (train / val / test stems)",
@@ -66,13 +85,15 @@ def main() -> int:
         "epochs_trained": len(history), "checkpoint": which, "checkpoint_epoch": cfg.get("epoch"),
         "train_wall_s": round(sum(h["seconds"] for h in history), 1),
         "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {cfg['software']['torch']}",
-        "test_metrics": result["mean"], "test_precision": result["precision"], "licence": recipe["licence"],
+        "test_metrics": result["mean"], "test_precision": result["precision"], "weights_stored_as": stored,
+        "licence": recipe["licence"],
         "reproduce": f"NAPARI_MEDSEG_DATA_DIR=../shared/data napari-medseg evaluate --model {recipe['name']} "
                      f"--data ../shared/data/{recipe['dataset']}",
     }
     if recipe.get("label_names"):  # class names for the Labels layer's features (2-D datasets carry none)
         cfg["preprocessing"]["label_names"] = recipe["label_names"]
     cfg["training"]["out"] = f"runs/{recipe['name']}"
+    cfg["training"]["data"] = recipe["dataset"]  # no path of the training machine in the package
     cfg["data"]["root"] = recipe["dataset"]
     (target / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     print(json.dumps(cfg["card"], indent=1))
