@@ -61,15 +61,21 @@ def list_models() -> list[dict]:
 
     rows = []
     for info in models.available():
+        recipe = info["recipe"]
         rows.append({"name": info["name"], "network": info["name"], "size": "small|paper", "task": info["task"],
                      "dataset": None, "weights": False, "metrics": {}, "parameters": info["parameters"],
-                     "title": info["title"]})
+                     "title": info["title"],
+                     "precision": "bf16 where the hardware has it, else fp32" if info["bf16_training"] else
+                                  "fp32 (its bf16 gradient disagrees with fp64)",
+                     "loss": "heatmap_mse" if info["task"] == "keypoints" else recipe.get("loss", "dice_ce")})
     for name, path in bundled_weights().items():
         cfg = ckpt.read_config(path)
         card = cfg.get("card", {})
+        training = cfg.get("training", {})
         rows.append({"name": name, "network": cfg["model"]["name"], "size": cfg["model"].get("size"),
                      "task": cfg["model"].get("task"), "dataset": card.get("dataset"), "weights": True,
-                     "metrics": card.get("test_metrics", {}), "path": str(path)})
+                     "metrics": card.get("test_metrics", {}), "path": str(path),
+                     "precision": training.get("precision"), "loss": training.get("loss_used", training.get("loss"))})
     return rows
 
 

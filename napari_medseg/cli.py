@@ -29,11 +29,18 @@ def _cmd_models(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'name':<22} {'network':<10} {'task':<13} {'weights':<8} parameters (small / paper) or metrics")
+    print(f"{'network':<10} {'task':<13} {'parameters small / paper':<26} {'loss':<12} training precision")
     for r in rows:
-        extra = (f"{r['parameters']['small'] / 1e6:.2f} M / {r['parameters']['paper'] / 1e6:.2f} M"
-                 if not r["weights"] else json.dumps(r["metrics"]))
-        print(f"{r['name']:<22} {r['network']:<10} {r['task']:<13} {'yes' if r['weights'] else '-':<8} {extra}")
+        if not r["weights"]:
+            params = f"{r['parameters']['small'] / 1e6:.2f} M / {r['parameters']['paper'] / 1e6:.2f} M"
+            print(f"{r['name']:<10} {r['task']:<13} {params:<26} {r['loss']:<12} {r['precision']}")
+    print(f"\n{'bundled weights':<22} {'network':<10} {'dataset':<12} {'trained in':<10} {'loss':<14} test metrics")
+    for r in rows:
+        if r["weights"]:
+            metrics = ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items()
+                                if isinstance(v, (int, float)) and k not in ("cases", "seconds_per_case"))
+            print(f"{r['name']:<22} {r['network']:<10} {r['dataset'] or '-':<12} {r['precision'] or '-':<10} "
+                  f"{r['loss'] or '-':<14} {metrics}")
     return 0
 
 
@@ -90,7 +97,7 @@ def _cmd_train(args) -> int:
             lr=args.lr, device=args.device, precision=args.precision, seed=args.seed, resume=args.resume,
             input_size=args.input_size, patience=args.patience, num_workers=args.workers, compile=args.compile,
             recipe=args.recipe, max_cases=args.max_cases, max_steps_per_epoch=args.max_steps,
-            augment=not args.no_augment, extra_train=args.extra_train, callback=_TqdmEvents(), cancel=cancel)
+            augment=args.augment, loss=args.loss, extra_train=args.extra_train, callback=_TqdmEvents(), cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, old)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
@@ -143,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="small", choices=["small", "paper"])
     p.add_argument("--data", required=True, help="dataset folder (images/+masks/, imagesTr/+labelsTr/, images/+labels/)")
     p.add_argument("--out", required=True, help="run folder: best/ and last/ checkpoints, history.json")
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's (BCDU-Net 100, hourglass 120), else 50")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -156,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--recipe", default=None, help="use another network's training recipe (baselines)")
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="flips/rotation/intensity augmentation (default: the recipe's; the bilateral paper trains "
+                        "without)")
+    p.add_argument("--loss", default=None, choices=["dice_ce", "ce", "bce", "heatmap_mse"],
+                   help="default: the recipe's (BCDU-Net bce, hourglass heatmap_mse, others dice_ce)")
     p.add_argument("--extra-train", action="append", default=[], metavar="DIR",
                    help="another dataset folder of the same kind whose train split joins the training set "
                         "(validation and test stay those of --data); repeatable")

@@ -5,7 +5,9 @@
         # picks the checkpoint (default: whichever scores better on the validation split with the task's
         # full metrics), evaluates it on the test split, copies it into the package
 
-Data come from $NAPARI_MEDSEG_DATA_DIR (default ../shared/data). The run folder is runs/<name>.
+Data come from $NAPARI_MEDSEG_DATA_DIR (default ../shared/data). The run folder is $NAPARI_MEDSEG_RUNS/<name>
+(default runs/<name>; point it outside the checkout so a long run survives a fresh clone and continues with
+`train --resume`).
 `bundle` writes napari_medseg/weights/<name>/ (model.safetensors + config.json with a model card: data and
 split, recipe, input size, wall time, hardware, test metrics, licence).
 """
@@ -56,7 +58,7 @@ def main() -> int:
     extra = sys.argv[3:]
     recipe = json.loads(recipe_path.read_text())
     data = Path(os.environ.get("NAPARI_MEDSEG_DATA_DIR", ROOT.parent / "shared" / "data")) / recipe["dataset"]
-    run = ROOT / "runs" / recipe["name"]
+    run = Path(os.environ.get("NAPARI_MEDSEG_RUNS", ROOT / "runs")) / recipe["name"]
     if action == "train":
         more = [a for d in recipe.get("extra_train", []) for a in ("--extra-train", str(data.parent / d))]
         cmd = [sys.executable, "-m", "napari_medseg.cli", "train", "--data", str(data), "--out", str(run),

@@ -152,8 +152,17 @@ def read_mask(path: Path) -> np.ndarray:
     raise DataError(path, f"unexpected mask values {values[:8].tolist()}...: expected 0/255, 0/1 or class indices < 32")
 
 
-def prepare_seg2d(layout: Layout, stems: list[str], size: tuple[int, int], channels: int) -> Prepared:
-    images, targets = [], []
+def image2d_norm(dtype: np.dtype, requested: str | None = None) -> str:
+    """The normalisation of a 2D image: ``requested`` (a network's own, e.g. BCDU-Net's
+    ``zscore+minmax``) or ``rgb01`` for 8-bit images and ``minmax`` for any other type."""
+    if requested:
+        return requested
+    return "rgb01" if np.dtype(dtype) == np.uint8 else "minmax"
+
+
+def prepare_seg2d(layout: Layout, stems: list[str], size: tuple[int, int], channels: int,
+                  normalize: str | None = None) -> Prepared:
+    images, targets, norms = [], [], set()
     for s in stems:
         img_path, mask_path = layout.pairs[s]
         vol = io.read_image2d(img_path, kind="image")
@@ -162,10 +171,15 @@ def prepare_seg2d(layout: Layout, stems: list[str], size: tuple[int, int], chann
             raise DataError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                                        f"{vol.data.shape[1]}x{vol.data.shape[0]}")
         img = pp.to_channels(vol.data, channels, vol.rgb)
-        img = pp.normalize(img, "rgb01" if vol.data.dtype == np.uint8 else "minmax")
+        norm = image2d_norm(vol.data.dtype, normalize)
+        norms.add(norm)
+        img = pp.normalize(img, norm)
         images.append(pp.resize(img, size, "area").numpy())
         targets.append(pp.resize(mask.astype(np.float32), size, "nearest").numpy().astype(np.int64))
-    norm = "rgb01"
+    if len(norms) > 1:
+        raise DataError(layout.root, f"the images mix 8-bit and other pixel types ({sorted(norms)}): convert them "
+                                     "to one type so training and inference normalise them alike")
+    norm = norms.pop() if norms else "rgb01"
     return Prepared("segmentation", np.stack(images), np.stack(targets), stems=list(stems),
                     num_classes=int(max(t.max() for t in targets)) + 1 if targets else 2,
                     preprocessing={"input_size": list(size), "channels": channels, "normalize": norm,
@@ -247,9 +261,7 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
 def disc_view_input(view: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Sagittal view -> network input as in the paper: z-score, resize, min-max to [0, 1], 3 channels."""
     z = pp.normalize(view.astype(np.float32), "zscore")
-    r = pp.resize(z[None], size, "bilinear").numpy()
-    lo, hi = r.min(), r.max()
-    r = (r - lo) / (hi - lo if hi - lo > 1e-8 else 1.0)
+    r = pp.rescale01(pp.resize(z[None], size, "bilinear").numpy())
     return np.repeat(r, 3, axis=0).astype(np.float32)
 
 
@@ -268,11 +280,12 @@ def disc_prior(pts_all, numbers) -> dict:
 
 
 def prepare(layout: Layout, stems: list[str], *, size: tuple[int, int], channels: int, context: int = 0,
-            disc_numbers: list[int] | None = None, axis: int | str = "auto") -> Prepared:
+            disc_numbers: list[int] | None = None, axis: int | str = "auto", normalize: str | None = None) -> Prepared:
+    """Load, normalise and resize ``stems``; ``normalize`` overrides the 2D default (a network's own)."""
     if not stems:
         raise DataError(layout.root, "no cases to load (empty split)")
     if layout.kind == "seg2d":
-        return prepare_seg2d(layout, stems, size, channels)
+        return prepare_seg2d(layout, stems, size, channels, normalize)
     if layout.kind == "seg3d":
         return prepare_seg3d(layout, stems, size, channels, context, axis)
     return prepare_discs(layout, stems, size, disc_numbers)

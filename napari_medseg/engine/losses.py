@@ -1,37 +1,97 @@
-"""Per-task losses: Dice + cross-entropy for segmentation (plus the rendering module's point loss),
-the per-stack heatmap MSE for disc labeling."""
+"""Per-task losses, chosen by name from the recipe (``TrainOptions.loss``):
+
+* ``dice_ce``: 0.5 soft Dice + 0.5 cross-entropy over softmax (MONAI ``DiceCELoss``);
+* ``ce``: cross-entropy over softmax;
+* ``bce``: binary cross-entropy of a sigmoid foreground output, as BCDU-Net's reference (Keras
+  ``binary_crossentropy`` on a 1-channel sigmoid). Our networks give K = 2 logits for a binary task,
+  so the sigmoid input is the logit difference ``l1 - l0``: BCE on ``sigmoid(l1 - l0)`` is the same
+  function as 2-class cross-entropy, written as the paper writes it. K > 2 is refused;
+* ``heatmap_mse``: per stack, MSE averaged over the visible discs' channels, summed over stacks
+  (the disc-labeling paper's loss).
+
+The bilateral network's rendering module adds its point loss (``+point``) to whichever segmentation
+loss is chosen, whenever the network returns point logits.
+
+Logits are computed in at least fp32 (bf16 autocast outputs are upcast; fp64 stays fp64, so the
+gradient-fidelity check can run a float64 reference).
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceCELoss
+
+SEGMENTATION_LOSSES = ("dice_ce", "ce", "bce")
+LOSSES = SEGMENTATION_LOSSES + ("heatmap_mse",)
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
 
 
 class SegmentationLoss(torch.nn.Module):
-    def __init__(self, ce_weight: float = 0.5, dice_weight: float = 0.5, point_weight: float = 1.0):
+    def __init__(self, name: str = "dice_ce", point_weight: float = 1.0):
         super().__init__()
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=ce_weight, lambda_dice=dice_weight)
+        if name not in SEGMENTATION_LOSSES:
+            raise ValueError(f"unknown segmentation loss {name!r}; choose from {SEGMENTATION_LOSSES}")
+        self.name = name
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=0.5, lambda_dice=0.5)
         self.point_weight = point_weight
 
     def forward(self, out, target: torch.Tensor) -> torch.Tensor:
-        logits = out["logits"] if isinstance(out, dict) else out
-        loss = self.dice_ce(logits.float(), target.unsqueeze(1))
+        logits = at_least_fp32(out["logits"] if isinstance(out, dict) else out)
+        loss = self.pixel_loss(logits, target)
         if isinstance(out, dict) and "point_logits" in out:
             from ..models.bilateral import point_loss
 
             loss = loss + self.point_weight * point_loss(out, target)
         return loss
 
+    def pixel_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.name == "dice_ce":
+            return self.dice_ce(logits, target.unsqueeze(1))
+        if self.name == "ce":
+            return F.cross_entropy(logits, target.long())
+        return binary_ce(logits, target)
+
+
+def binary_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE of the sigmoid foreground output; ``logits`` (B, 2, ...) are turned into ``l1 - l0``
+    (or (B, 1, ...) used as they are). ``target`` holds 0/1."""
+    k = logits.shape[1]
+    if k > 2:
+        raise ValueError(f"the 'bce' loss is for binary segmentation; this task has {k} classes (use dice_ce or ce)")
+    if int(target.max()) > 1:
+        raise ValueError("the 'bce' loss needs 0/1 targets")
+    fg = logits[:, 0] if k == 1 else logits[:, 1] - logits[:, 0]
+    return F.binary_cross_entropy_with_logits(fg, target.to(fg.dtype))
+
 
 class HeatmapLoss(torch.nn.Module):
     """Per stack: MSE averaged over the visible discs' channels; summed over stacks (the paper's loss)."""
 
+    name = "heatmap_mse"
+
     def forward(self, out, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         stacks = out["stack_heatmaps"] if isinstance(out, dict) else out.unsqueeze(1)
-        err = (stacks.float() - target.unsqueeze(1)) ** 2  # (B, S, K, H, W)
+        stacks = at_least_fp32(stacks)
+        err = (stacks - target.to(stacks.dtype).unsqueeze(1)) ** 2  # (B, S, K, H, W)
         per_channel = err.mean(dim=(-1, -2))  # (B, S, K)
-        w = visible.float().unsqueeze(1)
+        w = visible.to(stacks.dtype).unsqueeze(1)
         return ((per_channel * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp(min=1)).sum()
+
+
+def build_loss(name: str, task: str):
+    """The loss called ``name`` for a ``task`` ("segmentation" or "keypoints"), with a clear error when
+    they do not go together."""
+    if task == "keypoints":
+        if name != "heatmap_mse":
+            raise ValueError(f"disc labeling trains with the 'heatmap_mse' loss, not {name!r}")
+        return HeatmapLoss()
+    if name == "heatmap_mse":
+        raise ValueError("'heatmap_mse' is the disc-labeling loss; segmentation uses dice_ce, ce or bce")
+    return SegmentationLoss(name)
 
 
 def heatmap_peaks(heatmaps: torch.Tensor) -> torch.Tensor:

@@ -25,11 +25,23 @@ def to_channels(image: np.ndarray, channels: int, rgb: bool) -> np.ndarray:
     raise ValueError(f"cannot turn a {img.shape[0]}-channel image into {channels} channels")
 
 
+NORMALIZATIONS = ("rgb01", "zscore", "minmax", "zscore+minmax")
+
+
+def rescale01(img: np.ndarray) -> np.ndarray:
+    """Full-range min-max to [0, 1] (a constant image gives zeros)."""
+    lo, hi = float(img.min()), float(img.max())
+    return ((img - lo) / (hi - lo if hi - lo > 1e-8 else 1.0)).astype(np.float32)
+
+
 def normalize(img: np.ndarray, mode: str, stats: tuple[float, float] | None = None) -> np.ndarray:
     """``rgb01``: divide by 255; ``zscore``: (x - mean) / std (stats from the whole volume when given);
-    ``minmax``: percentiles 0.5-99.5 to [0, 1]."""
+    ``minmax``: percentiles 0.5-99.5 to [0, 1]; ``zscore+minmax``: z-score, then the full range to
+    [0, 1] over all channels of the image (BCDU-Net's reference ``dataset_normalized``)."""
     if mode == "rgb01":
         return img / 255.0
+    if mode == "zscore+minmax":
+        return rescale01(normalize(img, "zscore", stats))
     if mode == "zscore":
         mean, std = stats if stats is not None else (float(img.mean()), float(img.std()))
         return (img - mean) / (std if std > 1e-8 else 1.0)

@@ -19,7 +19,7 @@ from . import checkpoint as ckpt
 from . import data as D
 from .devices import select_device, select_precision
 from .events import CancelToken, Epoch, Finished, Preview, Started, Step
-from .losses import HeatmapLoss, SegmentationLoss, mean_peak_error, soft_dice
+from .losses import build_loss, mean_peak_error, soft_dice
 
 
 @dataclass
@@ -28,7 +28,7 @@ class TrainOptions:
     out: str
     data: str | None = None
     size: str = "small"
-    epochs: int = 50
+    epochs: int | None = None  # default: the recipe's, else 50
     batch_size: int | None = None  # default: the recipe's
     lr: float | None = None  # default: the recipe's
     device: str = "auto"
@@ -39,7 +39,8 @@ class TrainOptions:
     patience: int | None = None  # early stopping after this many epochs without improvement
     num_workers: int = 0
     compile: bool = False
-    augment: bool = True
+    augment: bool | None = None  # default: the recipe's (the bilateral paper trains without), else True
+    loss: str | None = None  # dice_ce | ce | bce | heatmap_mse; default: the recipe's
     recipe: str | None = None  # train with another network's recipe (for baselines)
     max_steps_per_epoch: int | None = None
     max_cases: int | None = None  # use only the first N train / val cases (smoke tests)
@@ -62,7 +63,29 @@ def _dist():
 
 
 def _recipe(opts: TrainOptions) -> dict:
-    return dict(models.REGISTRY[opts.recipe or opts.model].recipe)
+    name = opts.recipe or opts.model
+    if name not in models.REGISTRY:
+        raise ValueError(f"unknown recipe {name!r}; choose from {sorted(models.REGISTRY)}")
+    return dict(models.REGISTRY[name].recipe)
+
+
+def resolve(opts: TrainOptions) -> dict:
+    """What this run really does, after the recipe's defaults: loss, augmentation, epochs, schedule,
+    optimizer, batch size, learning rate, input size. Recorded in the checkpoint config."""
+    info = models.REGISTRY[opts.model]
+    recipe = _recipe(opts)
+    if info.task == "keypoints":
+        loss = opts.loss or "heatmap_mse"
+    else:
+        loss = opts.loss or recipe.get("loss", "dice_ce")
+        if loss == "heatmap_mse":  # a keypoint recipe lent to a segmentation network
+            loss = "dice_ce"
+    return {"loss": loss, "augment": recipe.get("augment", True) if opts.augment is None else bool(opts.augment),
+            "epochs": int(opts.epochs or recipe.get("epochs", 50)), "schedule": recipe.get("schedule") or (
+                "milestones" if "milestones" in recipe else "constant"),
+            "optimizer": recipe.get("optimizer", "adam"), "batch_size": int(opts.batch_size or recipe.get("batch_size", 8)),
+            "lr": float(opts.lr or recipe.get("lr", 1e-3)), "input_size": int(opts.input_size or recipe.get("input_size", 256)),
+            "weight_decay": recipe.get("weight_decay", 0.0)}
 
 
 def build_optimizer(model, recipe: dict, lr: float):
@@ -101,10 +124,12 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int]):
         train_stems, val_stems = train_stems[: opts.max_cases], val_stems[: max(1, opts.max_cases // 2)]
     channels = _channels_for(layout)
     context = 1 if (opts.model == "lstmsa" and layout.kind == "seg3d") else 0
-    train = D.prepare(layout, train_stems, size=size, channels=channels, context=context, axis=opts.slice_axis)
+    norm = models.REGISTRY[opts.model].input_norm if layout.kind == "seg2d" else None
+    train = D.prepare(layout, train_stems, size=size, channels=channels, context=context, axis=opts.slice_axis,
+                      normalize=norm)
     numbers = train.preprocessing.get("disc_numbers")
     val = D.prepare(layout, val_stems, size=size, channels=channels, context=context, disc_numbers=numbers,
-                    axis=opts.slice_axis)
+                    axis=opts.slice_axis, normalize=norm)
     extra_cases = 0
     for folder in opts.extra_train:
         other = D.discover(folder)
@@ -112,7 +137,8 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int]):
             raise ValueError(f"{folder}: extra training data must be a {layout.kind} segmentation folder like "
                              f"{opts.data} (got {other.kind})")
         stems = D.split(other, seed=opts.seed)["train"]
-        more = D.prepare(other, stems, size=size, channels=channels, context=context, axis=opts.slice_axis)
+        more = D.prepare(other, stems, size=size, channels=channels, context=context, axis=opts.slice_axis,
+                         normalize=norm)
         if more.images.shape[1:] != train.images.shape[1:]:
             raise ValueError(f"{folder}: images have shape {more.images.shape[1:]} after preparation, "
                              f"{opts.data} has {train.images.shape[1:]} (channels differ?)")
@@ -142,7 +168,8 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     if info is None:
         raise ValueError(f"unknown network {opts.model!r}; choose from {sorted(models.REGISTRY)}")
     recipe = _recipe(opts)
-    size = int(opts.input_size or recipe.get("input_size", 256))
+    plan = resolve(opts)
+    size = plan["input_size"]
     if size % info.multiple:
         raise ValueError(f"input size {size} must be a multiple of {info.multiple} for {opts.model}")
     train_data, val_data, summary = data if data is not None else prepare_data(opts, (size, size))
@@ -152,7 +179,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         raise ValueError(f"{opts.model} segments: it needs images/ + masks/ or imagesTr/ + labelsTr/")
     out = Path(opts.out)
     device = select_device(opts.device)
-    precision = select_precision(device, opts.precision)
+    precision = select_precision(device, opts.precision, network=opts.model)
     channels = train_data.images.shape[-3]
     num_classes = train_data.num_classes
 
@@ -163,8 +190,8 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     channels_last = device.type != "mps" and not opts.compile
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    lr = opts.lr or recipe.get("lr", 1e-3)
-    epochs = opts.epochs
+    lr = plan["lr"]
+    epochs = plan["epochs"]
     optimizer = build_optimizer(model, recipe, lr)
     scheduler = build_scheduler(optimizer, recipe, epochs)
     scaler = precision.grad_scaler()
@@ -172,9 +199,11 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         "model": {"name": opts.model, "size": opts.size, "in_channels": channels, "num_classes": num_classes,
                   "options": opts.model_options, "task": info.task},
         "preprocessing": train_data.preprocessing,
-        "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_options",)}, "lr": lr,
-                     "recipe": opts.recipe or opts.model, "input_size": size, "world_size": world,
-                     "precision": precision.name, "device": str(device)},
+        "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_options",)}, **plan,
+                     "recipe": opts.recipe or opts.model, "world_size": world, "precision": precision.name,
+                     "channels_last": channels_last, "device": str(device),
+                     "loss_used": plan["loss"] + ("+point" if opts.model == "bilateral" and
+                                                  opts.model_options.get("render", True) else "")},
         "data": summary,
     }
     state = {"epoch": 0, "best": -math.inf, "bad_epochs": 0, "history": []}
@@ -196,8 +225,8 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     elif opts.resume:
         raise ckpt.CheckpointError(out, "nothing to resume: no 'last' checkpoint in this folder")
 
-    dataset = D.TrainDataset(train_data, augment=opts.augment, seed=opts.seed)
-    bs = int(opts.batch_size or recipe.get("batch_size", 8))
+    dataset = D.TrainDataset(train_data, augment=plan["augment"], seed=opts.seed)
+    bs = plan["batch_size"]
     bs = max(1, min(bs, len(dataset)))
     sampler = None
     if world > 1:
@@ -206,7 +235,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         model = torch.nn.parallel.DistributedDataParallel(model)
     train_model = torch.compile(model) if opts.compile else model
     compiled_ok = False
-    seg_loss, heat_loss = SegmentationLoss(), HeatmapLoss()
+    criterion = build_loss(plan["loss"], info.task)
     steps_per_epoch = math.ceil(len(dataset) / (bs * world))
     if opts.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, opts.max_steps_per_epoch)
@@ -263,9 +292,9 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
                 with precision.autocast():
                     outputs = net(x)
                 if info.task == "keypoints":
-                    loss = heat_loss(outputs, y, batch["visible"].to(device))
+                    loss = criterion(outputs, y, batch["visible"].to(device))
                 else:
-                    loss = seg_loss(outputs, y)
+                    loss = criterion(outputs, y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
                                              "try a lower --lr or --precision fp32")

@@ -6,10 +6,14 @@ Sun, Sui, Liang, Hu, Du, "Bilateral spatial attention network for medical image 
 
 * Encoder (Sec. 3, Fig. 1): ResNeXt bottleneck blocks (1x1 -> grouped 3x3, cardinality 8 -> 1x1,
   BN, projection shortcut) at widths 24, 48, 96, 192, 192 and strides 1, 2, 4, 8, 16, with 2, 3, 4, 6,
-  3 blocks per stage (the ResNeXt-50 pattern) **(our choice)**.
+  3 blocks per stage (the ResNeXt-50 pattern) **(our choice)**. The last BN scale of every block starts
+  at zero (``zero_init_residual``, as torchvision's ResNeXt) **(our choice)**: it makes the 18-block
+  stack stable at init, which bf16 training needs.
 * ISAM, image space attention (Fig. 2): 6 Swin Transformer blocks (alternating window / shifted
   window, window 8; MONAI's ``BasicLayer``) -> conv3x3-BN-ReLU -> + input: ``f = Conv(STB(f0)) + f0``.
-  Swin weights can be initialised from a local ImageNet checkpoint (``swin_weights=path``).
+  Swin weights can be initialised from a local ImageNet Swin-T checkpoint converted to safetensors
+  (``swin_weights=path``; :func:`load_swin_into`: stage of matching width, blocks repeated in order,
+  ``fc1/fc2`` renamed, bias tables resized from window 7 to 8). No file is bundled.
 * FSAM, feature space attention: ``U = DConv(Conv(f))`` (dilation 2), ``a = sigmoid(MLP(GAP(U)) +
   MLP(GMP(U)))`` with one shared MLP (reduction 16), output ``U * a + Conv(f)`` (Conv = 3x3 + BN).
 * Bilateral: ISAM then FSAM in series on the deepest features.
@@ -36,6 +40,7 @@ paper: 6.36 M); ``small`` 0.72 M.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -60,7 +65,8 @@ def conv_bn_relu(cin, cout, k=3, dilation=1):
 class ResNeXtBlock(nn.Module):
     """ResNeXt bottleneck (Xie et al. CVPR 2017, Fig. 3c): 1x1 -> grouped 3x3 -> 1x1, projection shortcut."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, cardinality: int = CARDINALITY):
+    def __init__(self, cin: int, cout: int, stride: int = 1, cardinality: int = CARDINALITY,
+                 zero_init_residual: bool = True):
         super().__init__()
         width = max(cardinality, (cout // 2) // cardinality * cardinality)
         self.body = nn.Sequential(
@@ -69,6 +75,12 @@ class ResNeXtBlock(nn.Module):
             nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
         )
+        if zero_init_residual:
+            # Goyal et al. 2017 / torchvision's ``zero_init_residual``: the last BN scale starts at 0, so
+            # every block starts as its shortcut. Without it the 18 post-activation blocks with train-mode
+            # BN are chaotic at init: bf16-sized weight noise moved the logits by ~27 % and the bf16
+            # gradient's cosine to fp64 was ~0.06 (with it: >= 0.99, tests/test_precision.py)
+            nn.init.zeros_(self.body[-1].weight)
         # projection shortcut: subsample, then 1x1 conv. Identical to a strided 1x1 conv, and avoids a
         # torch 2.13 CPU crash (heap corruption) in the backward of strided 1x1 convs on channels_last input
         self.stride = stride
@@ -123,9 +135,12 @@ class UpBlock(nn.Module):
 
 
 def point_sample(features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of (B, C, H, W) at (B, N, 2) points (x, y) in [0, 1] -> (B, C, N)."""
-    grid = (2.0 * coords - 1.0).unsqueeze(2)  # (B, N, 1, 2)
-    return F.grid_sample(features, grid, mode="bilinear", align_corners=False).squeeze(3)
+    """Bilinear samples of (B, C, H, W) at (B, N, 2) points (x, y) in [0, 1] -> (B, C, N), computed in
+    at least fp32."""
+    dtype = torch.promote_types(features.dtype, torch.float32)  # never sample at bf16 coordinates
+    grid = (2.0 * coords.to(dtype) - 1.0).unsqueeze(2)  # (B, N, 1, 2)
+    with torch.autocast(features.device.type, enabled=False):
+        return F.grid_sample(features.to(dtype), grid, mode="bilinear", align_corners=False).squeeze(3)
 
 
 def uncertainty(logits: torch.Tensor) -> torch.Tensor:
@@ -160,7 +175,8 @@ class PointHead(nn.Module):
 class BilateralAttentionNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 1, size: str = "small", render: bool = True,
                  swin_weights: str | Path | None = None, train_points: int = 1024, oversample: int = 3,
-                 importance: float = 0.75, subdivision_points: int = 4096, subdivision_steps: int = 2):
+                 importance: float = 0.75, subdivision_points: int = 4096, subdivision_steps: int = 2,
+                 zero_init_residual: bool = True):
         super().__init__()
         cfg = SIZES[size]
         w0, w1, w2, w3, w4 = cfg["widths"]
@@ -169,8 +185,8 @@ class BilateralAttentionNet(nn.Module):
         self.subdivision_points, self.subdivision_steps = subdivision_points, subdivision_steps
         stages, cin = [], in_channels
         for i, (w, n) in enumerate(zip(cfg["widths"], cfg["blocks"])):
-            blocks = [ResNeXtBlock(cin, w, stride=1 if i == 0 else 2)]
-            blocks += [ResNeXtBlock(w, w) for _ in range(n - 1)]
+            blocks = [ResNeXtBlock(cin, w, stride=1 if i == 0 else 2, zero_init_residual=zero_init_residual)]
+            blocks += [ResNeXtBlock(w, w, zero_init_residual=zero_init_residual) for _ in range(n - 1)]
             stages.append(nn.Sequential(*blocks))
             cin = w
         self.encoder = nn.ModuleList(stages)
@@ -183,25 +199,9 @@ class BilateralAttentionNet(nn.Module):
         if swin_weights is not None:
             self.load_swin_weights(swin_weights)
 
-    def load_swin_weights(self, path: str | Path) -> list[str]:
-        """Initialise the ISAM Swin blocks from a local safetensors file (keys as in ``self.isam.swin``,
-        optionally prefixed); returns the keys that were not found. Shapes must match."""
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path))
-        own = self.isam.swin.state_dict()
-        picked = {}
-        for key in own:
-            hits = [k for k in tensors if k == key or k.endswith("." + key)]
-            if hits:
-                if tensors[hits[0]].shape != own[key].shape:
-                    raise ValueError(f"{path}: {hits[0]} has shape {tuple(tensors[hits[0]].shape)}, "
-                                     f"expected {tuple(own[key].shape)}")
-                picked[key] = tensors[hits[0]]
-        if not picked:
-            raise ValueError(f"{path}: no Swin block weights found (expected keys like 'blocks.0.attn.qkv.weight')")
-        self.isam.swin.load_state_dict(picked, strict=False)
-        return [k for k in own if k not in picked]
+    def load_swin_weights(self, path: str | Path, stage: int | None = None) -> dict:
+        """Initialise the ISAM Swin blocks from a local safetensors file; see :func:`load_swin_into`."""
+        return load_swin_into(self.isam.swin, path, stage=stage)
 
     def forward(self, x: torch.Tensor):
         check_input(x, name="bilateral", in_channels=self.in_channels, multiple=16)
@@ -228,18 +228,26 @@ class BilateralAttentionNet(nn.Module):
         return torch.cat([point_sample(f0, coords), point_sample(f1, coords)], dim=1)
 
     def _training_points(self, coarse: torch.Tensor) -> torch.Tensor:
+        """Importance sampling (PointRend Sec. 3.1): ``oversample * N`` random candidates, the
+        ``importance * N`` most uncertain of them plus uniform ones. Coordinates are drawn and kept in
+        fp32 whatever the autocast dtype (in bf16 a [0, 1) coordinate has only 256 values)."""
         b, n = coarse.shape[0], self.train_points
-        candidates = torch.rand(b, n * self.oversample, 2, device=coarse.device, dtype=coarse.dtype)
-        unc = uncertainty(point_sample(coarse.detach(), candidates))[:, 0]  # (B, kN)
-        n_imp = int(self.importance * n)
-        idx = torch.topk(unc, n_imp, dim=1).indices
-        chosen = torch.gather(candidates, 1, idx.unsqueeze(-1).expand(-1, -1, 2))
-        rest = torch.rand(b, n - n_imp, 2, device=coarse.device, dtype=coarse.dtype)
+        with torch.autocast(coarse.device.type, enabled=False):
+            candidates = torch.rand(b, n * self.oversample, 2, device=coarse.device, dtype=torch.float32)
+            unc = uncertainty(point_sample(coarse.detach().float(), candidates))[:, 0]  # (B, kN)
+            n_imp = int(self.importance * n)
+            idx = torch.topk(unc, n_imp, dim=1).indices
+            chosen = torch.gather(candidates, 1, idx.unsqueeze(-1).expand(-1, -1, 2))
+            rest = torch.rand(b, n - n_imp, 2, device=coarse.device, dtype=torch.float32)
         return torch.cat([chosen, rest], dim=1)
 
-    def _refine(self, logits, f0, f1):
-        """Inference: upsample x2 and re-predict the most uncertain pixels, until full resolution."""
+    def _refine(self, coarse, f0, f1):
+        """Inference (PointRend Sec. 3.1, detectron2's ``subdivision_inference``): upsample x2, pick the
+        most uncertain pixels of the current map, and re-predict them with the point head from the fine
+        features and the *original coarse* logits sampled there (what the head was trained on), until
+        full resolution."""
         out_h, out_w = f0.shape[-2:]
+        logits = coarse
         while logits.shape[-2] < out_h:
             logits = F.interpolate(logits, scale_factor=2.0, mode="bilinear", align_corners=False)
             b, k, h, w = logits.shape
@@ -247,9 +255,10 @@ class BilateralAttentionNet(nn.Module):
             idx = torch.topk(uncertainty(logits).flatten(1), n, dim=1).indices  # (B, N)
             ys = torch.div(idx, w, rounding_mode="floor")
             xs = idx - ys * w
-            coords = torch.stack([(xs.to(logits.dtype) + 0.5) / w, (ys.to(logits.dtype) + 0.5) / h], dim=-1)
-            point_logits = self.point_head(self._fine(f0, f1, coords), point_sample(logits, coords))
-            logits = logits.flatten(2).scatter(2, idx.unsqueeze(1).expand(-1, k, -1), point_logits).view(b, k, h, w)
+            coords = torch.stack([(xs.float() + 0.5) / w, (ys.float() + 0.5) / h], dim=-1)  # fp32 always
+            point_logits = self.point_head(self._fine(f0, f1, coords), point_sample(coarse, coords))
+            logits = logits.flatten(2).scatter(2, idx.unsqueeze(1).expand(-1, k, -1),
+                                               point_logits.to(logits.dtype)).view(b, k, h, w)
         return logits
 
 
@@ -261,9 +270,118 @@ def point_targets(target: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 
 
 def point_loss(outputs: dict, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (or BCE for one class) of the point head at the training points."""
+    """Cross-entropy of the point head at the training points (BCE for a one-channel head; for two
+    classes CE equals BCE on the logit difference). Computed in at least fp32."""
     logits, coords = outputs["point_logits"], outputs["point_coords"]
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     labels = point_targets(target, coords)
     if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0].float(), labels)
-    return F.cross_entropy(logits.float(), labels.long())
+        return F.binary_cross_entropy_with_logits(logits[:, 0], labels.to(logits.dtype))
+    return F.cross_entropy(logits, labels.long())
+
+
+# ---------------------------------------------------------------- Swin transfer (ImageNet -> ISAM)
+
+_SWIN_BLOCK_KEY = re.compile(r"^(?:.*\.)?(?:layers|stages)\.(\d+)\.blocks\.(\d+)\.(.+)$")
+_OWN_BLOCK_KEY = re.compile(r"^(?:.*\.)?blocks\.(\d+)\.(.+)$")
+_RENAME = {"mlp.fc1.": "mlp.linear1.", "mlp.fc2.": "mlp.linear2."}  # timm / Microsoft -> MONAI names
+_SKIP = ("relative_position_index", "attn_mask")  # buffers our blocks compute themselves
+
+
+def resize_bias_table(table: torch.Tensor, window: int) -> torch.Tensor:
+    """A Swin relative-position bias table ((2w'-1)^2, heads) resized to window ``window`` by bicubic
+    interpolation of its (2w'-1) x (2w'-1) grid, as Swin does to fine-tune at another window size."""
+    rows, heads = table.shape
+    side = int(round(rows ** 0.5))
+    if side * side != rows:
+        raise ValueError(f"a relative-position table of {rows} rows is not square")
+    new = 2 * window - 1
+    if side == new:
+        return table
+    grid = table.t().reshape(1, heads, side, side).float()
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    return grid.reshape(heads, new * new).t().to(table.dtype).contiguous()
+
+
+def load_swin_into(layer: nn.Module, path: str | Path, stage: int | None = None) -> dict:
+    """Initialise MONAI Swin blocks (``layer.blocks``, as in :class:`ISAM`) from a local safetensors file.
+
+    Two kinds of file are understood:
+
+    * an ImageNet Swin checkpoint converted to safetensors with the Microsoft/timm key names
+      (``layers.S.blocks.B.attn.qkv.weight``, ``mlp.fc1``...). The stage is chosen explicitly
+      (``stage``) or as the one whose width equals the ISAM width (Swin-T: stage 1 has width 192, the
+      paper-size ISAM's). A stage with fewer blocks than ISAM's six is repeated in order (Swin-T stage 1
+      has 2: blocks 0, 1, 0, 1, 0, 1), which keeps the window / shifted-window alternation **(our
+      choice)**. ``mlp.fc1/fc2`` become MONAI's ``mlp.linear1/linear2``; relative-position bias tables of
+      another window (7 -> 169 rows) are resized bicubically to ours (8 -> 225 rows);
+    * a file with our own keys (``blocks.B....``, optionally prefixed), e.g. saved from another ISAM.
+
+    Every tensor of the blocks must be found and match in shape, otherwise nothing is loaded and a
+    ``ValueError`` names the first problem. Returns ``{"stage": S or None, "source_blocks": [...],
+    "loaded": n_tensors}``.
+    """
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    own = {k: v for k, v in layer.state_dict().items() if not k.endswith(_SKIP)}
+    n_blocks = len(layer.blocks)
+    window = layer.blocks[0].window_size[0]
+    stages: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
+    for key, value in tensors.items():
+        m = _SWIN_BLOCK_KEY.match(key)
+        if m and not key.endswith(_SKIP):
+            rest = m.group(3)
+            for a, b in _RENAME.items():
+                rest = rest.replace(a, b)
+            stages.setdefault(int(m.group(1)), {}).setdefault(int(m.group(2)), {})[rest] = value
+    if stages:
+        dims = {s: blocks[0]["norm1.weight"].shape[0] for s, blocks in stages.items() if "norm1.weight" in blocks.get(0, {})}
+        want = own["blocks.0.norm1.weight"].shape[0]
+        if stage is None:
+            fits = [s for s, d in sorted(dims.items()) if d == want]
+            if not fits:
+                raise ValueError(f"{path}: no Swin stage has width {want} (stage widths: {dims}); "
+                                 "pass stage= or use a model size whose ISAM width matches")
+            stage = fits[0]
+        if stage not in stages:
+            raise ValueError(f"{path}: no stage {stage} in the file (stages: {sorted(stages)})")
+        src_blocks = stages[stage]
+        n_src = len(src_blocks)
+        if n_src < n_blocks and n_src % 2:
+            raise ValueError(f"{path}: stage {stage} has {n_src} blocks; repeating an odd number would break "
+                             "the window / shifted-window alternation")
+        order = [b % n_src for b in range(n_blocks)]
+        picked = {}
+        for key, ref in own.items():
+            b, rest = key.split(".", 2)[1:]
+            src = src_blocks[order[int(b)]].get(rest)
+            if src is None:
+                raise ValueError(f"{path}: layers.{stage}.blocks.{order[int(b)]}.{rest} is missing")
+            if rest.endswith("relative_position_bias_table"):
+                src = resize_bias_table(src, window)
+            if src.shape != ref.shape:
+                raise ValueError(f"{path}: layers.{stage}.blocks.{order[int(b)]}.{rest} has shape "
+                                 f"{tuple(src.shape)}, ISAM expects {tuple(ref.shape)}")
+            picked[key] = src.to(ref.dtype)
+        layer.load_state_dict(picked, strict=False)
+        return {"stage": stage, "source_blocks": order, "loaded": len(picked)}
+    picked = {}
+    for key, value in tensors.items():
+        m = _OWN_BLOCK_KEY.match(key)
+        if m:
+            name = f"blocks.{m.group(1)}.{m.group(2)}"
+            if name in own:
+                if name.endswith("relative_position_bias_table"):
+                    value = resize_bias_table(value, window)
+                if value.shape != own[name].shape:
+                    raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)}")
+                picked[name] = value.to(own[name].dtype)
+    missing = [k for k in own if k not in picked]
+    if not picked:
+        raise ValueError(f"{path}: no Swin block weights found (expected keys like 'layers.1.blocks.0.attn.qkv.weight' "
+                         "or 'blocks.0.attn.qkv.weight')")
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} ISAM tensor(s) not in the file (e.g. {missing[0]})")
+    layer.load_state_dict(picked, strict=False)
+    return {"stage": None, "source_blocks": list(range(n_blocks)), "loaded": len(picked)}

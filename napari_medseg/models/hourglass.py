@@ -30,7 +30,7 @@ SIZES = {"paper": {"stem": 64, "feats": 128}, "small": {"stem": 20, "feats": 40}
 class PreActBottleneck(nn.Module):
     """BN-ReLU-conv1x1, BN-ReLU-conv3x3, BN-ReLU-conv1x1 (x2 channels), identity or 1x1 shortcut."""
 
-    def __init__(self, cin: int, planes: int):
+    def __init__(self, cin: int, planes: int, zero_init_residual: bool = False):
         super().__init__()
         cout = 2 * planes
         self.body = nn.Sequential(
@@ -39,6 +39,9 @@ class PreActBottleneck(nn.Module):
             nn.BatchNorm2d(planes), nn.ReLU(inplace=True), nn.Conv2d(planes, cout, 1),
         )
         self.shortcut = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+        if zero_init_residual and cin == cout:
+            nn.init.zeros_(self.body[-1].weight)
+            nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, x):
         return self.body(x) + self.shortcut(x)

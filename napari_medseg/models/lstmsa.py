@@ -13,7 +13,9 @@ embedded LSTM", IEEE TNNLS (Fig. 2 and Eqs. 1-6). Reference: yeshunlong/LSTMSA `
   3. ``S = sigmoid(Dropout_{0.1}(F + PE))`` with a 1-D sinusoidal table over the pixel index (Eq. 3);
   4. gates ``[i, f, o, g] = Conv5x5([x; h])`` (Eq. 4);
   5. ``c' = f*c + S``; ``h' = o*tanh(c') + i*g + S`` (Eqs. 5-6).
-* ``cell="convlstm"`` replaces the cell by a plain ConvLSTM (ablation).
+* Ablations (the paper's claim is that the head improves its backbone): ``cell="convlstm"`` replaces
+  the cell by a plain ConvLSTM; ``cell="none"`` drops the recurrent head: a 1x1 conv on the middle
+  slice's backbone features (the backbone alone).
 
 Input: (B, C, H, W) for a single slice (used as z-1 = z = z+1) or (B, 3, C, H, W) for 2.5D.
 Parameters: head ``paper`` (C=64) 1.66 M (+ 1x1 classifier), backbone ``paper`` BasicUNet
@@ -96,16 +98,26 @@ class LSTMSA(nn.Module):
         feats = tuple(backbone_features or cfg["backbone"])
         self.in_channels, self.num_classes, self.hidden = in_channels, num_classes, hidden
         self.backbone = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=hidden, features=feats)
-        cell_cls = {"lstmsa": SACell, "convlstm": ConvLSTMCell}[cell]
-        self.forward_cell = cell_cls(hidden, hidden, kernel_size)
-        self.reverse_cell = cell_cls(hidden, hidden, kernel_size)
-        self.classifier = nn.Conv2d(2 * hidden, num_classes, 1)
+        if cell not in ("lstmsa", "convlstm", "none"):
+            raise ValueError(f"cell must be 'lstmsa', 'convlstm' or 'none', got {cell!r}")
+        self.cell = cell
+        if cell == "none":
+            self.forward_cell = self.reverse_cell = None
+            self.classifier = nn.Conv2d(hidden, num_classes, 1)
+        else:
+            cell_cls = {"lstmsa": SACell, "convlstm": ConvLSTMCell}[cell]
+            self.forward_cell = cell_cls(hidden, hidden, kernel_size)
+            self.reverse_cell = cell_cls(hidden, hidden, kernel_size)
+            self.classifier = nn.Conv2d(2 * hidden, num_classes, 1)
 
     def head_parameters(self) -> int:
-        return sum(p.numel() for m in (self.forward_cell, self.reverse_cell, self.classifier) for p in m.parameters())
+        return sum(p.numel() for m in (self.forward_cell, self.reverse_cell, self.classifier) if m is not None
+                   for p in m.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, name="LSTMSA", in_channels=self.in_channels, multiple=16, ndims=(4, 5))
+        if self.cell == "none":  # backbone alone: the middle slice only
+            return self.classifier(self.backbone(x[:, x.shape[1] // 2] if x.ndim == 5 else x))
         if x.ndim == 5:
             if x.shape[1] != 3:
                 raise ValueError(f"LSTMSA: 2.5D input needs 3 neighbouring slices (B, 3, C, H, W), got {tuple(x.shape)}")
