@@ -171,6 +171,56 @@ def train(model: str, data: str, out: str, **options) -> dict:
     return _train(TrainOptions(model=model, data=data, out=out, **options), callback=callback, cancel=cancel)
 
 
+def train_in_background(model: str, data: str | None, out: str, *, prepared=None, **options):
+    """Start training in a separate process (what the napari Train widget uses): a crash cannot take
+    the caller down and GPU memory is released when it ends. ``prepared`` may replace ``data`` with a
+    (train, val, summary) tuple (see :func:`training_data_from_arrays`). Returns an
+    ``engine.remote.TrainingProcess``: ``poll()`` gives the event dicts, ``cancel()`` stops at the next
+    step with a resumable checkpoint."""
+    from .engine.remote import TrainingProcess
+    from .engine.train import TrainOptions
+
+    return TrainingProcess(TrainOptions(model=model, data=data, out=out, **options), prepared).start()
+
+
+def training_data_from_arrays(image, labels, *, rgb: bool = False, input_size: int = 128, val_fraction: float = 0.2,
+                              current_slice: int | None = None, image_name: str = "image",
+                              labels_name: str = "labels"):
+    """(train, val, summary) for :func:`train` / :func:`train_in_background` from one image + labels
+    pair held in memory (a 2D image or a (Z, Y, X) volume sliced along axis 0). For a volume, the
+    ``current_slice`` and every ``1/val_fraction``-th labelled slice validate; only labelled slices train.
+    ``summary["preview_slice"]`` is the slice shown as validation sample 0."""
+    from .engine import data as D
+
+    img, lab = np.asarray(image), np.asarray(labels)
+    if img.shape[: lab.ndim] != lab.shape:
+        raise ValueError(f"image {image_name} {img.shape} and labels {labels_name} {lab.shape} differ in shape")
+    size = (int(input_size),) * 2
+    channels = 3 if rgb else 1
+    prepared = D.from_arrays([img], [lab], size=size, channels=channels, rgb=rgb)
+    preview = None
+    if lab.ndim == 2:
+        val_idx = [0]
+    else:
+        cur = min(max(int(current_slice or 0), 0), lab.shape[0] - 1)
+        labelled = [k for k in range(lab.shape[0]) if lab[k].any()] or list(range(lab.shape[0]))
+        step = max(1, int(round(1 / float(val_fraction))))
+        val_idx = [cur] + [k for k in labelled[::step] if k != cur]
+        preview = cur
+    train_idx = [k for k in range(len(prepared.images)) if k not in val_idx] or val_idx
+    if lab.ndim == 3:
+        labelled_set = {k for k in range(lab.shape[0]) if lab[k].any()}
+        train_idx = [k for k in train_idx if k in labelled_set] or train_idx
+
+    def subset(idx):
+        return D.Prepared("segmentation", prepared.images[idx], prepared.targets[idx], None,
+                          [prepared.stems[i] for i in idx], prepared.num_classes, dict(prepared.preprocessing))
+
+    summary = {"layout": "napari layers", "image": image_name, "labels": labels_name,
+               "train_samples": len(train_idx), "val_samples": len(val_idx), "preview_slice": preview}
+    return subset(train_idx), subset(val_idx), summary
+
+
 def evaluate(data: str, model: str | None = None, weights=None, *, json_path: str | None = None,
              subset: str = "test", max_cases: int | None = None, tta: bool = False, device: str = "auto",
              precision: str = "auto", callback=None) -> dict:

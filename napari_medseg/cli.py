@@ -16,7 +16,8 @@ EXIT_BAD_INPUT, EXIT_CANCELLED = 2, 130
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    # the one command that opens napari: the GUI layer is imported only when it runs
+    from ._napari.demo import run_demo
 
     run_demo(args.out, headless=True if args.headless else None)
     return 0
@@ -97,11 +98,26 @@ def _cmd_train(args) -> int:
             lr=args.lr, device=args.device, precision=args.precision, seed=args.seed, resume=args.resume,
             input_size=args.input_size, patience=args.patience, num_workers=args.workers, compile=args.compile,
             recipe=args.recipe, max_cases=args.max_cases, max_steps_per_epoch=args.max_steps,
-            augment=args.augment, loss=args.loss, extra_train=args.extra_train, callback=_TqdmEvents(), cancel=cancel)
+            augment=args.augment, loss=args.loss, model_options=_parse_options(args.options),
+            extra_train=args.extra_train, callback=_TqdmEvents(), cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, old)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
     return EXIT_CANCELLED if result["reason"] == "cancelled" else 0
+
+
+def _parse_options(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> a dict; values are read as JSON where they parse (1, 0.5, true), else text."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _cmd_predict(args, task=None) -> int:
@@ -168,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without)")
     p.add_argument("--loss", default=None, choices=["dice_ce", "ce", "bce", "heatmap_mse"],
                    help="default: the recipe's (BCDU-Net bce, hourglass heatmap_mse, others dice_ce)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
+                   help="a network option (repeatable), e.g. cell=none or cell=convlstm (LSTMSA ablations), "
+                        "dense_blocks=1, direction=reverse (BCDU-Net), render=false (bilateral)")
     p.add_argument("--extra-train", action="append", default=[], metavar="DIR",
                    help="another dataset folder of the same kind whose train split joins the training set "
                         "(validation and test stay those of --data); repeatable")

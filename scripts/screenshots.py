@@ -34,7 +34,7 @@ def main():
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_medseg.demo import best_bundled
+    from napari_medseg._napari.demo import best_bundled
 
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp())

@@ -120,56 +120,35 @@ class TrainWidget(Container):
         self.folder.visible = not layers
 
     def _layer_data(self):
-        """(train, val, summary) Prepared arrays from the open layers; the current slice is validation
-        sample 0, so the preview shows the model's prediction on it."""
-        from ..engine import data as D
+        """(train, val, summary) from the open layers; the current slice is validation sample 0, so the
+        preview shows the model's prediction on it."""
+        from .. import api
 
         img_layer, lab_layer = self.viewer.layers[self.image.value], self.viewer.layers[self.labels_layer.value]
-        img, lab = np.asarray(img_layer.data), np.asarray(lab_layer.data)
-        rgb = bool(getattr(img_layer, "rgb", False))
-        if img.shape[: lab.ndim] != lab.shape:
-            raise ValueError(f"image {img_layer.name} {img.shape} and labels {lab_layer.name} {lab.shape} differ in shape")
-        size = (int(self.input_size.value),) * 2
-        channels = 3 if rgb else 1
-        if lab.ndim == 2:
-            prepared = D.from_arrays([img], [lab], size=size, channels=channels, rgb=rgb)
-            val_idx, self._preview_slice = [0], None
-        else:
-            prepared = D.from_arrays([img], [lab], size=size, channels=channels, rgb=rgb)
-            cur = int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim == lab.ndim else 0
-            cur = min(max(cur, 0), lab.shape[0] - 1)
-            labelled = [k for k in range(lab.shape[0]) if lab[k].any()] or list(range(lab.shape[0]))
-            step = max(1, int(round(1 / float(self.val_fraction.value))))
-            val_idx = [cur] + [k for k in labelled[::step] if k != cur]
-            self._preview_slice = cur
-        train_idx = [k for k in range(len(prepared.images)) if k not in val_idx] or val_idx
+        lab = np.asarray(lab_layer.data)
+        cur = None
         if lab.ndim == 3:
-            labelled_set = {k for k in range(lab.shape[0]) if lab[k].any()}
-            train_idx = [k for k in train_idx if k in labelled_set] or train_idx
-
-        def subset(idx):
-            return D.Prepared("segmentation", prepared.images[idx], prepared.targets[idx], None,
-                              [prepared.stems[i] for i in idx], prepared.num_classes, dict(prepared.preprocessing))
-
-        summary = {"layout": "napari layers", "image": img_layer.name, "labels": lab_layer.name,
-                   "train_samples": len(train_idx), "val_samples": len(val_idx)}
-        return subset(train_idx), subset(val_idx), summary
+            cur = int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim == lab.ndim else 0
+        train, val, summary = api.training_data_from_arrays(
+            np.asarray(img_layer.data), lab, rgb=bool(getattr(img_layer, "rgb", False)),
+            input_size=int(self.input_size.value), val_fraction=float(self.val_fraction.value), current_slice=cur,
+            image_name=img_layer.name, labels_name=lab_layer.name)
+        self._preview_slice = summary.get("preview_slice")
+        return train, val, summary
 
     def run(self, *_):
-        from ..engine.remote import TrainingProcess
-        from ..engine.train import TrainOptions
+        from .. import api
 
         try:
             out = str(self.out.value)
-            opts = TrainOptions(model=self.network.value, out=out, size=self.size.value, epochs=int(self.epochs.value),
-                                batch_size=int(self.batch.value), lr=float(self.lr.value) or None,
-                                device=self.device.value, resume=bool(self.resume.value),
-                                input_size=int(self.input_size.value), preview_every=1)
-            data = None
+            options = dict(size=self.size.value, epochs=int(self.epochs.value), batch_size=int(self.batch.value),
+                           lr=float(self.lr.value) or None, device=self.device.value, resume=bool(self.resume.value),
+                           input_size=int(self.input_size.value), preview_every=1)
+            data, folder = None, None
             if self.source.value == FOLDER:
                 if str(self.folder.value) in ("", "."):
                     raise ValueError("choose a dataset folder")
-                opts.data = str(self.folder.value)
+                folder = str(self.folder.value)
             else:
                 if self.network.value == "hourglass":
                     raise ValueError("disc labeling trains on a dataset folder (images/ + labels/)")
@@ -181,7 +160,7 @@ class TrainWidget(Container):
         self.events, self.result = [], None
         self.controls.busy(True, "starting the training process...")
         self._t0 = time.perf_counter()
-        self.proc = TrainingProcess(opts, data).start()
+        self.proc = api.train_in_background(self.network.value, folder, out, prepared=data, **options)
         self._timer.start()
 
     def _cancel(self, *_):
@@ -228,14 +207,15 @@ class TrainWidget(Container):
     def _show_preview(self, preview):
         if preview is None or self.source.value == FOLDER:
             return
-        from ..engine import preprocess as pp
-
         img_layer = self.viewer.layers[self.image.value] if self.image.value in self.viewer.layers else None
         if img_layer is None:
             return
         shape = img_layer.data.shape[:-1] if img_layer.rgb else img_layer.data.shape
         target = shape[-2:]
-        pv = pp.resize(np.asarray(preview, np.float32), target, "nearest").numpy().astype(np.uint8)
+        preview = np.asarray(preview)
+        rows = np.arange(target[0]) * preview.shape[0] // target[0]  # nearest neighbour (display only)
+        cols = np.arange(target[1]) * preview.shape[1] // target[1]
+        pv = preview[np.ix_(rows, cols)].astype(np.uint8)
         full = np.zeros(shape, np.uint8)
         if self._preview_slice is not None:
             full[self._preview_slice] = pv

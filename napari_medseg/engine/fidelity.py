@@ -80,7 +80,7 @@ def fidelity(name: str, batch: dict, *, size: str = "small", steps: int = 3, los
         opt.zero_grad(set_to_none=True)
         _loss(model, batch, info.task, loss, torch.float32, None, False, seed + 1 + step).backward()
         opt.step()
-    trained = gradient_cosine(model, batch, info.task, loss, seed=seed + 100)
+    trained = gradient_cosine(model, batch, info.task, loss, seed=seed + 100) if steps else init
     return {"network": name, "loss": loss, "init": init, "trained": trained,
             "passes": bool(min(init, trained) >= THRESHOLD)}
 

@@ -78,7 +78,7 @@ def _open_in_napari(out: Path, headless: bool) -> dict:
 def _sample_and_model(viewer, key: str, out: Path, summary: dict) -> bool:
     """Add one sample and run its bundled model; ``False`` (with the reason in the summary) when the sample
     cannot be had."""
-    from .io.errors import MedSegIOError
+    from ..io.errors import MedSegIOError
 
     try:
         summary["samples"][key] = _add_sample(viewer, key)
@@ -93,8 +93,8 @@ def _sample_and_model(viewer, key: str, out: Path, summary: dict) -> bool:
 
 def best_bundled(dataset: str | None) -> str | None:
     """The bundled model trained on ``dataset`` with the best test score (Dice; discs: median L2)."""
-    from . import api
-    from .engine.checkpoint import read_config
+    from .. import api
+    from ..engine.checkpoint import read_config
 
     best, best_score = None, None
     for name, path in api.bundled_weights().items():
@@ -112,9 +112,9 @@ def _run_model(viewer, key: str, model: str, out: Path) -> dict:
     """Run a bundled model on the sample's image layer; add the result as a layer and save it."""
     import numpy as np
 
-    from . import api
-    from ._napari._layers import labels_layer_data, points_layer_data
-    from .engine.checkpoint import read_config
+    from .. import api
+    from ._layers import labels_layer_data, points_layer_data
+    from ..engine.checkpoint import read_config
 
     from napari.layers import Image
 
@@ -146,7 +146,7 @@ def _run_model(viewer, key: str, model: str, out: Path) -> dict:
 def _add_sample(viewer, key: str) -> list[dict]:
     import numpy as np
 
-    from ._napari import _sample_data as samples
+    from . import _sample_data as samples
 
     loaders = {"ct_dicom": samples.ct_dicom_series, "mr_spine": samples.mr_spine_discs,
                "mr_lumbar": samples.mr_lumbar_discs, "mr_cardiac": samples.mr_cardiac,
