@@ -274,6 +274,10 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     from .engine.events import Progress
 
     pred = load(model, weights, device=device)
+    if task is not None and task != pred.task:
+        what = "labels intervertebral discs: use label-discs" if pred.task == "keypoints" else \
+            "segments: use predict"
+        raise ValueError(f"this checkpoint ({pred.config['model']['name']}) {what}")
     task = task or pred.task
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

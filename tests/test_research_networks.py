@@ -244,3 +244,23 @@ def test_lstmsa_backbone_only_ablation_has_no_recurrent_head():
     y = x.clone()
     y[:, 0] = torch.rand(2, 1, 32, 32)
     torch.testing.assert_close(net(y), out)
+
+
+def test_a_disc_model_refuses_to_segment_and_points_to_label_discs(tmp_path, capsys):
+    from PIL import Image
+
+    from napari_medseg.cli import main
+    from napari_medseg.engine.infer import Predictor
+
+    img = np.zeros((64, 64), np.uint8)
+    img[20:40, 20:40] = 200
+    Image.fromarray(img).save(tmp_path / "frame.png")
+    assert main(["predict", "--model", "hourglass-spine-discs", str(tmp_path / "frame.png"), "--out",
+                 str(tmp_path / "out")]) == 2
+    assert "use label-discs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    from napari_medseg import api
+
+    pred = Predictor.from_checkpoint(api.bundled_weights()["hourglass-spine-discs"], device="cpu")
+    with pytest.raises(ValueError, match="use label-discs"):
+        pred.segment_image(img)

@@ -37,6 +37,11 @@ class Predictor:
         model, cfg = ckpt.load_model(path)
         return cls(model, cfg, **kw)
 
+    def _require_segmentation(self):
+        if self.task != "segmentation":
+            raise ValueError(f"this checkpoint ({self.config['model']['name']}) labels intervertebral discs, it does "
+                             "not segment: use label-discs (napari-medseg label-discs / api.label_discs)")
+
     # ------------------------------------------------------------ core
 
     @torch.no_grad()
@@ -80,6 +85,7 @@ class Predictor:
         ``mode="resize"`` resizes to the training size and back (how the 2D networks were trained);
         ``mode="sliding"`` runs Gaussian-blended sliding windows of the training size at native resolution
         (for images much larger than the training size, when training used native-resolution crops)."""
+        self._require_segmentation()
         image = np.asarray(image)
         rgb = (image.ndim == 3 and image.shape[-1] in (3, 4)) if rgb is None else rgb
         h, w = image.shape[:2]
@@ -110,6 +116,7 @@ class Predictor:
                        cleanup: bool = False, probabilities: bool = False, callback=None,
                        cancel: CancelToken | None = None):
         """Labels with the volume's spatial shape, predicted slice by slice along ``axis``."""
+        self._require_segmentation()
         data = np.asarray(vol.data, dtype=np.float32)
         if data.ndim == 4:
             data = data[..., 0]
