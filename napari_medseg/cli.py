@@ -96,6 +96,7 @@ def _cmd_train(args) -> int:
         result = api.train(
             args.model, args.data, args.out, size=args.size, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, device=args.device, precision=args.precision, seed=args.seed, resume=args.resume,
+            overwrite=args.overwrite,
             input_size=args.input_size, patience=args.patience, num_workers=args.workers, compile=args.compile,
             recipe=args.recipe, max_cases=args.max_cases, max_steps_per_epoch=args.max_steps,
             augment=args.augment, loss=args.loss, model_options=_parse_options(args.options),
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 on CUDA/AVX512-BF16/AMX CPUs, fp16+grad scaling on older GPUs; fp32 turns it off")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without --resume or --overwrite such a folder is refused)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")

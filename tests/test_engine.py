@@ -402,3 +402,23 @@ def test_precision_selection(monkeypatch):
     assert select_precision(torch.device("cuda")) == Precision("cuda", torch.bfloat16)
     with pytest.raises(ValueError, match="fp16 autocast is not supported for training on CPU"):
         select_precision(torch.device("cpu"), "fp16")
+
+
+def test_an_existing_run_is_never_replaced_silently(tiny, tmp_path, capsys):
+    """A second `train` into a run folder is refused (exit 2, the old run untouched) unless --resume or
+    --overwrite is given; --overwrite replaces it."""
+    from napari_medseg.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--model", "unet", "--data", str(tiny["kvasir-seg"]), "--out", str(out), "--epochs", "1",
+            "--batch-size", "2", "--input-size", "64", "--precision", "fp32", "--max-steps", "1"]
+    assert main(args) == 0
+    before = (out / "last" / "model.safetensors").read_bytes()
+    history = (out / "history.json").read_text()
+    assert main(args + ["--seed", "5"]) == 2
+    assert "already holds a run (last/ and best/)" in capsys.readouterr().err
+    assert (out / "last" / "model.safetensors").read_bytes() == before
+    assert (out / "history.json").read_text() == history
+    assert main(args + ["--seed", "5", "--overwrite"]) == 0
+    assert (out / "last" / "model.safetensors").read_bytes() != before
+    assert main(args + ["--resume", "--overwrite"]) == 2

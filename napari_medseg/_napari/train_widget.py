@@ -82,12 +82,14 @@ class TrainWidget(Container):
         self.input_size = SpinBox(label="input size", min=64, max=1024, step=16, value=128)
         self.val_fraction = FloatSpinBox(label="validation fraction", min=0.05, max=0.5, step=0.05, value=0.2)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
-        self.out = FileEdit(label="output folder", mode="d", value=str(Path.home() / "napari-medseg-runs" / "run"))
+        self.out = FileEdit(label="output folder", mode="d",
+                            value=str(Path.home() / "napari-medseg-runs" / time.strftime("run-%Y%m%d-%H%M%S")))
         self.resume = CheckBox(text="resume the run in the output folder", value=False)
+        self.overwrite = CheckBox(text="replace the run in the output folder", value=False)
         self.controls = RunControls("Train")
         super().__init__(widgets=[self.source, self.image, self.labels_layer, self.folder, self.network, self.size,
                                   self.epochs, self.batch, self.lr, self.input_size, self.val_fraction, self.device,
-                                  self.out, self.resume, self.controls])
+                                  self.out, self.resume, self.overwrite, self.controls])
         self.plot = CurvePlot()
         self.native.layout().addWidget(self.plot)
         self.source.changed.connect(self._source_changed)
@@ -143,6 +145,7 @@ class TrainWidget(Container):
             out = str(self.out.value)
             options = dict(size=self.size.value, epochs=int(self.epochs.value), batch_size=int(self.batch.value),
                            lr=float(self.lr.value) or None, device=self.device.value, resume=bool(self.resume.value),
+                           overwrite=bool(self.overwrite.value),
                            input_size=int(self.input_size.value), preview_every=1)
             data, folder = None, None
             if self.source.value == FOLDER:

@@ -35,6 +35,7 @@ class TrainOptions:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False  # replace a run already in ``out`` (otherwise refused unless ``resume``)
     input_size: int | None = None  # default: the recipe's
     patience: int | None = None  # early stopping after this many epochs without improvement
     num_workers: int = 0
@@ -169,6 +170,8 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         raise ValueError(f"unknown network {opts.model!r}; choose from {sorted(models.REGISTRY)}")
     recipe = _recipe(opts)
     plan = resolve(opts)
+    if is_main:
+        _claim_run_folder(Path(opts.out), resume=opts.resume, overwrite=opts.overwrite)
     size = plan["input_size"]
     if size % info.multiple:
         raise ValueError(f"input size {size} must be a multiple of {info.multiple} for {opts.model}")
@@ -364,6 +367,24 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     return {"reason": reason, "epochs_done": state["epoch"], "best": state["best"], "history": state["history"],
             "best_checkpoint": str(best_path), "last_checkpoint": str(out / "last"), "device": str(device),
             "precision": precision.name, "wall_s": time.perf_counter() - t_start}
+
+
+def _claim_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Never replace a run silently: a folder that already holds ``last/`` or ``best/`` is refused unless
+    the run is resumed or ``overwrite`` is asked for (then the old checkpoints and history go first)."""
+    if resume and overwrite:
+        raise ValueError("choose resume or overwrite, not both")
+    held = [n for n in ("last", "best") if (out / n).is_dir()]
+    if not held or resume:
+        return
+    if not overwrite:
+        raise ckpt.CheckpointError(out, f"already holds a run ({' and '.join(h + '/' for h in held)}): resume it "
+                                        "(--resume) or replace it (--overwrite), or choose another folder")
+    import shutil
+
+    for name in held:
+        shutil.rmtree(out / name)
+    (out / "history.json").unlink(missing_ok=True)
 
 
 def _check_writable(out: Path) -> None:
