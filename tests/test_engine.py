@@ -422,3 +422,27 @@ def test_an_existing_run_is_never_replaced_silently(tiny, tmp_path, capsys):
     assert main(args + ["--seed", "5", "--overwrite"]) == 0
     assert (out / "last" / "model.safetensors").read_bytes() != before
     assert main(args + ["--resume", "--overwrite"]) == 2
+
+
+def test_outputs_follow_the_umask_not_tempfile_modes(tmp_path):
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700); what lands must have the umask's modes so
+    colleagues on a shared server can read results and checkpoints."""
+    import os
+    import stat
+
+    from napari_medseg.engine.checkpoint import save_checkpoint
+    from napari_medseg.io.atomic import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "result.json", "{}")
+        ck = save_checkpoint(tmp_path / "ck", torch.nn.Linear(2, 2), {"model": {"name": "x"}})
+        os.umask(0o077)
+        write_text_atomic(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "result.json") == 0o644
+    assert mode(ck) == 0o755
+    assert {mode(f) for f in ck.iterdir()} == {0o644}
+    assert mode(tmp_path / "private.json") == 0o600

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..io.atomic import default_mode
 from ..io.errors import MedSegIOError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
@@ -118,6 +119,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dic
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes 0700 whatever the umask
     except OSError as err:
         raise CheckpointError(path, f"cannot write here: {err.strerror or err}") from err
     try:
@@ -132,6 +134,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dic
             skeleton = _flatten_state(train_state, "", tensors)
             save_file(tensors, str(tmp / "train_state.safetensors"))
             (tmp / "train_state.json").write_text(json.dumps(skeleton))
+        for f in tmp.iterdir():  # safetensors writes 0600: give files the umask's mode like any other output
+            os.chmod(f, default_mode())
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")

@@ -14,6 +14,27 @@ from typing import Iterator
 from .errors import MedSegIOError
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the system says it (Linux), else by setting and
+    restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode a plain ``open()`` / ``mkdir()`` would give: 0666 / 0777 less the umask. Temporary files
+    and folders are created 0600 / 0700, so results renamed into place get this mode instead (colleagues
+    on a shared server can read what the umask lets them)."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
@@ -33,6 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, default_mode())
         os.replace(tmp_path, final)
     except OSError as err:
         raise MedSegIOError(final, f"could not write: {err.strerror or err}") from err
