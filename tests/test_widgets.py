@@ -221,3 +221,17 @@ def test_batch_widget_with_a_corrupt_file(make_napari_viewer, qtbot, trained, sh
     assert len(w.summary["results"]) == 2 and len(w.summary["skipped"]) == 1
     assert "corrupt.jpg" in w.summary["skipped"][0]["file"]
     assert len(list((tmp_path / "out").glob("*_seg.png"))) == 2
+
+
+def test_a_broken_bundled_config_is_left_out_with_a_warning(tmp_path, monkeypatch):
+    from napari_medseg import api
+    from napari_medseg._napari import _common
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    real = api.bundled_weights()
+    monkeypatch.setattr(api, "bundled_weights", lambda: {**real, "broken-model": broken})
+    with pytest.warns(UserWarning, match="'broken-model'.*unusable and not listed"):
+        names = _common.weight_choices("segmentation")
+    assert "broken-model" not in names and "unet-kvasir-192" in names

@@ -21,25 +21,23 @@ def register_checkpoint(name: str, path: str) -> None:
 def weight_choices(task: str) -> list[str]:
     from .. import api
 
-    names = []
-    for name, path in api.bundled_weights().items():
-        try:
-            from ..engine.checkpoint import read_config
-
-            if read_config(path)["model"].get("task") == task:
-                names.append(name)
-        except Exception:
-            continue
-    names += [n for n, p in _SESSION_CHECKPOINTS.items() if _task_of(p) == task]
+    names = [n for n, path in api.bundled_weights().items() if _task_of(path, n) == task]
+    names += [n for n, p in _SESSION_CHECKPOINTS.items() if _task_of(p, n) == task]
     return names + [CHECKPOINT_CHOICE]
 
 
-def _task_of(path: str) -> str | None:
-    try:
-        from ..engine.checkpoint import read_config
+def _task_of(path, name: str) -> str | None:
+    """The task of a checkpoint; an unreadable one is left out of the list *with a warning* (shown by
+    napari), never silently."""
+    import warnings
 
-        return read_config(path)["model"].get("task")
-    except Exception:
+    from ..engine.checkpoint import read_config
+    from ..io.errors import MedSegIOError
+
+    try:
+        return read_config(path)["model"]["task"]
+    except (MedSegIOError, OSError, KeyError, TypeError, ValueError) as err:
+        warnings.warn(f"weights {name!r} ({path}) are unusable and not listed: {err}", stacklevel=2)
         return None
 
 
