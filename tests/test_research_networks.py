@@ -264,3 +264,19 @@ def test_a_disc_model_refuses_to_segment_and_points_to_label_discs(tmp_path, cap
     pred = Predictor.from_checkpoint(api.bundled_weights()["hourglass-spine-discs"], device="cpu")
     with pytest.raises(ValueError, match="use label-discs"):
         pred.segment_image(img)
+
+
+def test_plateau_schedule_watches_the_validation_loss(tiny, tmp_path):
+    """BCDU-Net's schedule: x0.1 after 7 epochs without a 1e-4 improvement of the validation loss."""
+    from napari_medseg.engine.train import build_scheduler
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    sched = build_scheduler(opt, models.REGISTRY["bcdunet"].recipe, 100)
+    for loss in [1.0] + [0.99995] * 6:  # improvements below 1e-4 do not count
+        sched.step(loss)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)  # 6 bad epochs: not yet
+    sched.step(0.99995)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # the 7th (Keras' patience=7)
+    res = train(train_opts("bcdunet", tiny["kvasir-seg"], tmp_path / "run", epochs=2, max_steps_per_epoch=1))
+    assert all("val_loss" in h and h["val_loss"] > 0 for h in res["history"])

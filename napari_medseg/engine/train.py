@@ -99,8 +99,10 @@ def build_scheduler(optimizer, recipe: dict, epochs: int):
     sched = recipe.get("schedule")
     if sched == "poly0.9":
         return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max(1, epochs), power=0.9)
-    if sched == "plateau0.1p7":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=7)
+    if sched == "plateau0.1p7":  # BCDU-Net's Keras reference: ReduceLROnPlateau(val_loss, 0.1, 7, epsilon=1e-4)
+        # Keras reduces after `patience` bad epochs, torch after `patience + 1`: 6 here is Keras' 7
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=6,
+                                                          threshold=1e-4, threshold_mode="abs")
     if "milestones" in recipe:  # the paper's epochs 60 and 90 of 120, scaled to this run's length
         total = recipe.get("epochs", 120)
         ms = sorted({max(1, round(m * epochs / total)) for m in recipe["milestones"]})
@@ -330,11 +332,11 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         if reason == "cancelled":
             save("last", with_state=True)  # the interrupted epoch is redone on --resume
             break
-        metrics, preview = validate(model, val_data, info.task, device, precision, bs)
+        metrics, preview = validate(model, val_data, info.task, device, precision, bs, criterion)
         score = metrics["dice"] if info.task == "segmentation" else -metrics["l2_px"]
         if scheduler is not None:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(score)
+                scheduler.step(metrics["val_loss"])  # the plateau is on the validation loss, as the reference
             else:
                 scheduler.step()
         improved = score > state["best"]
@@ -400,28 +402,36 @@ def _check_writable(out: Path) -> None:
 
 
 @torch.no_grad()
-def validate(model, val: D.Prepared, task: str, device, precision, batch_size: int):
-    """Task metrics on the (resized) validation samples, and a preview of the first prediction."""
+def validate(model, val: D.Prepared, task: str, device, precision, batch_size: int, criterion=None):
+    """Task metrics on the (resized) validation samples (and, given the training ``criterion``, the
+    validation loss ``val_loss``), and a preview of the first prediction."""
     was_training = model.training
     model.eval()
     dices, errors, preview = [], [], None
+    loss_sum, n = 0.0, 0
     for i in range(0, len(val.images), batch_size):
         x = torch.as_tensor(val.images[i: i + batch_size], dtype=torch.float32, device=device)
         with precision.autocast():
             out = model(x)
         out = out.float()
+        y = torch.as_tensor(val.targets[i: i + batch_size], device=device)
         if task == "segmentation":
-            y = torch.as_tensor(val.targets[i: i + batch_size], device=device)
             dices.append(soft_dice(out, y).cpu())
+            if criterion is not None:
+                loss_sum += float(criterion(out, y)) * len(x)
             if preview is None:
                 preview = out[0].argmax(0).cpu().numpy().astype(np.uint8)
         else:
-            y = torch.as_tensor(val.targets[i: i + batch_size], device=device)
             vis = torch.as_tensor(val.visible[i: i + batch_size], device=device)
             errors.append(mean_peak_error(out, y, vis))
+            if criterion is not None:
+                loss_sum += float(criterion(out, y, vis)) * len(x)
             if preview is None:
                 preview = out[0].max(0).values.cpu().numpy()
+        n += len(x)
     model.train(was_training)
-    if task == "segmentation":
-        return {"dice": float(torch.cat(dices).mean())}, preview
-    return {"l2_px": float(np.nanmean(errors))}, preview
+    metrics = {"dice": float(torch.cat(dices).mean())} if task == "segmentation" else \
+        {"l2_px": float(np.nanmean(errors))}
+    if criterion is not None:
+        metrics["val_loss"] = loss_sum / max(1, n)
+    return metrics, preview

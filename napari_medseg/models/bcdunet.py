@@ -12,8 +12,13 @@ Convolutions", ICCV Workshops 2019 (Fig. 1). Reference (Keras): rezazad68/BCDU-N
   last 1x1 conv Glorot-uniform, ConvLSTM forget-gate bias 1. The network
   has no normalisation before the decoder, so PyTorch's default init (Kaiming-uniform with a=sqrt(5))
   shrank the activations 10x by the bottleneck.
-* Input (reference ``dataset_normalized``): z-score, then min-max to [0, 1] per image
-  (the ``zscore+minmax`` preprocessing recorded in the checkpoint).
+* Input (reference ``dataset_normalized``): z-score, then min-max per image (the ``zscore+minmax``
+  preprocessing recorded in the checkpoint). The reference z-scores with dataset-wide statistics, which a
+  per-image min-max makes irrelevant, and scales the result to 0-255; we keep [0, 1] **(our choice)**.
+* Training (engine recipe ``bcdunet``): BCE, Adam 1e-4, learning rate x0.1 when the *validation loss*
+  has not improved by 1e-4 for 7 epochs (the reference's ``ReduceLROnPlateau(monitor='val_loss')``). The
+  reference keeps the checkpoint with the lowest validation loss; our trainer keeps the best validation
+  Dice **(our choice)**.
 * Decoder (Sec. 3.3): 2x2 transposed conv -> BN -> ReLU; ``[skip, up]`` as a 2-step sequence into a
   ConvLSTM with skip/2 filters; its last state -> two 3x3 conv + ReLU.
 * Head: 3x3 conv -> 2 channels, ReLU, 1x1 conv -> classes (logits; sigmoid/softmax in the loss).
