@@ -44,6 +44,7 @@ def store_weights(src: Path, dst: Path) -> str:
     back into the float32 network). Returns the stored dtype."""
     if src.stat().st_size <= MAX_BUNDLE_BYTES:
         shutil.copy(src, dst)
+        dst.chmod(0o644)
         return "float32"
     from safetensors.torch import load_file, save_file
 
