@@ -332,3 +332,14 @@ def test_zero_state_shortcut_is_exact(cell_name):
     zeros = torch.zeros(2, 6, 8, 8)
     for a, b in zip(cell(x, None), cell(x, (zeros, zeros))):
         torch.testing.assert_close(a, b)
+
+
+def test_listed_parameter_counts_are_those_of_the_built_networks():
+    """`models.available()` reads counts from a table (no network is built to list them): check it."""
+    from napari_medseg.models.registry import LSTMSA_HEAD_PARAMETERS, PARAMETERS, _lstmsa_head
+
+    for name in models.REGISTRY:
+        for size in ("paper", "small"):
+            assert PARAMETERS[name][size] == models.parameter_count(name, size), (name, size)
+    assert LSTMSA_HEAD_PARAMETERS == {s: _lstmsa_head(s) for s in ("paper", "small")}
+    assert models.available()[0]["parameters"] == PARAMETERS["lstmsa"]

@@ -32,12 +32,25 @@ class ModelInfo:
     input_norm: str | None = None
 
     def describe(self) -> dict[str, Any]:
+        """The network's card, without building it (parameter counts from :data:`PARAMETERS`)."""
         d = asdict(self)
         d["sizes"] = list(SIZES)
-        d["parameters"] = {s: parameter_count(self.name, s) for s in SIZES}
+        d["parameters"] = dict(PARAMETERS[self.name])
         if self.name == "lstmsa":
-            d["parameters_head"] = {s: _lstmsa_head(s) for s in SIZES}
+            d["parameters_head"] = dict(LSTMSA_HEAD_PARAMETERS)
         return d
+
+
+# Parameter counts at the default channels / classes, so that listing the networks builds none of them
+# (`napari-medseg models` stays fast). tests/test_models.py rebuilds every network and checks each number.
+PARAMETERS = {
+    "lstmsa": {"paper": 3_684_772, "small": 291_824},
+    "bilateral": {"paper": 6_446_923, "small": 718_235},
+    "bcdunet": {"paper": 22_983_301, "small": 2_246_805},
+    "hourglass": {"paper": 6_795_086, "small": 678_646},
+    "unet": {"paper": 1_979_009, "small": 194_501},
+}
+LSTMSA_HEAD_PARAMETERS = {"paper": 1_655_940, "small": 161_964}
 
 
 def _builders() -> dict[str, Callable[..., nn.Module]]:
