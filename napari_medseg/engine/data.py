@@ -152,14 +152,6 @@ def read_mask(path: Path) -> np.ndarray:
     raise DataError(path, f"unexpected mask values {values[:8].tolist()}...: expected 0/255, 0/1 or class indices < 32")
 
 
-def image2d_norm(dtype: np.dtype, requested: str | None = None) -> str:
-    """The normalisation of a 2D image: ``requested`` (a network's own, e.g. BCDU-Net's
-    ``zscore+minmax``) or ``rgb01`` for 8-bit images and ``minmax`` for any other type."""
-    if requested:
-        return requested
-    return "rgb01" if np.dtype(dtype) == np.uint8 else "minmax"
-
-
 def prepare_seg2d(layout: Layout, stems: list[str], size: tuple[int, int], channels: int,
                   normalize: str | None = None) -> Prepared:
     images, targets, norms = [], [], set()
@@ -171,7 +163,7 @@ def prepare_seg2d(layout: Layout, stems: list[str], size: tuple[int, int], chann
             raise DataError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                                        f"{vol.data.shape[1]}x{vol.data.shape[0]}")
         img = pp.to_channels(vol.data, channels, vol.rgb)
-        norm = image2d_norm(vol.data.dtype, normalize)
+        norm = pp.image2d_norm(vol.data.dtype, normalize)
         norms.add(norm)
         img = pp.normalize(img, norm)
         images.append(pp.resize(img, size, "area").numpy())

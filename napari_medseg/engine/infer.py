@@ -89,9 +89,7 @@ class Predictor:
         image = np.asarray(image)
         rgb = (image.ndim == 3 and image.shape[-1] in (3, 4)) if rgb is None else rgb
         h, w = image.shape[:2]
-        norm = self.pre.get("normalize", "rgb01")
-        if norm == "rgb01" and image.dtype != np.uint8:
-            norm = "minmax"
+        norm = pp.image2d_norm(image.dtype, self.pre.get("normalize", "rgb01"))
         x = pp.normalize(pp.to_channels(image, self.channels, rgb), norm)
         if mode == "sliding":
             from monai.inferers import sliding_window_inference

@@ -34,6 +34,17 @@ def rescale01(img: np.ndarray) -> np.ndarray:
     return ((img - lo) / (hi - lo if hi - lo > 1e-8 else 1.0)).astype(np.float32)
 
 
+def image2d_norm(dtype, requested: str | None = None) -> str:
+    """The normalisation of one 2D image, for training and inference alike: ``requested`` (a network's
+    own, e.g. BCDU-Net's ``zscore+minmax``, or what a checkpoint recorded), except that ``rgb01`` (divide
+    by 255) only applies to 8-bit images: any other type, or no request, gives ``rgb01`` for 8-bit and
+    ``minmax`` otherwise."""
+    eight_bit = np.dtype(dtype) == np.uint8
+    if requested and (requested != "rgb01" or eight_bit):
+        return requested
+    return "rgb01" if eight_bit else "minmax"
+
+
 def normalize(img: np.ndarray, mode: str, stats: tuple[float, float] | None = None) -> np.ndarray:
     """``rgb01``: divide by 255; ``zscore``: (x - mean) / std (stats from the whole volume when given);
     ``minmax``: percentiles 0.5-99.5 to [0, 1]; ``zscore+minmax``: z-score, then the full range to

@@ -207,8 +207,8 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_options",)}, **plan,
                      "recipe": opts.recipe or opts.model, "world_size": world, "precision": precision.name,
                      "channels_last": channels_last, "device": str(device),
-                     "loss_used": plan["loss"] + ("+point" if opts.model == "bilateral" and
-                                                  opts.model_options.get("render", True) else "")},
+                     # networks with a rendering module add its point loss to whichever loss is chosen
+                     "loss_used": plan["loss"] + ("+point" if getattr(model, "render", False) else "")},
         "data": summary,
     }
     state = {"epoch": 0, "best": -math.inf, "bad_epochs": 0, "history": []}
