@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import io
+from . import geometry, io
 from .engine import checkpoint as ckpt
 from .engine.events import CancelToken
 from .engine.infer import Predictor
@@ -100,7 +100,12 @@ def _predictor(model, weights, predictor, **kw) -> Predictor:
 # ---------------------------------------------------------------- inputs
 
 
-def _as_volume(image: ImageLike) -> io.Volume:
+def as_volume(image: ImageLike) -> io.Volume:
+    """A path, :class:`io.Volume`, numpy array or napari layer -> the file-order Volume the engine sees.
+
+    Layers (and arrays, taken as layers with an identity transform) go through
+    :func:`napari_medseg.geometry.layer_to_volume`, the inverse of the reader: a layer this plugin
+    opened gives back exactly the file's array and affine."""
     if isinstance(image, io.Volume):
         return image
     if isinstance(image, (str, os.PathLike)):
@@ -108,17 +113,11 @@ def _as_volume(image: ImageLike) -> io.Volume:
         if len(vols) > 1:
             raise MedSegIOError(image, f"holds {len(vols)} series; pass one series folder")
         return vols[0]
-    data = getattr(image, "data", image)  # napari layers and arrays alike
-    arr = np.asarray(data)
-    rgb = bool(getattr(image, "rgb", False)) or (arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8)
-    scale = tuple(getattr(image, "scale", ())) or (1.0,) * arr.ndim
-    affine = np.eye(4)
-    if arr.ndim - int(rgb) == 3:  # napari layer order (z, y, x): file order is reversed
-        arr = arr.transpose(2, 1, 0)
-        affine[:3, :3] = np.diag(scale[::-1][:3])
-    name = getattr(image, "name", "array")
-    return io.Volume(data=arr, affine=affine, name=str(name), rgb=rgb,
-                     metadata={"layout": "2d" if arr.ndim - int(rgb) == 2 else "3d", "from_layer": hasattr(image, "data")})
+    if hasattr(image, "data_to_world") and hasattr(image, "data"):  # a napari layer (duck-typed)
+        return geometry.volume_of_layer(image)
+    arr = np.asarray(getattr(image, "data", image))
+    rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8
+    return geometry.layer_to_volume(arr, rgb=rgb, name=str(getattr(image, "name", "array")))
 
 
 def _is_2d(vol: io.Volume) -> bool:
@@ -130,21 +129,43 @@ def _is_2d(vol: io.Volume) -> bool:
 
 def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: int | str | None = None,
             tta: bool = False, cleanup: bool = False, probabilities: bool = False, device: str = "auto",
-            predictor: Predictor | None = None, callback=None, cancel: CancelToken | None = None) -> Segmentation:
-    """Segment a 2D image or a 3D volume. Arrays and napari layers come back in their own layout;
-    files and volumes in file order with their affine."""
+            predictor: Predictor | None = None, callback=None, cancel: CancelToken | None = None,
+            at=None) -> Segmentation:
+    """Segment a 2D image, a 3D volume or a 4D series (frame by frame).
+
+    Files and :class:`io.Volume` objects come back in file order with their affine; napari layers and
+    arrays come back in their own order (ready for a Labels layer with the image's transform). ``at`` (a
+    napari world point, e.g. ``viewer.dims.point``) segments only the slice through that point, by
+    the same steps as a full run. ``axis`` overrides the slice axis recorded at training (file order)."""
     pred = _predictor(model, weights, predictor, device=device)
-    vol = _as_volume(image)
-    from_layer = vol.metadata.get("from_layer", False)
+    pred._require_segmentation()
+    vol = as_volume(image)
+    from_layer = "layer" in vol.metadata
     if _is_2d(vol):
-        out = pred.segment_image(vol.data, rgb=vol.rgb, tta=tta, cleanup=cleanup, probabilities=probabilities)
+        data = np.asarray(vol.data)
+        frames = [data] if data.ndim - int(vol.rgb) == 2 else list(data)  # an RGB stack: image by image
+        outs = [pred.segment_image(f, rgb=vol.rgb, tta=tta, cleanup=cleanup, probabilities=probabilities)
+                for f in frames]
+        if probabilities:
+            labels, probs = [o[0] for o in outs], [o[1] for o in outs]
+            labels, probs = (labels[0], probs[0]) if len(frames) == 1 and data.ndim - int(vol.rgb) == 2 else \
+                (np.stack(labels), np.stack(probs, 1))
+        else:
+            labels, probs = (outs[0] if data.ndim - int(vol.rgb) == 2 else np.stack(outs)), None
     else:
+        only = None
+        if at is not None:
+            ax = pred.prep.axis_for(vol.affine, np.shape(vol.data)[:3], axis)
+            k = int(np.round(geometry.file_index_of_world(at, vol)[ax]))
+            if not 0 <= k < np.shape(vol.data)[ax]:
+                raise ValueError(f"{vol.name}: the point {tuple(np.round(at, 2))} is outside the volume")
+            only = [k]
         out = pred.segment_volume(vol, axis=axis, tta=tta, cleanup=cleanup, probabilities=probabilities,
-                                  callback=callback, cancel=cancel)
-    labels, probs = out if probabilities else (out, None)
-    if from_layer and not _is_2d(vol):  # back to the layer's (z, y, x) order
-        labels = labels.transpose(2, 1, 0)
-        probs = None if probs is None else probs.transpose(0, 3, 2, 1)
+                                  callback=callback, cancel=cancel, only_slices=only)
+        labels, probs = out if probabilities else (out, None)
+        if from_layer:  # back to the layer's order
+            labels = geometry.volume_to_layer_order(labels, vol)
+            probs = None if probs is None else geometry.volume_to_layer_order(probs, vol)
     names = pred.config.get("preprocessing", {}).get("label_names") or (
         ["background"] + [f"class {i}" for i in range(1, pred.num_classes)])
     return Segmentation(labels, None if from_layer else vol.affine, vol.name, list(names), probs, vol.path)
@@ -152,11 +173,14 @@ def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: i
 
 def label_discs(image: ImageLike, weights=None, model: str | None = None, *, device: str = "auto",
                 min_confidence: float = 0.2, predictor: Predictor | None = None) -> io.DiscPoints:
-    """Named intervertebral discs (SCT numbers, confidences) in voxel and world coordinates."""
+    """Named intervertebral discs (SCT numbers, confidences) in voxel and RAS world coordinates (for a
+    napari layer, ``napari_medseg.geometry.points_to_layer_data`` places them on it)."""
     pred = _predictor(model, weights, predictor, device=device)
-    vol = _as_volume(image)
+    vol = as_volume(image)
     if _is_2d(vol):
         raise ValueError(f"{vol.name}: disc labeling needs a 3-D spine volume")
+    if np.ndim(vol.data) != 3:
+        raise ValueError(f"{vol.name}: disc labeling needs one 3-D volume, got shape {np.shape(vol.data)}")
     return pred.label_discs(vol, min_confidence=min_confidence)
 
 
@@ -183,51 +207,76 @@ def train_in_background(model: str, data: str | None, out: str, *, prepared=None
     return TrainingProcess(TrainOptions(model=model, data=data, out=out, **options), prepared).start()
 
 
-def training_data_from_arrays(image, labels, *, rgb: bool = False, input_size: int = 128, val_fraction: float = 0.2,
-                              current_slice: int | None = None, image_name: str = "image",
-                              labels_name: str = "labels"):
-    """(train, val, summary) for :func:`train` / :func:`train_in_background` from one image + labels
-    pair held in memory (a 2D image or a (Z, Y, X) volume sliced along axis 0). For a volume, the
-    ``current_slice`` and every ``1/val_fraction``-th labelled slice validate; only labelled slices train.
-    ``summary["preview_slice"]`` is the slice shown as validation sample 0."""
-    from .engine import data as D
+def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size: int = 128,
+                              val_fraction: float = 0.2, at=None, model: str | None = None):
+    """(train, val, summary) for :func:`train` / :func:`train_in_background` from one image and its labels
+    held in memory (napari layers, arrays, or volumes), prepared by exactly the steps a dataset folder
+    and inference use (:mod:`napari_medseg.geometry`, then ``engine.data.from_volumes``), so that the
+    slices the network trains on are the slices Segment, Batch and the CLI give it.
 
-    img, lab = np.asarray(image), np.asarray(labels)
-    if img.shape[: lab.ndim] != lab.shape:
-        raise ValueError(f"image {image_name} {img.shape} and labels {labels_name} {lab.shape} differ in shape")
+    A volume is sliced along the through-plane axis; only labelled slices train; the slice through
+    ``at`` (a napari world point, e.g. ``viewer.dims.point``) and every ``1/val_fraction``-th labelled
+    slice validate. A single 2D image trains and validates on itself (``summary["validation"]`` says so).
+    ``model`` picks the network's own input normalisation (e.g. BCDU-Net's)."""
+    from . import models
+    from .engine import data as D
+    from .engine.train import input_rules
+
+    vol, lab = as_volume(image), as_volume(labels)
+    if np.shape(vol.data)[: np.ndim(lab.data)] != np.shape(lab.data) or not np.allclose(vol.affine, lab.affine,
+                                                                                          atol=1e-4):
+        raise ValueError(f"labels {lab.name} {np.shape(lab.data)} are not on the grid of image {vol.name} "
+                         f"{np.shape(vol.data)}: draw them on the image (same shape and placement)")
+    if np.ndim(vol.data) - int(vol.rgb) > 3:
+        raise ValueError(f"{vol.name}: 4-D training data are not supported; train on one frame")
+    if model is not None and model not in models.REGISTRY:
+        raise ValueError(f"unknown network {model!r}; choose from {sorted(models.REGISTRY)}")
+    rules = input_rules(model, "seg2d" if _is_2d(vol) else "seg3d") if model else {"context": 0, "normalize": None}
     size = (int(input_size),) * 2
-    channels = 3 if rgb else 1
-    prepared = D.from_arrays([img], [lab], size=size, channels=channels, rgb=rgb)
-    preview = None
-    if lab.ndim == 2:
-        val_idx = [0]
+    channels = 3 if vol.rgb else 1
+    prepared, ax = D.from_volumes(vol, np.asarray(lab.data), size=size, channels=channels, **rules)
+    n = len(prepared.images)
+    preview, validation = None, "the current slice and every k-th labelled slice"
+    if ax is None:
+        val_idx, train_idx = [0], [0]
+        validation = "the training image itself (one image: there is nothing to hold out)"
     else:
-        cur = min(max(int(current_slice or 0), 0), lab.shape[0] - 1)
-        labelled = [k for k in range(lab.shape[0]) if lab[k].any()] or list(range(lab.shape[0]))
+        lab_data = np.moveaxis(np.asarray(lab.data), ax, 0)
+        labelled = [k for k in range(n) if lab_data[k].any()]
+        if not labelled:
+            raise ValueError(f"labels {lab.name} are empty: label at least one slice")
+        cur = labelled[len(labelled) // 2]
+        if at is not None:
+            k = int(np.round(geometry.file_index_of_world(at, vol)[ax]))
+            cur = min(max(k, 0), n - 1)
         step = max(1, int(round(1 / float(val_fraction))))
-        val_idx = [cur] + [k for k in labelled[::step] if k != cur]
+        val_idx = [cur] + [k for k in labelled[step // 2::step] if k != cur]
+        train_idx = [k for k in labelled if k not in val_idx] or val_idx
+        if train_idx is val_idx:
+            validation = "the training slices themselves (too few labelled slices to hold any out)"
         preview = cur
-    train_idx = [k for k in range(len(prepared.images)) if k not in val_idx] or val_idx
-    if lab.ndim == 3:
-        labelled_set = {k for k in range(lab.shape[0]) if lab[k].any()}
-        train_idx = [k for k in train_idx if k in labelled_set] or train_idx
 
     def subset(idx):
         return D.Prepared("segmentation", prepared.images[idx], prepared.targets[idx], None,
                           [prepared.stems[i] for i in idx], prepared.num_classes, dict(prepared.preprocessing))
 
-    summary = {"layout": "napari layers", "image": image_name, "labels": labels_name,
-               "train_samples": len(train_idx), "val_samples": len(val_idx), "preview_slice": preview}
+    summary = {"layout": "napari layers", "image": vol.name, "labels": lab.name, "slice_axis": ax,
+               "train_samples": len(train_idx), "val_samples": len(val_idx), "preview_slice": preview,
+               "validation": validation}
     return subset(train_idx), subset(val_idx), summary
 
 
 def evaluate(data: str, model: str | None = None, weights=None, *, json_path: str | None = None,
              subset: str = "test", max_cases: int | None = None, tta: bool = False, device: str = "auto",
-             precision: str = "auto", callback=None) -> dict:
+             precision: str = "auto", callback=None, split: str = "auto") -> dict:
+    """Score a checkpoint on a dataset folder at native resolution: ``{"cases": [...], "mean": {...},
+    "split": "<which split>"}``. ``subset`` is test / val / train / all; ``split`` is ``auto`` (the
+    checkpoint's own recorded split when it trained on this folder, else the folder's split.json, which
+    may hold only ``test``, else a split seeded like the training), ``run`` or ``folder``."""
     from .engine.evaluate import evaluate as _evaluate
 
     pred = load(model, weights, device=device, precision=precision)
-    result = _evaluate(pred, data, subset=subset, max_cases=max_cases, tta=tta, callback=callback)
+    result = _evaluate(pred, data, subset=subset, max_cases=max_cases, tta=tta, callback=callback, split=split)
     result["precision"] = pred.precision.name
     if json_path:
         io.atomic.write_text_atomic(json_path, json.dumps(result, indent=1) + "\n")

@@ -141,7 +141,8 @@ def _cmd_evaluate(args) -> int:
 
     result = api.evaluate(args.data, model=args.model, weights=args.weights, json_path=args.json, subset=args.subset,
                           max_cases=args.max_cases, tta=args.tta, device=args.device, precision=args.precision,
-                          callback=_TqdmEvents())
+                          callback=_TqdmEvents(), split=args.split)
+    print(f"scored {len(result['cases'])} {args.subset} case(s) from {result['split']}", file=sys.stderr)
     print(json.dumps(result["mean"], indent=1))
     return 0
 
@@ -215,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     _weights_args(p)
     p.add_argument("--data", required=True)
     p.add_argument("--json", default=None, help="write the full result here")
-    p.add_argument("--subset", default="test", choices=["train", "val", "test"])
+    p.add_argument("--subset", default="test", choices=["train", "val", "test", "all"],
+                   help="which cases to score (all: every case of the folder)")
+    p.add_argument("--split", default="auto", choices=["auto", "run", "folder"],
+                   help="auto: the checkpoint's own split when it trained on this folder, else the folder's "
+                        "split.json, else a split seeded like the training; run / folder force one")
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--tta", action="store_true")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_medseg import io
-from napari_medseg._napari._geometry import layer_data_to_file_order, reference_volume, volume_to_layer_data
+from napari_medseg.geometry import layer_data_to_file_order, reference_volume, volume_to_layer_data
 from napari_medseg.io.errors import MedSegIOError, MedSegIOWarning
 
 from .conftest import NIFTI_FILES

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_medseg import io
+from napari_medseg.geometry import world_to_ras
 from napari_medseg._napari._common import CHECKPOINT_CHOICE
 
 pytestmark = pytest.mark.gui
@@ -116,7 +117,7 @@ def test_label_discs_on_pam50(make_napari_viewer, qtbot, trained, volumes, tmp_p
     pts.data[0] = pts.data[0] + np.array([2.0, 0.0, 0.0])
     pts.save(str(tmp_path / "pam_discs.json"), plugin="napari-medseg")
     saved = io.read_points(tmp_path / "pam_discs.json")
-    np.testing.assert_allclose(saved.world[0], pts.data[0][::-1], atol=1e-4)
+    np.testing.assert_allclose(saved.world[0], world_to_ras(pts.data[0])[0], atol=1e-4)
 
 
 def test_newcomer_labels_lumbar_discs_from_the_menus(make_napari_viewer, qtbot):

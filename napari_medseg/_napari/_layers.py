@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..geometry import META_KEY, points_to_layer_data
 from ..io import DiscPoints
-from ._geometry import META_KEY, points_to_layer_data
 
 TRANSFORM_KEYS = ("scale", "translate", "rotate", "shear", "affine")
 
@@ -22,6 +22,7 @@ def transform_of(layer) -> dict:
 
 
 def labels_layer_data(labels: np.ndarray, source, class_names: list[str], name: str) -> tuple:
+    """Labels already in ``source``'s layer order (``api.segment`` on a layer) -> a Labels layer on top of it."""
     meta = dict(getattr(source, "metadata", {}) or {})
     kwargs = {"name": name, "metadata": meta, **transform_of(source)}
     n = int(max(labels.max() if labels.size else 0, len(class_names) - 1)) + 1
@@ -31,14 +32,9 @@ def labels_layer_data(labels: np.ndarray, source, class_names: list[str], name: 
 
 
 def points_layer_data(points: DiscPoints, source, name: str) -> tuple:
-    """Disc points computed on ``source``'s array (file-like order, see ``api._as_volume``) -> world points."""
+    """Disc points (RAS world coordinates from the engine) -> a Points layer in world coordinates that
+    overlays ``source`` wherever it is placed (the engine saw ``source`` with its true affine)."""
     data, kwargs = points_to_layer_data(points, name=name)
-    if len(points):
-        # the engine worked on the layer array transposed to (x, y, z): map its voxels back to the layer,
-        # then through the layer's own transform to world coordinates
-        vox = points.voxels()
-        layer_idx = vox[:, ::-1]
-        data = np.array([source.data_to_world(v) for v in layer_idx], dtype=float)
     src_meta = (getattr(source, "metadata", {}) or {}).get(META_KEY) or {}
     kwargs["metadata"] = {META_KEY: {"affine": src_meta.get("affine"), "shape": src_meta.get("shape"),
                                      "source": src_meta.get("source")}}

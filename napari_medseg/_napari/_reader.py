@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import io
-from ._geometry import points_to_layer_data, volume_to_layer_data
+from ..geometry import points_to_layer_data, volume_to_layer_data
 
 LayerData = tuple[Any, dict, str]
 

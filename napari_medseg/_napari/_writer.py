@@ -1,5 +1,5 @@
 """napari writer contributions: Labels -> NIfTI/PNG with the source geometry, Points -> CSV/JSON/NIfTI,
-Image -> NIfTI."""
+Image -> NIfTI. The layer -> file conversion is :mod:`napari_medseg.geometry`'s, the one the engine uses."""
 
 from __future__ import annotations
 
@@ -9,24 +9,30 @@ from typing import Any
 import numpy as np
 
 from .. import io
+from ..geometry import META_KEY, layer_shape, layer_to_volume, points_from_layer_data, reference_volume
 from ..io.errors import MedSegIOError
-from ._geometry import (
-    META_KEY,
-    affine_from_layer_state,
-    layer_data_to_file_order,
-    layer_shape,
-    points_from_layer_data,
-    reference_volume,
-)
 
 
 def _medseg_meta(attributes: dict) -> dict | None:
     return (attributes.get("metadata") or {}).get(META_KEY)
 
 
+def world_matrix_from_state(state: dict, ndim: int) -> np.ndarray:
+    """A layer's data -> world matrix from the attributes napari passes to writers (scale, translate,
+    rotate, shear, affine), composed as napari composes them."""
+    from napari.utils.transforms import Affine  # the GUI layer owns napari's transform conventions
+
+    tr = Affine(scale=state.get("scale"), translate=state.get("translate"), rotate=state.get("rotate"),
+                shear=state.get("shear"), ndim=ndim)
+    full = state.get("affine", None)
+    full = np.eye(ndim + 1) if full is None else np.asarray(getattr(full, "affine_matrix", full), dtype=float)
+    return full @ tr.affine_matrix
+
+
 def _write_array(path: str, data: Any, attributes: dict, kind: str) -> list[str]:
     data = np.asarray(data)
     meta = _medseg_meta(attributes)
+    rgb = bool(attributes.get("rgb", False))
     target = Path(path)
     if io.is_image2d_path(target):
         if data.ndim != 2 and not (data.ndim == 3 and data.shape[-1] in (3, 4)):
@@ -34,27 +40,20 @@ def _write_array(path: str, data: Any, attributes: dict, kind: str) -> list[str]
         return [str(io.write_image2d(target, data, kind=kind))]
     if not io.is_nifti_path(target):
         target = target.with_name(target.name + ".nii.gz")
-    if meta is not None and meta.get("spatial_ndim", 3) == 3 and "ornt" in meta:
-        ref = reference_volume(meta)
-        expected = layer_shape(meta)
-        if tuple(data.shape[-3:]) != expected[-3:]:
-            raise MedSegIOError(
-                target,
-                f"layer shape {data.shape} does not match the source geometry: {meta.get('name')} is shown as "
-                f"{expected}",
-            )
-        file_data = layer_data_to_file_order(data, meta)
-        return [str(io.write_nifti(target, file_data, reference=ref, kind=kind))]
-    if meta is not None:  # 2-D source with geometry (DICOM slice, photograph)
-        ref = reference_volume(meta)
-        return [str(io.write_nifti(target, data, reference=ref, kind=kind))]
-    # a layer made in napari: derive the geometry from its own transform
-    if data.ndim < 3:
-        affine = np.diag([*attributes.get("scale", (1, 1))[::-1], 1.0, 1.0])
-        return [str(io.write_nifti(target, data.T, affine, kind=kind))]
-    affine_rev = affine_from_layer_state(attributes, data.ndim)
-    file_data = data.transpose(*range(data.ndim - 1, -1, -1)) if data.ndim == 3 else np.moveaxis(data, 0, 3).transpose(2, 1, 0, 3)
-    return [str(io.write_nifti(target, file_data, affine_rev, kind=kind))]
+    if meta is not None and "ornt" in meta and tuple(data.shape[-3:]) != tuple(layer_shape(meta)[-3:]):
+        raise MedSegIOError(target, f"layer shape {data.shape} does not match the source geometry: "
+                                    f"{meta.get('name')} is shown as {layer_shape(meta)}")
+    ndim = data.ndim - int(rgb)
+    vol = layer_to_volume(data, matrix=world_matrix_from_state(attributes, ndim), metadata=attributes.get("metadata"),
+                          rgb=rgb, name=str(attributes.get("name", "layer")))
+    plugin_meta = vol.metadata["layer"]["plugin_meta"]
+    if plugin_meta is not None:  # back exactly where it came from, with the source header
+        return [str(io.write_nifti(target, vol.data, reference=reference_volume(plugin_meta), kind=kind))]
+    if vol.metadata.get("layout") == "2d":  # 2-D layer: NIfTI index order is (column-major) (x, y)
+        sp = np.diag(vol.affine)[:2]
+        return [str(io.write_nifti(target, vol.data.T if vol.data.ndim == 2 else vol.data.transpose(1, 0, 2),
+                                   np.diag([sp[1], sp[0], 1.0, 1.0]), kind=kind))]
+    return [str(io.write_nifti(target, vol.data, vol.affine, kind=kind))]
 
 
 def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
@@ -68,7 +67,10 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
 
 
 def write_points(path: str, data: Any, attributes: dict) -> list[str]:
-    points = points_from_layer_data(data, attributes.get("features"), _medseg_meta(attributes))
+    data = np.asarray(data, dtype=float)
+    ndim = data.shape[1] if data.ndim == 2 and data.size else 3
+    matrix = world_matrix_from_state(attributes, ndim)
+    points = points_from_layer_data(data, attributes.get("features"), _medseg_meta(attributes), matrix=matrix)
     target = Path(path)
     low = target.name.lower()
     if not low.endswith((".csv", ".json", ".nii", ".nii.gz")):

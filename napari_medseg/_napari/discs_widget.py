@@ -75,13 +75,14 @@ class LabelDiscsWidget(Container):
 
 
 def apply_prior(data, kwargs, prior):
-    """A user-marked disc anchors the naming: shift every predicted name so that the prediction nearest to
+    """``data`` are world coordinates (the new layer has no transform); the prior layer's first point is
+    taken to world through its own transform. A user-marked disc anchors the naming: shift every predicted name so that the prediction nearest to
     the marked point takes the marked name (the rest follow in order)."""
     import numpy as np
 
     from ..io import disc_name, disc_number
 
-    marked = np.asarray(prior.data[0], dtype=float)
+    marked = np.asarray(prior.data_to_world(np.asarray(prior.data[0], dtype=float)), dtype=float)  # world, like data
     try:
         marked_number = int(prior.features["sct_number"][0])
     except (KeyError, IndexError, TypeError, ValueError):

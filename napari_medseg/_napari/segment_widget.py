@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container
 from napari.layers import Image
 from napari.qt.threading import thread_worker
@@ -45,9 +44,9 @@ class SegmentWidget(Container):
         layer, source = picked
         axis = None if self.axis.value == "auto" else int(self.axis.value)
         spatial = layer.data.ndim - (1 if layer.rgb else 0)
-        step = None
-        if self.current_slice.value and spatial == 3:
-            step = int(self.viewer.dims.current_step[0])
+        # "current slice only": the slice through the viewer's current world point, segmented by the same
+        # steps as a full run (api.segment(at=...)), so both agree on that slice
+        at = tuple(float(v) for v in self.viewer.dims.point) if self.current_slice.value and spatial >= 3 else None
         self.controls.busy(True, f"segmenting {layer.name}...")
         token = self.controls.token
         opts = dict(axis=axis, tta=self.tta.value, cleanup=self.cleanup.value, probabilities=self.probs.value,
@@ -59,21 +58,8 @@ class SegmentWidget(Container):
             from .. import api
 
             pred = api.load(**source, device=opts["device"])
-            data = np.asarray(layer.data)
-            if step is not None:
-                seg = api.segment(data[step], predictor=pred, tta=opts["tta"], cleanup=opts["cleanup"],
-                                  probabilities=opts["probabilities"])
-                full = np.zeros(data.shape, np.uint8)
-                full[step] = seg.labels
-                seg.labels = full
-                if seg.probabilities is not None:
-                    p = np.zeros((seg.probabilities.shape[0],) + data.shape, np.float32)
-                    p[:, step] = seg.probabilities
-                    seg.probabilities = p
-                return seg
-            seg = api.segment(layer, predictor=pred, axis=opts["axis"], tta=opts["tta"], cleanup=opts["cleanup"],
-                              probabilities=opts["probabilities"], callback=self.controls.report, cancel=token)
-            return seg
+            return api.segment(layer, predictor=pred, axis=opts["axis"], tta=opts["tta"], cleanup=opts["cleanup"],
+                               probabilities=opts["probabilities"], callback=self.controls.report, cancel=token, at=at)
 
         worker = work()
         worker.returned.connect(lambda seg: self._done(seg, layer))

@@ -101,7 +101,7 @@ class TrainWidget(Container):
         self.result = None
         self.events: list[dict] = []
         self.preview_layer = None
-        self._preview_slice = None
+        self._preview = None
         self._timer = QTimer()
         self._timer.setInterval(100)
         self._timer.timeout.connect(self._poll)
@@ -122,20 +122,17 @@ class TrainWidget(Container):
         self.folder.visible = not layers
 
     def _layer_data(self):
-        """(train, val, summary) from the open layers; the current slice is validation sample 0, so the
-        preview shows the model's prediction on it."""
+        """(train, val, summary) from the open layers through api.training_data_from_layers (the same
+        geometry and preprocessing as a dataset folder, Segment and the CLI); the slice through the
+        viewer's current point is validation sample 0, so the preview shows the model's prediction on it."""
         from .. import api
 
         img_layer, lab_layer = self.viewer.layers[self.image.value], self.viewer.layers[self.labels_layer.value]
-        lab = np.asarray(lab_layer.data)
-        cur = None
-        if lab.ndim == 3:
-            cur = int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim == lab.ndim else 0
-        train, val, summary = api.training_data_from_arrays(
-            np.asarray(img_layer.data), lab, rgb=bool(getattr(img_layer, "rgb", False)),
-            input_size=int(self.input_size.value), val_fraction=float(self.val_fraction.value), current_slice=cur,
-            image_name=img_layer.name, labels_name=lab_layer.name)
-        self._preview_slice = summary.get("preview_slice")
+        at = tuple(float(v) for v in self.viewer.dims.point)
+        train, val, summary = api.training_data_from_layers(
+            img_layer, lab_layer, input_size=int(self.input_size.value), val_fraction=float(self.val_fraction.value),
+            at=at, model=self.network.value)
+        self._preview = (api.as_volume(img_layer), summary.get("slice_axis"), summary.get("preview_slice"))
         return train, val, summary
 
     def run(self, *_):
@@ -208,24 +205,28 @@ class TrainWidget(Container):
             self._finish(error=ev["message"])
 
     def _show_preview(self, preview):
-        if preview is None or self.source.value == FOLDER:
+        """The prediction on validation sample 0 (input size) -> a Labels layer on the image, mapped back
+        through the same geometry as Segment's results."""
+        if preview is None or self.source.value == FOLDER or self._preview is None:
             return
         img_layer = self.viewer.layers[self.image.value] if self.image.value in self.viewer.layers else None
         if img_layer is None:
             return
-        shape = img_layer.data.shape[:-1] if img_layer.rgb else img_layer.data.shape
-        target = shape[-2:]
-        preview = np.asarray(preview)
-        rows = np.arange(target[0]) * preview.shape[0] // target[0]  # nearest neighbour (display only)
-        cols = np.arange(target[1]) * preview.shape[1] // target[1]
-        pv = preview[np.ix_(rows, cols)].astype(np.uint8)
-        full = np.zeros(shape, np.uint8)
-        if self._preview_slice is not None:
-            full[self._preview_slice] = pv
-        else:
-            full[...] = pv
+        from ..geometry import volume_to_layer_order
         from ._layers import transform_of
 
+        vol, ax, k = self._preview
+        preview = np.asarray(preview)
+        shape = np.shape(vol.data)[:2] if ax is None else tuple(np.delete(np.shape(vol.data)[:3], ax))
+        rows = np.arange(shape[0]) * preview.shape[0] // shape[0]  # nearest neighbour (display only)
+        cols = np.arange(shape[1]) * preview.shape[1] // shape[1]
+        pv = preview[np.ix_(rows, cols)].astype(np.uint8)
+        if ax is None:
+            full = pv
+        else:
+            full = np.zeros(np.shape(vol.data)[:3], np.uint8)
+            np.moveaxis(full, ax, 0)[k] = pv
+            full = volume_to_layer_order(full, vol)
         if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
             self.preview_layer = self.viewer.add_labels(full, name="training preview", opacity=0.5,
                                                         **transform_of(img_layer))

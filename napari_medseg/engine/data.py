@@ -95,8 +95,10 @@ def discover(root: str | os.PathLike) -> Layout:
     return Layout(kind, root, {s: (images[s], targets[s]) for s in images}, names)
 
 
-def split(layout: Layout, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1) -> dict[str, list[str]]:
-    """``split.json`` when present (every stem must exist), else a seeded random split."""
+def split(layout: Layout, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1,
+          require_train: bool = True) -> dict[str, list[str]]:
+    """``split.json`` when present (every stem must exist; for scoring, ``require_train=False``, a split
+    with only ``test`` is enough), else a seeded random split."""
     path = layout.root / "split.json"
     stems = sorted(layout.pairs)
     if path.is_file():
@@ -108,7 +110,7 @@ def split(layout: Layout, seed: int = 0, val_fraction: float = 0.1, test_fractio
         unknown = sorted({s for v in out.values() for s in v} - set(stems))
         if unknown:
             raise DataError(path, f"{len(unknown)} stem(s) in the split have no files (e.g. {unknown[0]})")
-        if not out["train"]:
+        if require_train and not out["train"]:
             raise DataError(path, "the split has an empty 'train' list")
         return out
     rng = np.random.default_rng(seed)
@@ -152,66 +154,70 @@ def read_mask(path: Path) -> np.ndarray:
     raise DataError(path, f"unexpected mask values {values[:8].tolist()}...: expected 0/255, 0/1 or class indices < 32")
 
 
+def seg2d_pair(pre: pp.Preprocessing, vol: io.Volume, mask: np.ndarray, where=None) -> tuple[np.ndarray, np.ndarray]:
+    """One 2D image + class mask -> (network input, target at input size), by ``pre``'s rule."""
+    if mask.shape != vol.data.shape[:2]:
+        raise DataError(where, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                               f"{vol.data.shape[1]}x{vol.data.shape[0]}")
+    target = pp.resize(np.asarray(mask).astype(np.float32), pre.input_size, "nearest").numpy().astype(np.int64)
+    return pre.image2d(vol.data, vol.rgb), target
+
+
+def seg3d_pairs(pre: pp.Preprocessing, vol: io.Volume, labels: np.ndarray, where=None) -> tuple[int, list, list]:
+    """One volume + label volume (same file order) -> (slice axis, inputs, targets), slice by slice by
+    ``pre``'s rule (the same slices :meth:`engine.infer.Predictor.segment_volume` sees)."""
+    labels = np.asarray(labels)
+    if vol.data.shape[:3] != labels.shape[:3]:
+        raise DataError(where, f"label shape {labels.shape} differs from image shape {vol.data.shape}")
+    if np.ndim(vol.data) != 3:
+        raise DataError(where, f"expected a 3-D volume, got shape {vol.data.shape}")
+    if labels.min() < 0:
+        raise DataError(where, "negative label values")
+    ax, slices = pre.volume_slices(vol.data, vol.affine)
+    lab = np.moveaxis(labels, ax, 0).astype(np.float32)
+    images = [pre.volume_sample(slices, k) for k in range(len(slices))]
+    targets = [pp.resize(lab[k], pre.input_size, "nearest").numpy().astype(np.int64) for k in range(len(slices))]
+    return ax, images, targets
+
+
 def prepare_seg2d(layout: Layout, stems: list[str], size: tuple[int, int], channels: int,
                   normalize: str | None = None) -> Prepared:
+    pre = pp.Preprocessing(input_size=tuple(size), channels=channels, normalize=normalize, layout="seg2d")
     images, targets, norms = [], [], set()
     for s in stems:
         img_path, mask_path = layout.pairs[s]
         vol = io.read_image2d(img_path, kind="image")
-        mask = read_mask(mask_path)
-        if mask.shape != vol.data.shape[:2]:
-            raise DataError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                                       f"{vol.data.shape[1]}x{vol.data.shape[0]}")
-        img = pp.to_channels(vol.data, channels, vol.rgb)
-        norm = pp.image2d_norm(vol.data.dtype, normalize)
-        norms.add(norm)
-        img = pp.normalize(img, norm)
-        images.append(pp.resize(img, size, "area").numpy())
-        targets.append(pp.resize(mask.astype(np.float32), size, "nearest").numpy().astype(np.int64))
+        norms.add(pre.image2d_mode(vol.data.dtype))
+        x, t = seg2d_pair(pre, vol, read_mask(mask_path), mask_path)
+        images.append(x)
+        targets.append(t)
     if len(norms) > 1:
         raise DataError(layout.root, f"the images mix 8-bit and other pixel types ({sorted(norms)}): convert them "
                                      "to one type so training and inference normalise them alike")
-    norm = norms.pop() if norms else "rgb01"
+    pre.normalize = norms.pop() if norms else "rgb01"
     return Prepared("segmentation", np.stack(images), np.stack(targets), stems=list(stems),
                     num_classes=int(max(t.max() for t in targets)) + 1 if targets else 2,
-                    preprocessing={"input_size": list(size), "channels": channels, "normalize": norm,
-                                   "layout": "seg2d"})
+                    preprocessing=pre.to_dict())
 
 
 def prepare_seg3d(layout: Layout, stems: list[str], size: tuple[int, int], channels: int, context: int,
                   axis: int | str = "auto", normalize: str = "zscore") -> Prepared:
-    images, targets, used_axis = [], [], None
+    pre = pp.Preprocessing(input_size=tuple(size), channels=channels, normalize=normalize, layout="seg3d",
+                           slice_axis=axis, context=context, extra={"label_names": layout.label_names})
+    images, targets = [], []
     for s in stems:
         img_path, lab_path = layout.pairs[s]
         vol, lab = io.read_nifti(img_path, kind="image"), io.read_nifti(lab_path, kind="labels")
-        if vol.data.shape[:3] != lab.data.shape[:3]:
-            raise DataError(lab_path, f"label shape {lab.data.shape} differs from image shape {vol.data.shape}")
-        if vol.data.ndim != 3:
+        if np.ndim(vol.data) != 3:
             raise DataError(img_path, f"expected a 3-D volume, got shape {vol.data.shape}")
-        ax = pp.slice_axis_for(vol.affine, vol.data.shape, axis)
-        used_axis = ax if used_axis is None else used_axis
-        stats = pp.volume_stats(vol.data, normalize)
-        data = np.moveaxis(pp.normalize(vol.data.astype(np.float32), normalize, stats), ax, 0)
-        labels = np.moveaxis(np.asarray(lab.data), ax, 0).astype(np.int64)
-        if labels.min() < 0:
-            raise DataError(lab_path, "negative label values")
-        n = data.shape[0]
-        for k in range(n):
-            if context:
-                idx = [min(max(k + d, 0), n - 1) for d in range(-context, context + 1)]
-                stack = np.stack([np.repeat(data[i][None], channels, 0) for i in idx])  # (3, C, H, W)
-                images.append(pp.resize(stack.reshape(-1, *stack.shape[-2:]), size, "bilinear").numpy()
-                              .reshape(len(idx), channels, *size))
-            else:
-                images.append(pp.resize(np.repeat(data[k][None], channels, 0), size, "bilinear").numpy())
-            targets.append(pp.resize(labels[k].astype(np.float32), size, "nearest").numpy().astype(np.int64))
+        _, x, t = seg3d_pairs(pre, vol, np.asarray(lab.data), lab_path)
+        images += x
+        targets += t
     k = int(max(t.max() for t in targets)) + 1
     if layout.label_names:
         k = max(k, len(layout.label_names))
     return Prepared("segmentation", np.stack(images), np.stack(targets), stems=list(stems), num_classes=k,
-                    preprocessing={"input_size": list(size), "channels": channels, "normalize": normalize,
-                                   "layout": "seg3d", "slice_axis": axis if axis != "auto" else "auto",
-                                   "context": context, "label_names": layout.label_names})
+                    preprocessing=pre.to_dict())
 
 
 def disc_points(path: Path, vol: io.Volume) -> io.DiscPoints:
@@ -283,25 +289,30 @@ def prepare(layout: Layout, stems: list[str], *, size: tuple[int, int], channels
     return prepare_discs(layout, stems, size, disc_numbers)
 
 
-def from_arrays(images: list[np.ndarray], labels: list[np.ndarray], *, size: tuple[int, int], channels: int,
-                rgb: bool = False) -> Prepared:
-    """In-memory pairs (for napari layers): 2D images (H, W[, 3]) or 3D volumes (Z, H, W) with labels."""
-    imgs, tgts = [], []
-    for img, lab in zip(images, labels):
-        img, lab = np.asarray(img), np.asarray(lab)
-        if img.shape[: lab.ndim] != lab.shape:
-            raise DataError(None, f"image shape {img.shape} and label shape {lab.shape} differ")
-        slices = [(img, lab)] if lab.ndim == 2 else [(img[k], lab[k]) for k in range(lab.shape[0])]
-        norm = "rgb01" if img.dtype == np.uint8 and rgb else "zscore"
-        stats = pp.volume_stats(img.astype(np.float32), norm) if norm == "zscore" else None
-        for im, lb in slices:
-            x = pp.normalize(pp.to_channels(im, channels, rgb), norm, stats)
-            imgs.append(pp.resize(x, size, "area").numpy())
-            tgts.append(pp.resize(lb.astype(np.float32), size, "nearest").numpy().astype(np.int64))
-    return Prepared("segmentation", np.stack(imgs), np.stack(tgts), stems=[f"array{i}" for i in range(len(imgs))],
-                    num_classes=int(max(t.max() for t in tgts)) + 1,
-                    preprocessing={"input_size": list(size), "channels": channels,
-                                   "normalize": "rgb01" if rgb else "zscore", "layout": "arrays"})
+def from_volumes(image: io.Volume, labels: np.ndarray, *, size: tuple[int, int], channels: int,
+                 normalize: str | None = None, context: int = 0, axis: int | str = "auto") -> tuple[Prepared, int | None]:
+    """One in-memory image (a 2D image or a file-order 3D volume with its affine, e.g. from a napari layer
+    via :func:`napari_medseg.geometry.layer_to_volume`) and its labels (same order) -> samples prepared by
+    exactly the rules of :func:`prepare_seg2d` / :func:`prepare_seg3d`. Returns (prepared, slice axis or
+    None for 2D); sample ``k`` of a volume is its slice ``k`` along that axis."""
+    labels = np.asarray(labels)
+    if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):
+        raise DataError(None, "labels must be whole class numbers")
+    if vol_is_2d(image):
+        pre = pp.Preprocessing(input_size=tuple(size), channels=channels, normalize=normalize, layout="seg2d")
+        x, t = seg2d_pair(pre, image, labels.astype(np.int64))
+        pre.normalize = pre.image2d_mode(image.data.dtype)
+        return Prepared("segmentation", x[None], t[None], stems=[image.name], num_classes=int(t.max()) + 1,
+                        preprocessing=pre.to_dict()), None
+    pre = pp.Preprocessing(input_size=tuple(size), channels=channels, normalize=normalize or "zscore",
+                           layout="seg3d", slice_axis=axis, context=context)
+    ax, x, t = seg3d_pairs(pre, image, labels)
+    return Prepared("segmentation", np.stack(x), np.stack(t), stems=[f"{image.name}[{k}]" for k in range(len(x))],
+                    num_classes=int(max(tt.max() for tt in t)) + 1, preprocessing=pre.to_dict()), ax
+
+
+def vol_is_2d(vol: io.Volume) -> bool:
+    return vol.spatial_ndim == 2 or vol.metadata.get("layout") == "2d"
 
 
 # ---------------------------------------------------------------- torch dataset with MONAI augmentation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -13,13 +14,46 @@ from .infer import Predictor
 from .metrics import disc_metrics, segmentation_metrics
 
 
-def evaluate(predictor: Predictor, data_dir: str, *, subset: str = "test", max_cases: int | None = None,
-             tta: bool = False, callback=None) -> dict:
-    layout = D.discover(data_dir)
-    parts = D.split(layout, seed=0)
-    stems = parts.get(subset) or []
+def choose_cases(layout: D.Layout, config: dict, subset: str = "test", split: str = "auto") -> tuple[list[str], str]:
+    """The cases to score and a sentence saying which split they come from.
+
+    ``subset``: ``test`` / ``val`` / ``train`` / ``all`` (every case of the folder). ``split``:
+    ``auto`` (the checkpoint's own recorded split when it trained on this folder, else the folder's
+    ``split.json``, else the seeded split with the training's seed), ``run`` or ``folder`` to force one."""
+    if subset == "all":
+        return sorted(layout.pairs), "all cases of the folder"
+    if subset not in ("train", "val", "test"):
+        raise ValueError(f"unknown subset {subset!r}: choose test, val, train or all")
+    data = config.get("data") or {}
+    recorded = data.get("split_stems")
+    same_folder = bool(data.get("root")) and Path(data["root"]).resolve() == Path(layout.root).resolve()
+    if split not in ("auto", "run", "folder"):
+        raise ValueError(f"unknown split {split!r}: choose auto, run or folder")
+    if split == "run" or (split == "auto" and recorded and same_folder):
+        if not recorded:
+            raise D.DataError(layout.root, "this checkpoint records no split (trained before splits were kept, or "
+                                           "on napari layers): use --split folder")
+        stems = list(recorded.get(subset) or [])
+        missing = [s for s in stems if s not in layout.pairs]
+        if missing:
+            raise D.DataError(layout.root, f"{len(missing)} case(s) of the checkpoint's own {subset!r} split are not "
+                                           f"in this folder (e.g. {missing[0]}): use --split folder")
+        where = "the checkpoint's own split (the cases it was trained and validated without)"
+    else:
+        seed = int((config.get("training") or {}).get("seed", 0) or 0)
+        parts = D.split(layout, seed=seed, require_train=False)
+        stems = parts.get(subset) or []
+        where = (f"{layout.root / 'split.json'}" if (layout.root / "split.json").is_file()
+                 else f"a seeded split of the folder (seed {seed}, the training's)")
     if not stems:
-        raise D.DataError(layout.root, f"the split has no {subset!r} cases")
+        raise D.DataError(layout.root, f"the split has no {subset!r} cases (use --subset all to score every case)")
+    return stems, where
+
+
+def evaluate(predictor: Predictor, data_dir: str, *, subset: str = "test", max_cases: int | None = None,
+             tta: bool = False, callback=None, split: str = "auto") -> dict:
+    layout = D.discover(data_dir)
+    stems, where = choose_cases(layout, predictor.config, subset, split)
     stems = stems[:max_cases] if max_cases else stems
     cases = []
     for i, stem in enumerate(stems):
@@ -44,7 +78,7 @@ def evaluate(predictor: Predictor, data_dir: str, *, subset: str = "test", max_c
             from .events import Progress
 
             callback(Progress(done=i + 1, total=len(stems), item=stem, status="evaluated"))
-    return {"subset": subset, "cases": [_jsonable(c) for c in cases], "mean": _mean(cases, layout.kind),
+    return {"subset": subset, "split": where, "cases": [_jsonable(c) for c in cases], "mean": _mean(cases, layout.kind),
             "model": predictor.config.get("model"), "data": str(layout.root)}
 
 

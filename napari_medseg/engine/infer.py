@@ -26,8 +26,9 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.config = config
         self.pre = config.get("preprocessing", {})
-        self.size = tuple(self.pre.get("input_size", (256, 256)))
         self.channels = int(config["model"]["in_channels"])
+        self.prep = pp.Preprocessing.from_config(self.pre, channels=self.channels)  # the training's own rules
+        self.size = tuple(self.prep.input_size)
         self.num_classes = int(config["model"]["num_classes"])
         self.task = config["model"].get("task", "segmentation")
         self.batch_size = batch_size
@@ -89,19 +90,16 @@ class Predictor:
         image = np.asarray(image)
         rgb = (image.ndim == 3 and image.shape[-1] in (3, 4)) if rgb is None else rgb
         h, w = image.shape[:2]
-        norm = pp.image2d_norm(image.dtype, self.pre.get("normalize", "rgb01"))
-        x = pp.normalize(pp.to_channels(image, self.channels, rgb), norm)
         if mode == "sliding":
             from monai.inferers import sliding_window_inference
 
-            t = torch.as_tensor(x)[None]
+            t = torch.as_tensor(self.prep.image2d_full(image, rgb))[None]
             with torch.no_grad():
                 prob = sliding_window_inference(t, self.size, sw_batch_size=self.batch_size,
                                                 predictor=lambda b: self._forward(b, tta), overlap=0.25,
                                                 mode="gaussian", padding_mode="reflect")[0]
         else:
-            sample = pp.resize(x, self.size, "area").numpy()
-            prob = self._batched([sample], tta)[0]
+            prob = self._batched([self.prep.image2d(image, rgb)], tta)[0]
             prob = pp.resize(prob, (h, w), "bilinear")
         labels = prob.argmax(0).numpy().astype(np.uint8)
         if cleanup:
@@ -112,35 +110,36 @@ class Predictor:
 
     def segment_volume(self, vol: io.Volume, *, axis: int | str | None = None, tta: bool = False,
                        cleanup: bool = False, probabilities: bool = False, callback=None,
-                       cancel: CancelToken | None = None):
-        """Labels with the volume's spatial shape, predicted slice by slice along ``axis``."""
+                       cancel: CancelToken | None = None, only_slices: list[int] | None = None):
+        """Labels with the volume's spatial shape (file order), predicted slice by slice along ``axis``
+        (default: the one recorded at training, else the through-plane axis). A 4-D volume (x, y, z, t) is
+        segmented frame by frame into (x, y, z, t) labels. ``only_slices`` predicts just those slices
+        (the rest stay 0), through exactly the same steps as a full run."""
         self._require_segmentation()
-        data = np.asarray(vol.data, dtype=np.float32)
+        data = np.asarray(vol.data)
         if data.ndim == 4:
-            data = data[..., 0]
+            frames = [self.segment_volume(io.Volume(data[..., t], vol.affine, name=f"{vol.name}[t={t}]"), axis=axis,
+                                          tta=tta, cleanup=cleanup, probabilities=probabilities, callback=callback,
+                                          cancel=cancel, only_slices=only_slices) for t in range(data.shape[3])]
+            if probabilities:
+                return np.stack([f[0] for f in frames], -1), np.stack([f[1] for f in frames], -1)
+            return np.stack(frames, -1)
         if data.ndim != 3:
             raise ValueError(f"{vol.name}: expected a 3-D volume, got shape {data.shape}")
-        ax = pp.slice_axis_for(vol.affine, data.shape, self.pre.get("slice_axis", "auto") if axis is None else axis)
-        norm = self.pre.get("normalize", "zscore")
-        if norm == "rgb01":
-            norm = "minmax"
-        stats = pp.volume_stats(data, norm)
-        moved = np.moveaxis(pp.normalize(data, norm, stats), ax, 0)
-        n, h, w = moved.shape
-        context = int(self.pre.get("context", 0))
-        samples = []
-        for k in range(n):
-            if context:
-                idx = [min(max(k + d, 0), n - 1) for d in range(-context, context + 1)]
-                st = np.stack([np.repeat(moved[i][None], self.channels, 0) for i in idx])
-                samples.append(pp.resize(st.reshape(-1, h, w), self.size).numpy().reshape(len(idx), self.channels,
-                                                                                            *self.size))
-            else:
-                samples.append(pp.resize(np.repeat(moved[k][None], self.channels, 0), self.size).numpy())
+        ax, slices = self.prep.volume_slices(data, vol.affine, axis)
+        n, h, w = slices.shape
+        todo = list(range(n)) if only_slices is None else sorted({int(k) for k in only_slices})
+        if any(not 0 <= k < n for k in todo):
+            raise ValueError(f"{vol.name}: slice index out of range 0..{n - 1} along axis {ax}: {todo}")
+        samples = [self.prep.volume_sample(slices, k) for k in todo]
         emit = callback or (lambda e: None)
-        probs = self._batched(samples, tta, cancel,
-                              progress=lambda d, t: emit(Progress(done=d, total=t, item=vol.name, status="slices")))
-        probs = torch.stack([pp.resize(p, (h, w)) for p in probs])  # (n, K, h, w)
+        out = self._batched(samples, tta, cancel,
+                            progress=lambda d, t: emit(Progress(done=d, total=t, item=vol.name, status="slices")))
+        probs = torch.zeros((n, out.shape[1], h, w))
+        if only_slices is not None:
+            probs[:, 0] = 1.0  # slices not predicted are background
+        for k, p in zip(todo, out):
+            probs[k] = pp.resize(p, (h, w))
         labels = probs.argmax(1).numpy().astype(np.uint8)
         labels = np.moveaxis(labels, 0, ax)
         if cleanup:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import nibabel as nib
 import numpy as np
 import torch
@@ -163,3 +165,87 @@ def gaussian_heatmaps(points: np.ndarray, visible: np.ndarray, size: tuple[int, 
         if vis:
             maps[k] = np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * sigma**2))
     return maps
+
+
+# ---------------------------------------------------------------- the one description, for training and inference
+
+
+PRE_KEYS = ("input_size", "channels", "normalize", "layout", "slice_axis", "context")
+
+
+@dataclass
+class Preprocessing:
+    """How an image becomes network input: built once when training data are prepared, stored in the
+    checkpoint config (``preprocessing``), and applied by training (engine.data) and inference
+    (engine.infer) through the same methods, so both see the same numbers.
+
+    ``normalize`` is the requested normalisation (2D images go through :func:`image2d_norm`, volumes
+    through :meth:`volume_norm`); ``slice_axis`` is an index or ``"auto"`` (:func:`slice_axis_for`);
+    ``context`` > 0 stacks that many neighbouring slices on each side (LSTMSA's 2.5D input).
+    ``extra`` keeps the other recorded keys (label names, disc prior ...) untouched."""
+
+    input_size: tuple[int, int] = (256, 256)
+    channels: int = 1
+    normalize: str | None = None
+    layout: str = "seg2d"
+    slice_axis: int | str = "auto"
+    context: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+    @classmethod
+    def from_config(cls, pre: dict, channels: int | None = None) -> "Preprocessing":
+        pre = dict(pre or {})
+        axis = pre.get("slice_axis", "auto")
+        return cls(input_size=tuple(int(s) for s in pre.get("input_size", (256, 256))),
+                   channels=int(channels if channels is not None else pre.get("channels", 1)),
+                   normalize=pre.get("normalize"), layout=pre.get("layout", "seg2d"),
+                   slice_axis=axis if axis in (None, "auto") else int(axis), context=int(pre.get("context", 0) or 0),
+                   extra={k: v for k, v in pre.items() if k not in PRE_KEYS})
+
+    def to_dict(self) -> dict:
+        return {**self.extra, "input_size": list(self.input_size), "channels": self.channels,
+                "normalize": self.normalize, "layout": self.layout,
+                "slice_axis": self.slice_axis if self.slice_axis is not None else "auto", "context": self.context}
+
+    # ------------------------------------------------------------ 2D images
+
+    def image2d_mode(self, dtype) -> str:
+        return image2d_norm(dtype, self.normalize)
+
+    def image2d_full(self, image: np.ndarray, rgb: bool) -> np.ndarray:
+        """(H, W[, 3]) -> normalised (C, H, W) at native size."""
+        return normalize(to_channels(image, self.channels, rgb), self.image2d_mode(np.asarray(image).dtype))
+
+    def image2d(self, image: np.ndarray, rgb: bool) -> np.ndarray:
+        """(H, W[, 3]) -> the network input (C, h, w) float32."""
+        return resize(self.image2d_full(image, rgb), self.input_size, "area").numpy()
+
+    # ------------------------------------------------------------ volumes, slice by slice
+
+    def volume_norm(self) -> str:
+        """Volumes are normalised with whole-volume statistics; ``rgb01`` (a 2D model) means ``minmax``."""
+        norm = self.normalize or "zscore"
+        return "minmax" if norm == "rgb01" else norm
+
+    def axis_for(self, affine: np.ndarray, shape: tuple[int, ...], axis: int | str | None = None) -> int:
+        return slice_axis_for(affine, shape, self.slice_axis if axis is None else axis)
+
+    def volume_slices(self, data: np.ndarray, affine: np.ndarray, axis: int | str | None = None):
+        """(axis, slices): the volume normalised with its own statistics and the slice axis moved first."""
+        data = np.asarray(data, dtype=np.float32)
+        if data.ndim != 3:
+            raise ValueError(f"expected a 3-D volume, got shape {data.shape}")
+        ax = self.axis_for(affine, data.shape, axis)
+        norm = self.volume_norm()
+        return ax, np.moveaxis(normalize(data, norm, volume_stats(data, norm)), ax, 0)
+
+    def volume_sample(self, slices: np.ndarray, k: int) -> np.ndarray:
+        """Network input for slice ``k``: (C, h, w), or (2 * context + 1, C, h, w) with context."""
+        n, h, w = slices.shape
+        if self.context:
+            idx = [min(max(k + d, 0), n - 1) for d in range(-self.context, self.context + 1)]
+            st = np.stack([np.repeat(slices[i][None], self.channels, 0) for i in idx])
+            return resize(st.reshape(-1, h, w), self.input_size, "bilinear").numpy().reshape(
+                len(idx), self.channels, *self.input_size)
+        return resize(np.repeat(slices[k][None], self.channels, 0), self.input_size, "bilinear").numpy()

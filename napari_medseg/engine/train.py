@@ -119,15 +119,29 @@ def _channels_for(layout: D.Layout) -> int:
     return 1 if layout.kind == "seg3d" else 3
 
 
+def input_rules(model: str, kind: str) -> dict:
+    """The per-network data rules, in one place for folders and napari layers: LSTMSA reads 2.5D stacks
+    (one neighbouring slice each side) from volumes; a network may ask for its own 2D normalisation."""
+    return {"context": 1 if (model == "lstmsa" and kind == "seg3d") else 0,
+            "normalize": models.REGISTRY[model].input_norm if kind == "seg2d" else None}
+
+
 def prepare_data(opts: TrainOptions, size: tuple[int, int]):
     layout = D.discover(opts.data)
     parts = D.split(layout, seed=opts.seed)
-    train_stems, val_stems = parts["train"], parts["val"] or parts["train"][:1]
+    if not parts["train"]:
+        raise D.DataError(layout.root, "the split has an empty 'train' list: nothing to train on")
+    train_stems, val_stems = parts["train"], parts["val"]
+    validation = "the 'val' split"
+    if not val_stems:
+        val_stems = parts["train"][:1]
+        validation = f"training case {val_stems[0]} (the split has no 'val' cases): validation scores are optimistic"
+        warnings.warn(f"{layout.root}: no validation cases; validating on {validation}", stacklevel=2)
     if opts.max_cases:
         train_stems, val_stems = train_stems[: opts.max_cases], val_stems[: max(1, opts.max_cases // 2)]
     channels = _channels_for(layout)
-    context = 1 if (opts.model == "lstmsa" and layout.kind == "seg3d") else 0
-    norm = models.REGISTRY[opts.model].input_norm if layout.kind == "seg2d" else None
+    rules = input_rules(opts.model, layout.kind)
+    context, norm = rules["context"], rules["normalize"]
     train = D.prepare(layout, train_stems, size=size, channels=channels, context=context, axis=opts.slice_axis,
                       normalize=norm)
     numbers = train.preprocessing.get("disc_numbers")
@@ -154,7 +168,10 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int]):
     summary = {"root": str(Path(opts.data).resolve()), "layout": layout.kind, "train_cases": len(train_stems),
                "extra_train": [str(Path(f).resolve()) for f in opts.extra_train], "extra_train_cases": extra_cases,
                "val_cases": len(val_stems), "train_samples": len(train.images), "val_samples": len(val.images),
-               "split": "split.json" if (layout.root / "split.json").is_file() else f"seeded({opts.seed})"}
+               "split": "split.json" if (layout.root / "split.json").is_file() else f"seeded({opts.seed})",
+               "validation": validation,
+               # the exact cases, so that evaluate scores this run's own test split (DESIGN.md)
+               "split_stems": {"train": list(train_stems), "val": list(val_stems), "test": list(parts["test"])}}
     return train, val, summary
 
 
@@ -248,6 +265,10 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
                  precision=precision.name, start_epoch=state["epoch"]))
     if is_main:
         _check_writable(out)
+        if summary.get("split_stems"):  # the run folder keeps the exact split it trained on
+            from ..io.atomic import write_text_atomic
+
+            write_text_atomic(out / "split.json", json.dumps(summary["split_stems"], indent=1) + "\n")
 
     def save(which: str, with_state: bool):
         if not is_main:

@@ -87,6 +87,15 @@ class DiscPoints:
     def numbers(self) -> list[int]:
         return [d.number for d in self.discs]
 
+    @property
+    def names(self) -> list[str]:
+        """Disc names (``C2/C3`` ...), in the order of :attr:`discs`."""
+        return [d.name for d in self.discs]
+
+    @property
+    def confidences(self) -> list[float]:
+        return [float(d.confidence) for d in self.discs]
+
     def voxels(self) -> np.ndarray:
         """Voxel coordinates (float) in the source volume; needs ``affine``."""
         if self.affine is None:
