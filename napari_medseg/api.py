@@ -198,7 +198,7 @@ def train(model: str, data: str, out: str, **options) -> dict:
 def train_in_background(model: str, data: str | None, out: str, *, prepared=None, **options):
     """Start training in a separate process (what the napari Train widget uses): a crash cannot take
     the caller down and GPU memory is released when it ends. ``prepared`` may replace ``data`` with a
-    (train, val, summary) tuple (see :func:`training_data_from_arrays`). Returns an
+    (train, val, summary) tuple (see :func:`training_data_from_layers`). Returns an
     ``engine.remote.TrainingProcess``: ``poll()`` gives the event dicts, ``cancel()`` stops at the next
     step with a resumable checkpoint."""
     from .engine.remote import TrainingProcess

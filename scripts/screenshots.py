@@ -85,7 +85,6 @@ def main():
     w.controls.run_button.clicked()
     wait(app, lambda: w.last_layer is not None)
     viewer.dims.set_point(2, float(w.last_layer.data[:, 2].mean()) if len(w.last_layer.data) else 0.0)
-    viewer.camera.orientation2d = ("up", "left")
     viewer.reset_view()
     viewer.screenshot(str(OUT / "label_discs.png"), canvas_only=False)
     viewer.close()

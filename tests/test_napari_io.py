@@ -162,3 +162,20 @@ def test_two_series_folder_gives_two_layers(make_napari_viewer, volumes, tmp_pat
     layers = viewer.open(str(tmp_path / "study"), plugin="napari-medseg")
     assert sorted(lyr.data.size for lyr in layers) == [256 * 256 * 4, 512 * 512 * 20]
     assert {lyr.metadata["info"]["Modality"] for lyr in layers} == {"CT", "MR"}
+
+
+@pytest.mark.parametrize("name", PLACEMENT_CASES[:4])
+def test_radiological_display(make_napari_viewer, volumes, name):
+    """With napari's default camera (rows grow downwards, columns to the right), an axial slice shows anterior
+    up and the patient's right on the screen's left; sagittal and coronal views show the head up. So one step
+    down a layer's rows goes posterior, one step right goes to the patient's left, one slider step inferior;
+    whatever the file's storage order."""
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(volumes / name), plugin="napari-medseg")
+    origin = world_to_ras(layer.data_to_world((0, 0, 0)))[0]
+    step = [world_to_ras(layer.data_to_world(e))[0] - origin for e in np.eye(3)]
+    axis_of = {0: "R", 1: "A", 2: "S"}
+    main = [axis_of[int(np.argmax(np.abs(s)))] for s in step]
+    assert main == ["S", "A", "R"], main
+    assert step[0][2] < 0 and step[1][1] < 0 and step[2][0] < 0  # inferior, posterior, patient's left
+    assert np.all(np.asarray(layer.scale) > 0)

@@ -184,8 +184,5 @@ def _focus(viewer, key: str) -> None:
             centre[ax] = float(c)
         viewer.dims.point = centre
     if key in ("mr_spine", "mr_lumbar") and viewer.dims.ndim == 3:
-        viewer.dims.order = (2, 0, 1)  # sagittal: superior-inferior vertical, anterior-posterior horizontal
-    if viewer.dims.ndisplay == 2 and key != "endoscopy":
-        # radiological convention: anterior up, patient's right on the screen's left
-        viewer.camera.orientation2d = ("up", "left")
+        viewer.dims.order = (2, 0, 1)  # sagittal, head up and anterior on the left (napari_medseg.geometry)
     viewer.reset_view()
