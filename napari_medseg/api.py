@@ -130,16 +130,19 @@ def _is_2d(vol: io.Volume) -> bool:
 def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: int | str | None = None,
             tta: bool = False, cleanup: bool = False, probabilities: bool = False, device: str = "auto",
             predictor: Predictor | None = None, callback=None, cancel: CancelToken | None = None,
-            at=None) -> Segmentation:
+            at=None, force: bool = False) -> Segmentation:
     """Segment a 2D image, a 3D volume or a 4D series (frame by frame).
 
     Files and :class:`io.Volume` objects come back in file order with their affine; napari layers and
     arrays come back in their own order (ready for a Labels layer with the image's transform). ``at`` (a
     napari world point, e.g. ``viewer.dims.point``) segments only the slice through that point, by
-    the same steps as a full run. ``axis`` overrides the slice axis recorded at training (file order)."""
+    the same steps as a full run. ``axis`` overrides the slice axis recorded at training (file order).
+    An input unlike the model's training data (``napari-medseg models`` shows what each expects) is refused
+    with :class:`~napari_medseg.engine.expectations.InputMismatch` unless ``force=True``."""
     pred = _predictor(model, weights, predictor, device=device)
     pred._require_segmentation()
     vol = as_volume(image)
+    pred.check_input(vol, force)
     from_layer = "layer" in vol.metadata
     if _is_2d(vol):
         data = np.asarray(vol.data)
@@ -172,7 +175,7 @@ def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: i
 
 
 def label_discs(image: ImageLike, weights=None, model: str | None = None, *, device: str = "auto",
-                min_confidence: float = 0.2, predictor: Predictor | None = None) -> io.DiscPoints:
+                min_confidence: float = 0.2, predictor: Predictor | None = None, force: bool = False) -> io.DiscPoints:
     """Named intervertebral discs (SCT numbers, confidences) in voxel and RAS world coordinates (for a
     napari layer, ``napari_medseg.geometry.points_to_layer_data`` places them on it)."""
     pred = _predictor(model, weights, predictor, device=device)
@@ -181,6 +184,8 @@ def label_discs(image: ImageLike, weights=None, model: str | None = None, *, dev
         raise ValueError(f"{vol.name}: disc labeling needs a 3-D spine volume")
     if np.ndim(vol.data) != 3:
         raise ValueError(f"{vol.name}: disc labeling needs one 3-D volume, got shape {np.shape(vol.data)}")
+    if pred.task == "keypoints":
+        pred.check_input(vol, force)
     return pred.label_discs(vol, min_confidence=min_confidence)
 
 
@@ -258,7 +263,8 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
 
     def subset(idx):
         return D.Prepared("segmentation", prepared.images[idx], prepared.targets[idx], None,
-                          [prepared.stems[i] for i in idx], prepared.num_classes, dict(prepared.preprocessing))
+                          [prepared.stems[i] for i in idx], prepared.num_classes, dict(prepared.preprocessing),
+                          list(prepared.profiles))
 
     summary = {"layout": "napari layers", "image": vol.name, "labels": lab.name, "slice_axis": ax,
                "train_samples": len(train_idx), "val_samples": len(val_idx), "preview_slice": preview,
@@ -314,7 +320,7 @@ def expand_inputs(inputs) -> list[Path]:
 
 def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None, *, task: str | None = None,
           tta: bool = False, cleanup: bool = False, device: str = "auto", callback=None,
-          cancel: CancelToken | None = None) -> dict:
+          cancel: CancelToken | None = None, force: bool = False) -> dict:
     """Run a model over many files; a bad file is reported and skipped, the rest are written.
 
     Writes ``<stem>_seg.nii.gz`` (volumes, source geometry) or ``<stem>_seg.png`` (2D images), or for disc
@@ -340,7 +346,7 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
             break
         t0 = time.perf_counter()
         try:
-            row = _batch_one(pred, path, out, task, tta, cleanup)
+            row = _batch_one(pred, path, out, task, tta, cleanup, force)
             row["seconds"] = round(time.perf_counter() - t0, 3)
             summary["written"].extend(row["outputs"])
             summary["results"].append(row)
@@ -353,11 +359,13 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     return summary
 
 
-def _batch_one(pred: Predictor, path: Path, out: Path, task: str, tta: bool, cleanup: bool) -> dict:
+def _batch_one(pred: Predictor, path: Path, out: Path, task: str, tta: bool, cleanup: bool,
+               force: bool = False) -> dict:
     vols = io.read(path)
     if len(vols) != 1:
         raise MedSegIOError(path, f"holds {len(vols)} series; give one series per folder")
     vol = vols[0]
+    pred.check_input(vol, force)  # refused before anything is written
     stem = io.file_stem(path) if path.is_file() else path.name
     if task == "keypoints":
         points = pred.label_discs(vol)

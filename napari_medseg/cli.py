@@ -126,7 +126,7 @@ def _cmd_predict(args, task=None) -> int:
 
     summary = api.batch(args.inputs, args.out, model=args.model, weights=args.weights, task=task,
                         tta=getattr(args, "tta", False), cleanup=getattr(args, "cleanup", False), device=args.device,
-                        callback=_TqdmEvents())
+                        callback=_TqdmEvents(), force=args.force)
     for s in summary["skipped"]:
         print(f"skipped {s['file']}: {s['error']}", file=sys.stderr)
     print(f"wrote {len(summary['written'])} file(s) for {len(summary['results'])} input(s); "
@@ -204,12 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--tta", action="store_true", help="average over flips")
     p.add_argument("--cleanup", action="store_true", help="keep the largest component of each class")
+    p.add_argument("--force", action="store_true",
+                   help="run on inputs unlike the model's training data (otherwise refused and listed as skipped)")
     p.set_defaults(func=lambda a: _cmd_predict(a, task="segmentation"))
 
     p = sub.add_parser("label-discs", help="label intervertebral discs; writes _discs.csv/.json/_labels-disc.nii.gz")
     _weights_args(p, required=False)
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true",
+                   help="run on inputs unlike the model's training data (otherwise refused and listed as skipped)")
     p.set_defaults(func=lambda a: _cmd_predict(_default_disc_model(a), task="keypoints"))
 
     p = sub.add_parser("evaluate", help="metrics on a dataset's test split (JSON with cases and mean)")

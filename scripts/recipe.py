@@ -54,6 +54,50 @@ def store_weights(src: Path, dst: Path) -> str:
     return "float16"
 
 
+def _describe(cfg: dict) -> str:
+    """The card's line on what the model expects (and, for disc labeling, the levels it names)."""
+    from napari_medseg.engine.expectations import describe
+    from napari_medseg.io import disc_name
+
+    text = describe(cfg.get("expects") or {})
+    numbers = cfg.get("preprocessing", {}).get("disc_numbers")
+    if numbers:
+        text += f"; names discs {disc_name(min(numbers))} to {disc_name(max(numbers))} only (its training levels)"
+    return text
+
+
+def write_expects(recipe: dict, data: Path) -> int:
+    """For weights bundled before input checks existed: record ``expects`` from the training split of the
+    recipe's dataset, exactly as training records it now (engine.expectations)."""
+    from napari_medseg import io
+    from napari_medseg.engine import data as D
+    from napari_medseg.engine import preprocess as pp
+    from napari_medseg.engine.expectations import input_profile, summarise
+
+    target = ROOT / "napari_medseg" / "weights" / recipe["name"] / "config.json"
+    cfg = json.loads(target.read_text())
+    layout = D.discover(data)
+    stems = D.split(layout, seed=int(cfg.get("training", {}).get("seed", 0) or 0))["train"]
+    for extra_name in recipe.get("extra_train", []):
+        other = D.discover(data.parent / extra_name)
+        stems += [(other, s) for s in D.split(other)["train"]]
+    profiles = []
+    for item in stems:
+        lay, stem = item if isinstance(item, tuple) else (layout, item)
+        vol = io.read(lay.pairs[stem][0])[0]
+        axis = None
+        if lay.kind == "seg3d":
+            axis = pp.slice_axis_for(vol.affine, vol.data.shape, cfg["preprocessing"].get("slice_axis", "auto"))
+        elif lay.kind == "discs":
+            axis = pp.sagittal_axes(vol.affine)[0]
+        profiles.append(input_profile(vol, axis))
+    cfg["expects"] = summarise(profiles)
+    cfg.setdefault("card", {})["expects"] = _describe(cfg)
+    target.write_text(json.dumps(cfg, indent=2) + "\n")
+    print(recipe["name"], cfg["card"]["expects"])
+    return 0
+
+
 def main() -> int:
     recipe_path, action = Path(sys.argv[1]), sys.argv[2]
     extra = sys.argv[3:]
@@ -65,8 +109,10 @@ def main() -> int:
         cmd = [sys.executable, "-m", "napari_medseg.cli", "train", "--data", str(data), "--out", str(run),
                *recipe["train"], *more, *extra]
         return subprocess.call(cmd)
+    if action == "expects":
+        return write_expects(recipe, data)
     if action != "bundle":
-        raise SystemExit("action must be train or bundle")
+        raise SystemExit("action must be train, bundle or expects")
     from napari_medseg import api
     from napari_medseg.engine import checkpoint as ckpt
 
@@ -95,6 +141,7 @@ def main() -> int:
         "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {cfg['software']['torch']}",
         "test_metrics": result["mean"], "test_precision": result["precision"], "weights_stored_as": stored,
         "licence": recipe["licence"],
+        "expects": _describe(cfg),
         "reproduce": f"NAPARI_MEDSEG_DATA_DIR=../shared/data napari-medseg evaluate --model {recipe['name']} "
                      f"--data ../shared/data/{recipe['dataset']}",
     }

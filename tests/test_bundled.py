@@ -52,3 +52,64 @@ def test_bundled_model_on_a_real_test_case(name, shared):
 
 def _dice(a, b) -> float:
     return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+
+
+# ---------------------------------------------------------------- what each model expects (guard rails)
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_every_bundled_model_declares_its_input_and_accepts_its_own_test_split(name, shared):
+    from napari_medseg.engine.infer import Predictor
+
+    cfg = ckpt.read_config(api.bundled_weights()[name])
+    assert cfg["expects"]["cases"] > 0 and cfg["card"]["expects"]
+    pred = Predictor.from_checkpoint(api.bundled_weights()[name], device="cpu")
+    layout = D.discover(shared / cfg["card"]["dataset"])
+    for stem in D.split(layout)["test"]:
+        assert pred.check_input(io.read(layout.pairs[stem][0])[0]) == [], stem
+
+
+CROSS = [  # (model, input, what the refusal says)
+    ("unet-kvasir-192", "acdc", "this is a 3-D volume"),  # the polyp model on a cardiac MRI
+    ("lstmsa-acdc", "kvasir-seg", "this is a 2-D image"),  # the cardiac model on a colonoscopy image
+    ("hourglass-spine-discs", "acdc", "field of view along S-I"),  # disc labeling on a cardiac MRI
+    ("hourglass-spine-discs", "volumes/ct-abdomen-small.nii.gz", "this volume is CT"),  # ... on an abdominal CT
+    ("lstmsa-acdc", "volumes/ct-spleen-crop.nii.gz", "this volume is CT"),
+]
+
+
+def _input(shared, what):
+    if what.startswith("volumes/"):
+        return shared / what
+    layout = D.discover(shared / what)
+    return layout.pairs[D.split(layout)["test"][0]][0]
+
+
+@pytest.mark.parametrize("model,what,message", CROSS)
+def test_wrong_kind_of_input_is_refused_unless_forced(model, what, message, shared):
+    from napari_medseg.engine.expectations import InputMismatch
+
+    path = _input(shared, what)
+    run = api.label_discs if model.startswith("hourglass") else api.segment
+    with pytest.raises(InputMismatch, match=message) as err:
+        run(str(path), model=model, device="cpu")
+    assert "--force" in str(err.value) and "\n" not in str(err.value)
+    run(str(path), model=model, device="cpu", force=True)  # the explicit override runs
+
+
+def test_batch_lists_refused_inputs_writes_nothing_for_them_and_goes_on(shared, tmp_path):
+    from napari_medseg.cli import main
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = _input(shared, "kvasir-seg")
+    (inputs / good.name).write_bytes(good.read_bytes())
+    (inputs / "heart.nii.gz").write_bytes(_input(shared, "acdc").read_bytes())
+    out = tmp_path / "out"
+    summary = api.batch(str(inputs), str(out), model="unet-kvasir-192", device="cpu")
+    assert [s["file"] for s in summary["skipped"]] == [str(inputs / "heart.nii.gz")]
+    assert "refused" in summary["skipped"][0]["error"]
+    assert sorted(p.name for p in out.iterdir()) == [f"{io.file_stem(good)}_seg.png"]
+    assert main(["predict", "--model", "unet-kvasir-192", str(inputs), "--out", str(tmp_path / "forced"),
+                 "--device", "cpu", "--force"]) == 0
+    assert len(list((tmp_path / "forced").iterdir())) == 2

@@ -1,5 +1,7 @@
 """The reader, writer and sample-data contributions in a real napari viewer (Xvfb)."""
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -140,7 +142,6 @@ def _no_dicom(d):
 @pytest.mark.parametrize("make_bad,message", [
     (_empty_gz, "empty.nii.gz: empty file"),
     (_text_nii, "text.nii: not a valid NIfTI"),
-    (_no_dicom, "nodicom: no DICOM files found"),
 ])
 def test_bad_input_keeps_napari_up(make_napari_viewer, tmp_path, make_bad, message):
     viewer = make_napari_viewer()
@@ -179,3 +180,30 @@ def test_radiological_display(make_napari_viewer, volumes, name):
     assert main == ["S", "A", "R"], main
     assert step[0][2] < 0 and step[1][1] < 0 and step[2][0] < 0  # inferior, posterior, patient's left
     assert np.all(np.asarray(layer.scale) > 0)
+
+
+def test_reader_returns_none_unless_sure(volumes, shared, tmp_path):
+    """napari's template contract: foreign files and folders get None so that another reader can take them."""
+    from napari_medseg._napari._reader import get_reader, read_layers
+
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for name in sorted((shared / "kvasir-seg" / "images").iterdir())[:3]:
+        (pngs / name.name).write_bytes(name.read_bytes())
+    (tmp_path / "notes.txt").write_text("not an image")
+    zarr = tmp_path / "x.zarr"
+    zarr.mkdir()
+    foreign = [pngs, next(pngs.iterdir()), tmp_path / "notes.txt", zarr, _no_dicom(tmp_path), [str(pngs), str(volumes / "ct-spleen-crop.nii.gz")]]
+    for path in foreign:
+        assert get_reader(path if isinstance(path, list) else str(path)) is None, path
+    ours = [volumes / "ct-spleen-crop.nii.gz", volumes / "ct-dicom-series-jpeg2000",
+            next((volumes / "ct-dicom-series-jpeg2000").rglob("*.dcm"), None) or
+            next(p for p in (volumes / "ct-dicom-series-jpeg2000").rglob("*") if p.is_file()),
+            volumes / "pam50-small-t2_labels-disc.nii.gz"]
+    for path in ours:
+        assert get_reader(str(path)) is read_layers, path
+    import yaml
+
+    manifest = yaml.safe_load((Path(__file__).parents[1] / "napari.yaml").read_text())
+    patterns = [p for r in manifest["contributions"]["readers"] for p in r["filename_patterns"]]
+    assert "*" not in patterns

@@ -236,3 +236,28 @@ def test_a_broken_bundled_config_is_left_out_with_a_warning(tmp_path, monkeypatc
     with pytest.warns(UserWarning, match="'broken-model'.*unusable and not listed"):
         names = _common.weight_choices("segmentation")
     assert "broken-model" not in names and "unet-kvasir-192" in names
+
+
+def test_batch_widget_lists_the_disc_model_after_the_task_switch(make_napari_viewer):
+    viewer = make_napari_viewer()
+    w = _dock(viewer, "Batch")
+    assert "hourglass-spine-discs" not in w.weights.choice.choices
+    w.task.value = "keypoints"
+    assert "hourglass-spine-discs" in w.weights.choice.choices
+    assert "unet-kvasir-192" not in w.weights.choice.choices
+
+
+def test_segment_widget_refuses_a_wrong_input_then_runs_when_forced(make_napari_viewer, qtbot, volumes):
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(volumes / "ct-spleen-crop.nii.gz"), plugin="napari-medseg")
+    w = _dock(viewer, "Segment")
+    w.image.value = image.name
+    w.weights.choice.value = "lstmsa-acdc"  # a cardiac MRI model on an abdominal CT
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: "refused" in w.controls.status.value, timeout=60_000)
+    assert "this volume is CT" in w.controls.status.value and w.last_layer is None
+    assert len(viewer.layers) == 1
+    w.force.value = True
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w.last_layer is not None, timeout=180_000)
+    assert w.last_layer.data.shape == image.data.shape

@@ -46,7 +46,7 @@ class WeightsPicker(Container):
 
     def __init__(self, task: str):
         self.task = task
-        self.choice = ComboBox(label="weights", choices=lambda _w: weight_choices(task))
+        self.choice = ComboBox(label="weights", choices=lambda _w: weight_choices(self.task))  # follows .task
         self.folder = FileEdit(label="checkpoint", mode="d", visible=True)
         super().__init__(widgets=[self.choice, self.folder], labels=True)
         self.choice.changed.connect(self._sync)
@@ -73,6 +73,13 @@ class WeightsPicker(Container):
         if value in api.bundled_weights():
             return {"model": value}
         raise ValueError(f"unknown weights {value!r}")
+
+
+def force_checkbox():
+    """The explicit override of the input check (engine.expectations): off by default."""
+    from magicgui.widgets import CheckBox
+
+    return CheckBox(text="run on any input (skip the check that it is like the training data)", value=False)
 
 
 class RunControls(Container):

@@ -17,7 +17,9 @@ def _is_disc_label_nifti(path: Path) -> bool:
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
-    """Return :func:`read_layers` when ``path`` is something this plugin reads, else ``None``."""
+    """Return :func:`read_layers` only when sure that every path is ours (napari's template contract):
+    a NIfTI file, a DICOM file (by its content), a folder holding DICOM files, or the plugin's points
+    files. Anything else gets ``None`` so that another reader can take it."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:
         return None
@@ -25,8 +27,10 @@ def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None
         if p.is_dir():
             if (p / ".zarray").exists() or (p / ".zgroup").exists() or p.suffix == ".zarr":
                 return None
+            if not io.folder_has_dicom(p, max_files=50):
+                return None
             continue
-        if not (io.is_nifti_path(p) or io.is_points_path(p) or io.is_dicom_file(p)):
+        if not (io.is_nifti_path(p) or io.is_points_path(p) or (p.is_file() and io.is_dicom_file(p))):
             return None
     return read_layers
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from magicgui.widgets import ComboBox, Container, FileEdit, Table
 from napari.qt.threading import thread_worker
 
-from ._common import Failed, RunControls, WeightsPicker, guarded, notify_error
+from ._common import Failed, RunControls, WeightsPicker, force_checkbox, guarded, notify_error
 
 
 class BatchWidget(Container):
@@ -16,9 +16,10 @@ class BatchWidget(Container):
         self.out = FileEdit(label="output folder", mode="d")
         self.weights = WeightsPicker("segmentation")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.force = force_checkbox()
         self.controls = RunControls("Run batch")
         self.table = Table(value={"file": [], "status": [], "time (s)": [], "result": []})
-        super().__init__(widgets=[self.task, self.inputs, self.out, self.weights, self.device, self.controls,
+        super().__init__(widgets=[self.task, self.inputs, self.out, self.weights, self.device, self.force, self.controls,
                                   self.table])
         self.task.changed.connect(self._task_changed)
         self.controls.run_button.changed.connect(self.run)
@@ -40,7 +41,7 @@ class BatchWidget(Container):
             return
         self.controls.busy(True, "running...")
         self.table.value = {"file": [], "status": [], "time (s)": [], "result": []}
-        token, task, device = self.controls.token, self.task.value, self.device.value
+        token, task, device, force = self.controls.token, self.task.value, self.device.value, self.force.value
 
         @thread_worker
         @guarded
@@ -48,7 +49,7 @@ class BatchWidget(Container):
             from .. import api
 
             return api.batch(inputs, out, task=task, device=device, callback=self.controls.report, cancel=token,
-                             **source)
+                             force=force, **source)
 
         worker = work()
         worker.returned.connect(self._done)

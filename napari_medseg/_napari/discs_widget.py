@@ -6,7 +6,15 @@ from magicgui.widgets import ComboBox, Container, FloatSlider
 from napari.layers import Image, Points
 from napari.qt.threading import thread_worker
 
-from ._common import Failed, RunControls, WeightsPicker, chosen_layer_and_weights, guarded, notify_error
+from ._common import (
+    Failed,
+    RunControls,
+    WeightsPicker,
+    chosen_layer_and_weights,
+    force_checkbox,
+    guarded,
+    notify_error,
+)
 from ._layers import points_layer_data
 
 NO_PRIOR = "(none)"
@@ -20,8 +28,10 @@ class LabelDiscsWidget(Container):
         self.weights = WeightsPicker("keypoints")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.min_conf = FloatSlider(label="min confidence", min=0.0, max=1.0, step=0.05, value=0.2)
+        self.force = force_checkbox()
         self.controls = RunControls("Label discs")
-        super().__init__(widgets=[self.image, self.prior, self.weights, self.device, self.min_conf, self.controls])
+        super().__init__(widgets=[self.image, self.prior, self.weights, self.device, self.min_conf, self.force,
+                                  self.controls])
         self.controls.run_button.changed.connect(self.run)
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
@@ -46,14 +56,14 @@ class LabelDiscsWidget(Container):
         layer, source = picked
         prior = None if self.prior.value in (None, NO_PRIOR) else self.viewer.layers[self.prior.value]
         self.controls.busy(True, "labeling discs...")
-        min_conf, device = float(self.min_conf.value), self.device.value
+        min_conf, device, force = float(self.min_conf.value), self.device.value, self.force.value
 
         @thread_worker
         @guarded
         def work():
             from .. import api
 
-            points = api.label_discs(layer, device=device, min_confidence=min_conf, **source)
+            points = api.label_discs(layer, device=device, min_confidence=min_conf, force=force, **source)
             return points
 
         worker = work()

@@ -6,7 +6,15 @@ from magicgui.widgets import CheckBox, ComboBox, Container
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 
-from ._common import Failed, RunControls, WeightsPicker, chosen_layer_and_weights, guarded, notify_error
+from ._common import (
+    Failed,
+    RunControls,
+    WeightsPicker,
+    chosen_layer_and_weights,
+    force_checkbox,
+    guarded,
+    notify_error,
+)
 from ._layers import labels_layer_data
 
 
@@ -21,9 +29,10 @@ class SegmentWidget(Container):
         self.tta = CheckBox(text="test-time flips", value=False)
         self.cleanup = CheckBox(text="keep largest component", value=False)
         self.probs = CheckBox(text="add probability layer", value=False)
+        self.force = force_checkbox()
         self.controls = RunControls("Segment")
         super().__init__(widgets=[self.image, self.weights, self.device, self.axis, self.current_slice, self.tta,
-                                  self.cleanup, self.probs, self.controls])
+                                  self.cleanup, self.probs, self.force, self.controls])
         self.controls.run_button.changed.connect(self.run)
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
@@ -50,7 +59,7 @@ class SegmentWidget(Container):
         self.controls.busy(True, f"segmenting {layer.name}...")
         token = self.controls.token
         opts = dict(axis=axis, tta=self.tta.value, cleanup=self.cleanup.value, probabilities=self.probs.value,
-                    device=self.device.value)
+                    device=self.device.value, force=self.force.value)
 
         @thread_worker
         @guarded
@@ -59,7 +68,8 @@ class SegmentWidget(Container):
 
             pred = api.load(**source, device=opts["device"])
             return api.segment(layer, predictor=pred, axis=opts["axis"], tta=opts["tta"], cleanup=opts["cleanup"],
-                               probabilities=opts["probabilities"], callback=self.controls.report, cancel=token, at=at)
+                               probabilities=opts["probabilities"], callback=self.controls.report, cancel=token, at=at,
+                               force=opts["force"])
 
         worker = work()
         worker.returned.connect(lambda seg: self._done(seg, layer))

@@ -23,6 +23,7 @@ import torch
 from .. import io
 from ..io.errors import MedSegIOError
 from . import preprocess as pp
+from .expectations import input_profile
 
 IMAGE_EXT = io.IMAGE2D_SUFFIXES
 
@@ -136,6 +137,7 @@ class Prepared:
     stems: list[str] = field(default_factory=list)
     num_classes: int = 2
     preprocessing: dict = field(default_factory=dict)
+    profiles: list = field(default_factory=list)  # engine.expectations.input_profile of each case
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -183,10 +185,11 @@ def seg3d_pairs(pre: pp.Preprocessing, vol: io.Volume, labels: np.ndarray, where
 def prepare_seg2d(layout: Layout, stems: list[str], size: tuple[int, int], channels: int,
                   normalize: str | None = None) -> Prepared:
     pre = pp.Preprocessing(input_size=tuple(size), channels=channels, normalize=normalize, layout="seg2d")
-    images, targets, norms = [], [], set()
+    images, targets, norms, profiles = [], [], set(), []
     for s in stems:
         img_path, mask_path = layout.pairs[s]
         vol = io.read_image2d(img_path, kind="image")
+        profiles.append(input_profile(vol))
         norms.add(pre.image2d_mode(vol.data.dtype))
         x, t = seg2d_pair(pre, vol, read_mask(mask_path), mask_path)
         images.append(x)
@@ -197,27 +200,28 @@ def prepare_seg2d(layout: Layout, stems: list[str], size: tuple[int, int], chann
     pre.normalize = norms.pop() if norms else "rgb01"
     return Prepared("segmentation", np.stack(images), np.stack(targets), stems=list(stems),
                     num_classes=int(max(t.max() for t in targets)) + 1 if targets else 2,
-                    preprocessing=pre.to_dict())
+                    preprocessing=pre.to_dict(), profiles=profiles)
 
 
 def prepare_seg3d(layout: Layout, stems: list[str], size: tuple[int, int], channels: int, context: int,
                   axis: int | str = "auto", normalize: str = "zscore") -> Prepared:
     pre = pp.Preprocessing(input_size=tuple(size), channels=channels, normalize=normalize, layout="seg3d",
                            slice_axis=axis, context=context, extra={"label_names": layout.label_names})
-    images, targets = [], []
+    images, targets, profiles = [], [], []
     for s in stems:
         img_path, lab_path = layout.pairs[s]
         vol, lab = io.read_nifti(img_path, kind="image"), io.read_nifti(lab_path, kind="labels")
         if np.ndim(vol.data) != 3:
             raise DataError(img_path, f"expected a 3-D volume, got shape {vol.data.shape}")
-        _, x, t = seg3d_pairs(pre, vol, np.asarray(lab.data), lab_path)
+        ax, x, t = seg3d_pairs(pre, vol, np.asarray(lab.data), lab_path)
+        profiles.append(input_profile(vol, ax))
         images += x
         targets += t
     k = int(max(t.max() for t in targets)) + 1
     if layout.label_names:
         k = max(k, len(layout.label_names))
     return Prepared("segmentation", np.stack(images), np.stack(targets), stems=list(stems), num_classes=k,
-                    preprocessing=pre.to_dict())
+                    preprocessing=pre.to_dict(), profiles=profiles)
 
 
 def disc_points(path: Path, vol: io.Volume) -> io.DiscPoints:
@@ -229,11 +233,12 @@ def disc_points(path: Path, vol: io.Volume) -> io.DiscPoints:
 
 def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_numbers: list[int] | None,
                   sigma: float = 5**0.5, n_average: int = 7) -> Prepared:
-    views, pts_all = [], []
+    views, pts_all, profiles = [], [], []
     for s in stems:
         img_path, lab_path = layout.pairs[s]
         vol = io.read_nifti(img_path, kind="image")
         view, geo = pp.sagittal_view(vol.data, vol.affine, n_average)
+        profiles.append(input_profile(vol, geo["lr"]))
         pts = disc_points(lab_path, vol)
         rc = pp.voxel_to_view(pts.voxels(), geo)
         scale = np.array(size) / np.array(view.shape)
@@ -253,7 +258,8 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
     prior = disc_prior(pts_all, numbers)
     return Prepared("keypoints", np.stack(views), np.stack(heat), np.stack(vis), list(stems), len(numbers),
                     {"input_size": list(size), "channels": 3, "normalize": "zscore+minmax", "layout": "discs",
-                     "disc_numbers": numbers, "sigma": sigma, "n_average": n_average, "prior": prior})
+                     "disc_numbers": numbers, "sigma": sigma, "n_average": n_average, "prior": prior},
+                    profiles=profiles)
 
 
 def disc_view_input(view: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -303,12 +309,13 @@ def from_volumes(image: io.Volume, labels: np.ndarray, *, size: tuple[int, int],
         x, t = seg2d_pair(pre, image, labels.astype(np.int64))
         pre.normalize = pre.image2d_mode(image.data.dtype)
         return Prepared("segmentation", x[None], t[None], stems=[image.name], num_classes=int(t.max()) + 1,
-                        preprocessing=pre.to_dict()), None
+                        preprocessing=pre.to_dict(), profiles=[input_profile(image)]), None
     pre = pp.Preprocessing(input_size=tuple(size), channels=channels, normalize=normalize or "zscore",
                            layout="seg3d", slice_axis=axis, context=context)
     ax, x, t = seg3d_pairs(pre, image, labels)
     return Prepared("segmentation", np.stack(x), np.stack(t), stems=[f"{image.name}[{k}]" for k in range(len(x))],
-                    num_classes=int(max(tt.max() for tt in t)) + 1, preprocessing=pre.to_dict()), ax
+                    num_classes=int(max(tt.max() for tt in t)) + 1, preprocessing=pre.to_dict(),
+                    profiles=[input_profile(image, ax)]), ax
 
 
 def vol_is_2d(vol: io.Volume) -> bool:

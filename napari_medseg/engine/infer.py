@@ -38,6 +38,21 @@ class Predictor:
         model, cfg = ckpt.load_model(path)
         return cls(model, cfg, **kw)
 
+    @property
+    def expects(self) -> dict:
+        """What the model was trained on (engine.expectations), ``{}`` for checkpoints that record nothing."""
+        return self.config.get("expects") or {}
+
+    def check_input(self, vol: io.Volume, force: bool = False) -> list[str]:
+        """Refuse (:class:`~.expectations.InputMismatch`) an input unlike the training data, unless ``force``;
+        returns the reasons (empty when it fits, or the overridden reasons when forced)."""
+        from .expectations import check, input_profile, refusal
+
+        reasons = check(input_profile(vol), self.expects)
+        if reasons and not force:
+            raise refusal(vol.name, reasons)
+        return reasons
+
     def _require_segmentation(self):
         if self.task != "segmentation":
             raise ValueError(f"this checkpoint ({self.config['model']['name']}) labels intervertebral discs, it does "

@@ -18,6 +18,7 @@ from .. import models
 from . import checkpoint as ckpt
 from . import data as D
 from .devices import select_device, select_precision
+from .expectations import summarise
 from .events import CancelToken, Epoch, Finished, Preview, Started, Step
 from .losses import build_loss, mean_peak_error, soft_dice
 
@@ -160,6 +161,7 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int]):
             raise ValueError(f"{folder}: images have shape {more.images.shape[1:]} after preparation, "
                              f"{opts.data} has {train.images.shape[1:]} (channels differ?)")
         train.images = np.concatenate([train.images, more.images])
+        train.profiles = train.profiles + more.profiles
         train.targets = np.concatenate([train.targets, more.targets])
         train.stems = train.stems + [f"{Path(folder).name}/{s}" for s in stems]
         train.num_classes = max(train.num_classes, more.num_classes)
@@ -227,6 +229,8 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
                      # networks with a rendering module add its point loss to whichever loss is chosen
                      "loss_used": plan["loss"] + ("+point" if getattr(model, "render", False) else "")},
         "data": summary,
+        # what the model expects of an input, from its training cases (engine.expectations; the card's)
+        "expects": summarise(train_data.profiles),
     }
     state = {"epoch": 0, "best": -math.inf, "bad_epochs": 0, "history": []}
     if opts.resume and (out / "last").is_dir():
