@@ -186,7 +186,14 @@ def label_discs(image: ImageLike, weights=None, model: str | None = None, *, dev
         raise ValueError(f"{vol.name}: disc labeling needs one 3-D volume, got shape {np.shape(vol.data)}")
     if pred.task == "keypoints":
         pred.check_input(vol, force)
-    return pred.label_discs(vol, min_confidence=min_confidence)
+    points = pred.label_discs(vol, min_confidence=min_confidence)
+    if points.verdict != "ok":
+        import warnings
+
+        from .engine.discs import DiscsFlagged
+
+        warnings.warn(f"{vol.name}: {points.verdict}", DiscsFlagged, stacklevel=2)
+    return points
 
 
 # ---------------------------------------------------------------- training and evaluation
@@ -372,7 +379,7 @@ def _batch_one(pred: Predictor, path: Path, out: Path, task: str, tta: bool, cle
         outs = [io.write_points(out / f"{stem}_discs.csv", points), io.write_points(out / f"{stem}_discs.json", points),
                 io.write_points(out / f"{stem}_labels-disc.nii.gz", points, reference=vol)]
         return {"file": str(path), "outputs": [str(p) for p in outs], "discs": len(points),
-                "names": [d.name for d in points.discs]}
+                "names": [d.name for d in points.discs], "verdict": points.verdict}
     if _is_2d(vol):
         labels = pred.segment_image(vol.data, rgb=vol.rgb, tta=tta, cleanup=cleanup)
         target = io.write_image2d(out / f"{stem}_seg.png", labels)

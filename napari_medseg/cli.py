@@ -129,6 +129,9 @@ def _cmd_predict(args, task=None) -> int:
                         callback=_TqdmEvents(), force=args.force)
     for s in summary["skipped"]:
         print(f"skipped {s['file']}: {s['error']}", file=sys.stderr)
+    for r in summary["results"]:
+        if r.get("verdict", "ok") != "ok":
+            print(f"warning: {r['file']}: {r['verdict']} (the 'flag' column of its _discs.csv)", file=sys.stderr)
     print(f"wrote {len(summary['written'])} file(s) for {len(summary['results'])} input(s); "
           f"skipped {len(summary['skipped'])}")
     if not summary["results"]:

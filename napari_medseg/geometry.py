@@ -284,6 +284,7 @@ def points_to_layer_data(points: DiscPoints, name: str = "discs") -> tuple[np.nd
         "name": [d.name for d in points.discs],
         "sct_number": np.array(points.numbers, dtype=int),
         "confidence": np.array([d.confidence for d in points.discs], dtype=float),
+        "flag": [d.flag for d in points.discs],  # why a person should check it ("" = nothing found)
     }
     meta = {
         "affine": None if points.affine is None else np.asarray(points.affine).tolist(),
@@ -297,6 +298,10 @@ def points_to_layer_data(points: DiscPoints, name: str = "discs") -> tuple[np.nd
         "size": 4,
         "face_color": "confidence",
         "face_colormap": "viridis",
+        # flagged discs get a thick red ring, the others a thin white one
+        "border_color": [[1.0, 0.1, 0.1, 1.0] if d.flag else [1.0, 1.0, 1.0, 1.0] for d in points.discs]
+        if len(points) else "white",
+        "border_width": [0.35 if d.flag else 0.1 for d in points.discs] if len(points) else 0.1,
         "metadata": {META_KEY: meta},
     }
     return np.asarray(coords, dtype=float), kwargs
@@ -336,9 +341,9 @@ def points_from_layer_data(data: np.ndarray, features: Any, meta: dict | None,
     def missing(v):
         return v is None or v == "" or (isinstance(v, float) and np.isnan(v))
 
-    numbers, names, confs = column("sct_number"), column("name"), column("confidence")
+    numbers, names, confs, flags = column("sct_number"), column("name"), column("confidence"), column("flag")
     discs = []
-    for row, r, num, nm, conf in zip(data, ras, numbers, names, confs):
+    for row, r, num, nm, conf, flag in zip(data, ras, numbers, names, confs, flags):
         if missing(num):
             if not missing(nm):
                 try:
@@ -348,7 +353,7 @@ def points_from_layer_data(data: np.ndarray, features: Any, meta: dict | None,
             else:
                 raise MedSegIOError(None, f"point at {tuple(np.round(row, 2))} has no disc name or number")
         c = 1.0 if missing(conf) else float(conf)
-        discs.append(Disc(int(num), tuple(float(v) for v in r), c))
+        discs.append(Disc(int(num), tuple(float(v) for v in r), c, flag="" if missing(flag) else str(flag)))
     affine = None if meta.get("affine") is None else np.asarray(meta["affine"], dtype=float)
     shape = None if meta.get("shape") is None else tuple(meta["shape"])
     return DiscPoints(discs, affine, shape, meta.get("source")).sorted()

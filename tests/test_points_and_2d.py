@@ -49,7 +49,7 @@ def test_points_csv_columns(volumes, tmp_path):
     pts = io.read_points(volumes / "spine-t2-crop_labels.nii.gz")
     out = io.write_points(tmp_path / "s_discs.csv", pts)
     lines = out.read_text().splitlines()
-    assert lines[0] == "name,sct_number,confidence,x_mm,y_mm,z_mm,i,j,k"
+    assert lines[0] == "name,sct_number,confidence,x_mm,y_mm,z_mm,i,j,k,flag"
     assert lines[1].startswith("C2/C3,3,1.0000,")
     obj = json.loads(io.write_points(tmp_path / "s_discs.json", pts).read_text())
     assert obj["discs"][1]["name"] == "C4/C5" and len(obj["affine"]) == 4
@@ -111,3 +111,84 @@ def test_sample_registry_verifies_checksums(tmp_path, monkeypatch, shared):
     monkeypatch.setenv(datasets.ENV_DATA_DIR, str(tmp_path))
     with pytest.raises(MedSegIOError, match="checksum mismatch"):
         datasets.fetch("mr_spine")
+
+
+# ---------------------------------------------------------------- disc flags (guard rails)
+
+
+def _chain(n=6, spacing=35.0, conf=0.9):
+    from napari_medseg.io import Disc, DiscPoints
+
+    return DiscPoints([Disc(19 + i, (0.0, 0.0, -spacing * i), conf) for i in range(n)])
+
+
+def test_a_plausible_chain_has_no_flags():
+    from napari_medseg.engine.discs import flag_discs
+
+    pts = flag_discs(_chain())
+    assert pts.flags == [""] * 6 and pts.verdict == "ok"
+
+
+def test_a_disc_in_posterior_soft_tissue_and_a_low_confidence_are_flagged():
+    from napari_medseg.engine.discs import flag_discs
+
+    pts = _chain()
+    pts.discs[3].world = (0.0, -62.0, -105.0)  # 62 mm posterior of its place in the chain
+    pts.discs[5].confidence = 0.26
+    flag_discs(pts)
+    assert "off the line of its neighbours" in pts.discs[3].flag
+    assert "low confidence 0.26" in pts.discs[5].flag
+    assert [bool(f) for f in pts.flags] == [False, False, False, True, False, True]
+    assert pts.verdict.startswith("check: L2/L3 (") and "L4/L5" in pts.verdict
+
+
+def test_a_skipped_level_shows_as_a_spacing_flag():
+    from napari_medseg.engine.discs import flag_discs
+
+    pts = _chain()
+    for d in pts.discs[3:]:  # named one level too high from L1/L2 on: a 70 mm gap for one level
+        d.world = (0.0, 0.0, d.world[2] - 35.0)
+    flag_discs(pts)
+    assert "per level to" in pts.discs[2].flag and "per level to" in pts.discs[3].flag
+    assert not pts.discs[0].flag and not pts.discs[5].flag
+
+
+def test_flags_travel_through_csv_json_and_a_points_layer(tmp_path):
+    from napari_medseg.engine.discs import flag_discs
+    from napari_medseg.geometry import points_from_layer_data, points_to_layer_data
+
+    pts = _chain()
+    pts.discs[2].confidence = 0.1
+    flag_discs(pts)
+    for ext in ("csv", "json"):
+        back = io.read_points(io.write_points(tmp_path / f"x_discs.{ext}", pts))
+        assert back.flags == pts.flags
+    data, kwargs = points_to_layer_data(pts)
+    assert kwargs["features"]["flag"] == pts.flags and kwargs["border_color"][2] != kwargs["border_color"][0]
+    assert points_from_layer_data(data, kwargs["features"], None).flags == pts.flags
+
+
+def test_a_scan_cropped_outside_the_training_field_is_flagged(shared):
+    """The bundled disc model on the upper half of a lumbar test scan (a field of view it never saw, still
+    inside what the input check lets through): the output says it needs checking."""
+    import warnings
+
+    import nibabel as nib
+
+    from napari_medseg import api
+    from napari_medseg.engine import data as D
+    from napari_medseg.engine.discs import DiscsFlagged
+
+    layout = D.discover(shared / "spine-discs")
+    vol = io.read(layout.pairs["spine_vb2_05"][0])[0]
+    si = [i for i, c in enumerate(nib.aff2axcodes(vol.affine)) if c in "SI"][0]
+    keep = int(vol.data.shape[si] * 0.55)
+    crop = io.Volume(np.take(vol.data, range(keep), axis=si), vol.affine, name="upper half")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pts = api.label_discs(crop, model="hourglass-spine-discs", device="cpu")
+    assert pts.verdict.startswith("check:")
+    assert any(issubclass(w.category, DiscsFlagged) for w in caught)
+    # the whole scan, by contrast, passes with at most its top disc flagged
+    full = api.label_discs(vol, model="hourglass-spine-discs", device="cpu")
+    assert sum(bool(f) for f in full.flags) <= 1

@@ -66,11 +66,12 @@ class BatchWidget(Container):
         rows = {"file": [], "status": [], "time (s)": [], "result": []}
         for r in summary["results"]:
             rows["file"].append(r["file"])
-            rows["status"].append("ok")
+            rows["status"].append("ok" if r.get("verdict", "ok") == "ok" else "check")
             seconds = r.get("seconds")
             rows["time (s)"].append(f"{seconds:.1f}" if isinstance(seconds, (int, float)) else "")
             if "discs" in r:
-                rows["result"].append(f"{r['discs']} discs: {', '.join(r['names'])}")
+                rows["result"].append(f"{r['discs']} discs: {', '.join(r['names'])}" +
+                                      ("" if r.get("verdict", "ok") == "ok" else f" | {r['verdict']}"))
             else:
                 rows["result"].append(", ".join(f"{k}={v:.0f}" for k, v in r["volumes"].items()))
         for s in summary["skipped"]:

@@ -81,7 +81,9 @@ class LabelDiscsWidget(Container):
         if prior is not None and len(prior.data) and len(data):
             data, kwargs = apply_prior(data, kwargs, prior)
         self.last_layer = self.viewer.add_points(data, **kwargs)
-        self.controls.status.value = f"{len(data)} disc(s): " + ", ".join(kwargs["features"]["name"])
+        self.controls.status.value = (f"{len(data)} disc(s): " + ", ".join(kwargs["features"]["name"]) +
+                                      f" | {points.verdict}" + (" (red rings; name one disc in 'prior points' to "
+                                                                "renumber)" if points.verdict != "ok" else ""))
 
 
 def apply_prior(data, kwargs, prior):

@@ -70,3 +70,69 @@ def decode_discs(heatmaps: np.ndarray, numbers: list[int], prior: dict, *, min_c
         states = new
     best = max(states.values(), key=lambda v: v[0])
     return best[1]
+
+
+# ---------------------------------------------------------------- flags: what a person should check
+
+
+class DiscsFlagged(UserWarning):
+    """Some labelled discs need a person's check (see each disc's ``flag``)."""
+
+
+LOW_CONFIDENCE = 0.5  # our choice: below half the heatmap's trained peak height
+OFF_CHAIN = 0.5  # a disc further than this fraction of the typical disc spacing from its neighbours' line
+GAP_RANGE = (0.5, 1.6)  # a gap per level outside this range of the scan's median gap per level
+
+
+def _off_segment(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    ab = b - a
+    t = float(np.clip(np.dot(p - a, ab) / max(float(np.dot(ab, ab)), 1e-9), 0.0, 1.0))
+    return float(np.linalg.norm(p - (a + t * ab)))
+
+
+def flag_discs(points):
+    """Set each disc's ``flag`` (and so the scan's ``verdict``): low confidence, a gap to a neighbouring
+    disc unlike the scan's typical spacing per level, or a position off the line through its neighbours
+    (e.g. a 'disc' in posterior soft tissue). Our rules, from the failure cases we saw on scans of another
+    protocol; they flag for review, they do not remove anything. Returns ``points`` (flags set in place)."""
+    discs = sorted(points.discs, key=lambda d: d.number)
+    for d in discs:
+        d.flag = ""
+    reasons: dict[int, list[str]] = {id(d): [] for d in discs}
+    for d in discs:
+        if d.confidence < LOW_CONFIDENCE:
+            reasons[id(d)].append(f"low confidence {d.confidence:.2f}")
+    if len(discs) >= 3:
+        xyz = np.array([d.world for d in discs], dtype=float)
+        levels = np.array([d.number for d in discs], dtype=float)
+
+        def gaps_of(idx):  # mm per level between consecutive discs of ``idx``
+            return np.linalg.norm(np.diff(xyz[idx], axis=0), axis=1) / np.maximum(np.diff(levels[idx]), 1)
+
+        typical = float(np.median(gaps_of(list(range(len(discs))))))
+        # off the chain: remove the worst interior outlier while it lies further than OFF_CHAIN x the typical
+        # spacing from the segment joining its remaining neighbours (so its neighbours are not blamed for it)
+        active = list(range(len(discs)))
+        while len(active) >= 3:
+            offs = {active[k]: _off_segment(xyz[active[k]], xyz[active[k - 1]], xyz[active[k + 1]])
+                    for k in range(1, len(active) - 1)}
+            worst = max(offs, key=offs.get)
+            if offs[worst] <= OFF_CHAIN * typical:
+                break
+            reasons[id(discs[worst])].append(f"{offs[worst]:.0f} mm off the line of its neighbours "
+                                             f"(disc spacing {typical:.0f} mm)")
+            active.remove(worst)
+        gaps = gaps_of(active)
+        typical = float(np.median(gaps)) if len(gaps) else typical
+        for k, i in enumerate(active):  # spacing, among the discs on the chain
+            for gap, other in ((k - 1, k - 1), (k, k + 1)):
+                if 0 <= gap < len(gaps) and not GAP_RANGE[0] * typical <= gaps[gap] <= GAP_RANGE[1] * typical:
+                    reasons[id(discs[i])].append(f"{gaps[gap]:.0f} mm per level to {discs[active[other]].name} "
+                                                 f"(typical {typical:.0f} mm)")
+                    break
+    elif discs:
+        for d in discs:
+            reasons[id(d)].append(f"only {len(discs)} disc(s) found: spacing cannot be checked")
+    for d in discs:
+        d.flag = "; ".join(reasons[id(d)])
+    return points

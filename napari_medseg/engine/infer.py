@@ -12,7 +12,7 @@ from .. import io
 from . import checkpoint as ckpt
 from . import preprocess as pp
 from .devices import select_device, select_precision
-from .discs import decode_discs
+from .discs import decode_discs, flag_discs
 from .events import CancelToken, Progress
 
 
@@ -186,8 +186,9 @@ class Predictor:
         # network-input pixels -> sagittal-view pixels
         sr, sc = view.shape[0] / self.size[0], view.shape[1] / self.size[1]
         vox = pp.view_to_voxel((rows + 0.5) * sr - 0.5, (cols + 0.5) * sc - 0.5, geo)
-        return io.DiscPoints.from_voxels(vox, [f["number"] for f in found], vol.affine, vol.data.shape[:3],
-                                         confidences=[f["confidence"] for f in found], source=vol.path)
+        points = io.DiscPoints.from_voxels(vox, [f["number"] for f in found], vol.affine, vol.data.shape[:3],
+                                           confidences=[f["confidence"] for f in found], source=vol.path)
+        return flag_discs(points)  # no output without its flags
 
 
 def largest_components(labels: np.ndarray) -> np.ndarray:

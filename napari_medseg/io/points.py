@@ -24,7 +24,7 @@ VERTEBRAE = (
     [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
     + [f"S{i}" for i in range(1, 6)] + ["Co1"]
 )
-CSV_COLUMNS = ("name", "sct_number", "confidence", "x_mm", "y_mm", "z_mm", "i", "j", "k")
+CSV_COLUMNS = ("name", "sct_number", "confidence", "x_mm", "y_mm", "z_mm", "i", "j", "k", "flag")
 JSON_FORMAT = "napari-medseg discs v1"
 
 
@@ -58,6 +58,7 @@ class Disc:
     world: tuple[float, float, float]
     confidence: float = 1.0
     voxel: tuple[float, float, float] | None = None
+    flag: str = ""  # why this disc should be checked by a person ("" = nothing found against it)
 
     @property
     def name(self) -> str:
@@ -95,6 +96,18 @@ class DiscPoints:
     @property
     def confidences(self) -> list[float]:
         return [float(d.confidence) for d in self.discs]
+
+    @property
+    def flags(self) -> list[str]:
+        return [d.flag for d in self.discs]
+
+    @property
+    def verdict(self) -> str:
+        """``ok`` or ``check: ...`` naming the flagged discs (engine.discs.flag_discs sets the flags)."""
+        flagged = [f"{d.name} ({d.flag})" for d in self.discs if d.flag]
+        if not self.discs:
+            return "check: no disc found"
+        return "ok" if not flagged else "check: " + "; ".join(flagged)
 
     def voxels(self) -> np.ndarray:
         """Voxel coordinates (float) in the source volume; needs ``affine``."""
@@ -168,7 +181,7 @@ def _read_csv(path: Path) -> DiscPoints:
             vox = tuple(float(row[c]) for c in "ijk") if all(row.get(c) not in (None, "") for c in "ijk") else None
         except ValueError as err:
             raise MedSegIOError(path, f"line {n}: {err}") from err
-        discs.append(Disc(_number_from(path, row), world, conf, vox))
+        discs.append(Disc(_number_from(path, row), world, conf, vox, str(row.get("flag") or "")))
     return DiscPoints(discs, source=str(path))
 
 
@@ -184,7 +197,8 @@ def _read_json(path: Path) -> DiscPoints:
         try:
             world = tuple(float(v) for v in d["world_mm"])
             vox = tuple(float(v) for v in d["voxel"]) if d.get("voxel") is not None else None
-            discs.append(Disc(_number_from(path, d), world, float(d.get("confidence", 1.0)), vox))
+            discs.append(Disc(_number_from(path, d), world, float(d.get("confidence", 1.0)), vox,
+                              str(d.get("flag") or "")))
         except (KeyError, TypeError, ValueError) as err:
             raise MedSegIOError(path, f"bad disc entry {d!r} ({err})") from err
     affine = np.asarray(obj["affine"], dtype=np.float64) if obj.get("affine") is not None else None
@@ -223,7 +237,7 @@ def write_points_csv(path: str | os.PathLike, points: DiscPoints) -> Path:
     w.writerow(CSV_COLUMNS)
     for d, vox in zip(points.discs, _voxels_for(points)):
         vox = ("", "", "") if vox is None else tuple(f"{v:.4f}" for v in vox)
-        w.writerow([d.name, d.number, f"{d.confidence:.4f}", *(f"{c:.4f}" for c in d.world), *vox])
+        w.writerow([d.name, d.number, f"{d.confidence:.4f}", *(f"{c:.4f}" for c in d.world), *vox, d.flag])
     return write_text_atomic(path, buf.getvalue())
 
 
@@ -234,6 +248,7 @@ def write_points_json(path: str | os.PathLike, points: DiscPoints) -> Path:
         "source": points.source,
         "affine": None if points.affine is None else np.asarray(points.affine).tolist(),
         "shape": None if points.shape is None else list(points.shape),
+        "verdict": points.verdict if points.discs else None,
         "discs": [
             {
                 "name": d.name,
@@ -241,6 +256,7 @@ def write_points_json(path: str | os.PathLike, points: DiscPoints) -> Path:
                 "confidence": d.confidence,
                 "world_mm": list(d.world),
                 "voxel": None if vox is None else [float(v) for v in vox],
+                "flag": d.flag,
             }
             for d, vox in zip(points.discs, _voxels_for(points))
         ],
