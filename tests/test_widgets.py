@@ -261,3 +261,52 @@ def test_segment_widget_refuses_a_wrong_input_then_runs_when_forced(make_napari_
     w.controls.run_button.clicked()
     qtbot.waitUntil(lambda: w.last_layer is not None, timeout=180_000)
     assert w.last_layer.data.shape == image.data.shape
+
+
+@pytest.mark.parametrize("how", ["dock", "viewer"])
+def test_closing_the_train_dock_or_the_viewer_stops_the_training_process(make_napari_viewer, qtbot, tmp_path, how):
+    viewer = make_napari_viewer()
+    image, mask = viewer.open_sample("napari-medseg", "endoscopy")
+    dock, w = viewer.window.add_plugin_dock_widget("napari-medseg", "Train")
+    w.image.value, w.labels_layer.value = image.name, mask.name
+    w.epochs.value, w.batch.value, w.input_size.value = 500, 1, 64
+    w.out.value = str(tmp_path / "run")
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: any(e["kind"] == "step" for e in w.events), timeout=180_000)
+    proc = w.proc.process
+    assert proc.is_alive()
+    if how == "dock":
+        viewer.window.remove_dock_widget(dock)
+    else:
+        viewer.close()
+    qtbot.waitUntil(lambda: not proc.is_alive(), timeout=30_000)
+    assert proc.exitcode is not None
+    # cancelled first: the run kept a resumable checkpoint
+    from napari_medseg.engine import checkpoint as ckpt
+
+    assert ckpt.load_train_state(tmp_path / "run" / "last") is not None
+
+
+def test_cancel_while_the_data_are_prepared_stops_training(tiny, tmp_path):
+    from napari_medseg.engine.events import CancelToken
+    from napari_medseg.engine.train import train
+
+    from .conftest import train_opts
+
+    token = CancelToken()
+    token.cancel()
+    result = train(train_opts("unet", tiny["kvasir-seg"], tmp_path / "run"), cancel=token)
+    assert result["reason"] == "cancelled" and result["epochs_done"] == 0
+    assert not (tmp_path / "run" / "best").exists()
+
+
+def test_gui_jobs_release_accelerator_memory(monkeypatch):
+    import torch
+
+    from napari_medseg._napari._common import Failed, guarded
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    assert guarded(lambda: 3)() == 3 and calls == ["empty"]
+    assert isinstance(guarded(lambda: 1 / 0)(), Failed) and calls == ["empty", "empty"]

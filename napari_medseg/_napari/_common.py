@@ -116,9 +116,11 @@ class RunControls(Container):
             self.token.cancel()
             self.status.value = "cancelling at the next step..."
 
-    def busy(self, on: bool, text: str = ""):
+    def busy(self, on: bool, text: str = "", cancellable: bool = True):
+        """``cancellable=False`` for jobs that cannot stop half-way (one forward pass): Cancel stays disabled
+        rather than shown and ignored."""
         self.run_button.enabled = not on
-        self.cancel_button.enabled = on
+        self.cancel_button.enabled = on and cancellable
         self.progress.visible = on
         if on:
             self.progress.value = 0
@@ -176,13 +178,18 @@ class Failed:
 
 
 def guarded(fn):
-    """Run ``fn`` in a worker; any exception comes back as :class:`Failed`."""
+    """Run ``fn`` in a worker; any exception comes back as :class:`Failed`. Accelerator memory cached by the
+    job is released when it ends."""
 
     def wrapper(*args, **kwargs):
+        from ..engine.devices import release_memory
+
         try:
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - reported to the user, never swallowed silently
             return Failed(err)
+        finally:
+            release_memory()
 
     return wrapper
 

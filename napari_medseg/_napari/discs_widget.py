@@ -55,7 +55,7 @@ class LabelDiscsWidget(Container):
             return
         layer, source = picked
         prior = None if self.prior.value in (None, NO_PRIOR) else self.viewer.layers[self.prior.value]
-        self.controls.busy(True, "labeling discs...")
+        self.controls.busy(True, "labeling discs...", cancellable=False)  # one forward pass
         min_conf, device, force = float(self.min_conf.value), self.device.value, self.force.value
 
         @thread_worker

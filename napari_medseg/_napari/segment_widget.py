@@ -56,7 +56,8 @@ class SegmentWidget(Container):
         # "current slice only": the slice through the viewer's current world point, segmented by the same
         # steps as a full run (api.segment(at=...)), so both agree on that slice
         at = tuple(float(v) for v in self.viewer.dims.point) if self.current_slice.value and spatial >= 3 else None
-        self.controls.busy(True, f"segmenting {layer.name}...")
+        # volumes are predicted in batches of slices and can stop between two; a 2-D image is one pass
+        self.controls.busy(True, f"segmenting {layer.name}...", cancellable=spatial >= 3)
         token = self.controls.token
         opts = dict(axis=axis, tta=self.tta.value, cleanup=self.cleanup.value, probabilities=self.probs.value,
                     device=self.device.value, force=self.force.value)

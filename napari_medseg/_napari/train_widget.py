@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
 from napari.layers import Image, Labels
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QWidget
 
@@ -64,6 +64,38 @@ class CurvePlot(QWidget):
         p.end()
 
 
+class _Lifecycle(QObject):
+    """What must stop when the Train widget goes away: its poll timer and its training process (cancelled,
+    then terminated after a grace period; the run keeps its last resumable checkpoint). Watches the widget
+    (napari takes a closed dock's widget out of its parent) and its window (the viewer closing)."""
+
+    def __init__(self, timer, widget):
+        super().__init__()
+        self.timer, self.proc, self.widget = timer, None, widget
+        widget.installEventFilter(self)
+
+    def watch_window(self):
+        top = self.widget.window()
+        if top is not None and top is not self.widget:
+            top.installEventFilter(self)
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt name)
+        kind = event.type()
+        if (obj is self.widget and kind == QEvent.Type.ParentChange and self.widget.parent() is None) or \
+                (obj is not self.widget and kind == QEvent.Type.Close):
+            self.shutdown()
+        return False
+
+    def shutdown(self, *_):
+        try:
+            self.timer.stop()
+        except RuntimeError:  # already deleted with the widget
+            pass
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.alive:
+            proc.stop(grace_s=5.0)
+
+
 class TrainWidget(Container):
     def __init__(self, napari_viewer):
         from .. import models
@@ -105,6 +137,10 @@ class TrainWidget(Container):
         self._timer = QTimer()
         self._timer.setInterval(100)
         self._timer.timeout.connect(self._poll)
+        # closing the dock or the viewer must not leave a training process behind (nor a timer polling a
+        # deleted widget): a plain holder, not the widget, is what the destroyed signal reaches
+        self._lifecycle = _Lifecycle(self._timer, self.native)
+        self.native.destroyed.connect(self._lifecycle.shutdown)
 
     def _images(self, _w=None):
         return [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Image)]
@@ -161,6 +197,8 @@ class TrainWidget(Container):
         self.controls.busy(True, "starting the training process...")
         self._t0 = time.perf_counter()
         self.proc = api.train_in_background(self.network.value, folder, out, prepared=data, **options)
+        self._lifecycle.proc = self.proc
+        self._lifecycle.watch_window()
         self._timer.start()
 
     def _cancel(self, *_):

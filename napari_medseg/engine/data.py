@@ -182,11 +182,17 @@ def seg3d_pairs(pre: pp.Preprocessing, vol: io.Volume, labels: np.ndarray, where
     return ax, images, targets
 
 
+def _check_cancel(cancel, stem) -> None:
+    if cancel is not None and cancel.cancelled:
+        raise InterruptedError(f"cancelled while preparing the data (at {stem})")
+
+
 def prepare_seg2d(layout: Layout, stems: list[str], size: tuple[int, int], channels: int,
-                  normalize: str | None = None) -> Prepared:
+                  normalize: str | None = None, cancel=None) -> Prepared:
     pre = pp.Preprocessing(input_size=tuple(size), channels=channels, normalize=normalize, layout="seg2d")
     images, targets, norms, profiles = [], [], set(), []
     for s in stems:
+        _check_cancel(cancel, s)
         img_path, mask_path = layout.pairs[s]
         vol = io.read_image2d(img_path, kind="image")
         profiles.append(input_profile(vol))
@@ -204,11 +210,12 @@ def prepare_seg2d(layout: Layout, stems: list[str], size: tuple[int, int], chann
 
 
 def prepare_seg3d(layout: Layout, stems: list[str], size: tuple[int, int], channels: int, context: int,
-                  axis: int | str = "auto", normalize: str = "zscore") -> Prepared:
+                  axis: int | str = "auto", normalize: str = "zscore", cancel=None) -> Prepared:
     pre = pp.Preprocessing(input_size=tuple(size), channels=channels, normalize=normalize, layout="seg3d",
                            slice_axis=axis, context=context, extra={"label_names": layout.label_names})
     images, targets, profiles = [], [], []
     for s in stems:
+        _check_cancel(cancel, s)
         img_path, lab_path = layout.pairs[s]
         vol, lab = io.read_nifti(img_path, kind="image"), io.read_nifti(lab_path, kind="labels")
         if np.ndim(vol.data) != 3:
@@ -232,9 +239,10 @@ def disc_points(path: Path, vol: io.Volume) -> io.DiscPoints:
 
 
 def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_numbers: list[int] | None,
-                  sigma: float = 5**0.5, n_average: int = 7) -> Prepared:
+                  sigma: float = 5**0.5, n_average: int = 7, cancel=None) -> Prepared:
     views, pts_all, profiles = [], [], []
     for s in stems:
+        _check_cancel(cancel, s)
         img_path, lab_path = layout.pairs[s]
         vol = io.read_nifti(img_path, kind="image")
         view, geo = pp.sagittal_view(vol.data, vol.affine, n_average)
@@ -284,15 +292,17 @@ def disc_prior(pts_all, numbers) -> dict:
 
 
 def prepare(layout: Layout, stems: list[str], *, size: tuple[int, int], channels: int, context: int = 0,
-            disc_numbers: list[int] | None = None, axis: int | str = "auto", normalize: str | None = None) -> Prepared:
-    """Load, normalise and resize ``stems``; ``normalize`` overrides the 2D default (a network's own)."""
+            disc_numbers: list[int] | None = None, axis: int | str = "auto", normalize: str | None = None,
+            cancel=None) -> Prepared:
+    """Load, normalise and resize ``stems``; ``normalize`` overrides the 2D default (a network's own).
+    ``cancel`` (a CancelToken) is checked before each case: InterruptedError when set."""
     if not stems:
         raise DataError(layout.root, "no cases to load (empty split)")
     if layout.kind == "seg2d":
-        return prepare_seg2d(layout, stems, size, channels, normalize)
+        return prepare_seg2d(layout, stems, size, channels, normalize, cancel=cancel)
     if layout.kind == "seg3d":
-        return prepare_seg3d(layout, stems, size, channels, context, axis)
-    return prepare_discs(layout, stems, size, disc_numbers)
+        return prepare_seg3d(layout, stems, size, channels, context, axis, cancel=cancel)
+    return prepare_discs(layout, stems, size, disc_numbers, cancel=cancel)
 
 
 def from_volumes(image: io.Volume, labels: np.ndarray, *, size: tuple[int, int], channels: int,

@@ -97,3 +97,12 @@ def reduced_precision_ok(network: str) -> bool:
 
     info = models.REGISTRY.get(network)
     return True if info is None else info.bf16_training
+
+
+def release_memory() -> None:
+    """Give cached accelerator memory back after a GUI job (the caching allocators keep it otherwise)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mps = getattr(torch, "mps", None)
+    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        mps.empty_cache()

@@ -64,3 +64,19 @@ class TrainingProcess:
 
     def join(self, timeout=None):
         self.process.join(timeout)
+
+    def stop(self, grace_s: float = 5.0) -> int | None:
+        """Cancel, give the run ``grace_s`` seconds to stop at its next step (it then keeps a resumable
+        checkpoint), then terminate (and at last kill) the process. Returns its exit code."""
+        if self.process.pid is None:  # never started
+            return None
+        if self.process.is_alive():
+            self.cancel()
+            self.process.join(grace_s)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(3.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(3.0)
+        return self.process.exitcode

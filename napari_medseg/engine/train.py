@@ -127,7 +127,7 @@ def input_rules(model: str, kind: str) -> dict:
             "normalize": models.REGISTRY[model].input_norm if kind == "seg2d" else None}
 
 
-def prepare_data(opts: TrainOptions, size: tuple[int, int]):
+def prepare_data(opts: TrainOptions, size: tuple[int, int], cancel: CancelToken | None = None):
     layout = D.discover(opts.data)
     parts = D.split(layout, seed=opts.seed)
     if not parts["train"]:
@@ -144,10 +144,10 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int]):
     rules = input_rules(opts.model, layout.kind)
     context, norm = rules["context"], rules["normalize"]
     train = D.prepare(layout, train_stems, size=size, channels=channels, context=context, axis=opts.slice_axis,
-                      normalize=norm)
+                      normalize=norm, cancel=cancel)
     numbers = train.preprocessing.get("disc_numbers")
     val = D.prepare(layout, val_stems, size=size, channels=channels, context=context, disc_numbers=numbers,
-                    axis=opts.slice_axis, normalize=norm)
+                    axis=opts.slice_axis, normalize=norm, cancel=cancel)
     extra_cases = 0
     for folder in opts.extra_train:
         other = D.discover(folder)
@@ -156,7 +156,7 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int]):
                              f"{opts.data} (got {other.kind})")
         stems = D.split(other, seed=opts.seed)["train"]
         more = D.prepare(other, stems, size=size, channels=channels, context=context, axis=opts.slice_axis,
-                         normalize=norm)
+                         normalize=norm, cancel=cancel)
         if more.images.shape[1:] != train.images.shape[1:]:
             raise ValueError(f"{folder}: images have shape {more.images.shape[1:]} after preparation, "
                              f"{opts.data} has {train.images.shape[1:]} (channels differ?)")
@@ -196,7 +196,12 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     size = plan["input_size"]
     if size % info.multiple:
         raise ValueError(f"input size {size} must be a multiple of {info.multiple} for {opts.model}")
-    train_data, val_data, summary = data if data is not None else prepare_data(opts, (size, size))
+    try:
+        train_data, val_data, summary = data if data is not None else prepare_data(opts, (size, size), cancel)
+    except InterruptedError:  # cancelled before anything was trained: nothing to keep
+        emit(Finished(reason="cancelled", epoch=0, best_metric=None, checkpoint=""))
+        return {"reason": "cancelled", "epochs_done": 0, "best": None, "history": [], "best_checkpoint": None,
+                "last_checkpoint": None, "device": opts.device, "precision": opts.precision, "wall_s": 0.0}
     if info.task == "keypoints" and train_data.task != "keypoints":
         raise ValueError(f"{opts.model} labels discs: it needs a disc dataset (images/ + labels/)")
     if info.task == "segmentation" and train_data.task != "segmentation":
@@ -357,7 +362,11 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         if reason == "cancelled":
             save("last", with_state=True)  # the interrupted epoch is redone on --resume
             break
-        metrics, preview = validate(model, val_data, info.task, device, precision, bs, criterion)
+        metrics, preview = validate(model, val_data, info.task, device, precision, bs, criterion, cancel)
+        if metrics is None:  # cancelled during validation: the epoch is redone on --resume
+            reason = "cancelled"
+            save("last", with_state=True)
+            break
         score = metrics["dice"] if info.task == "segmentation" else -metrics["l2_px"]
         if scheduler is not None:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -427,14 +436,18 @@ def _check_writable(out: Path) -> None:
 
 
 @torch.no_grad()
-def validate(model, val: D.Prepared, task: str, device, precision, batch_size: int, criterion=None):
+def validate(model, val: D.Prepared, task: str, device, precision, batch_size: int, criterion=None, cancel=None):
     """Task metrics on the (resized) validation samples (and, given the training ``criterion``, the
-    validation loss ``val_loss``), and a preview of the first prediction."""
+    validation loss ``val_loss``), and a preview of the first prediction; ``(None, None)`` when ``cancel``
+    is set between two batches."""
     was_training = model.training
     model.eval()
     dices, errors, preview = [], [], None
     loss_sum, n = 0.0, 0
     for i in range(0, len(val.images), batch_size):
+        if cancel is not None and cancel.cancelled:
+            model.train(was_training)
+            return None, None
         x = torch.as_tensor(val.images[i: i + batch_size], dtype=torch.float32, device=device)
         with precision.autocast():
             out = model(x)
