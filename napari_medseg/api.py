@@ -300,21 +300,34 @@ def evaluate(data: str, model: str | None = None, weights=None, *, json_path: st
 
 
 def expand_inputs(inputs) -> list[Path]:
-    """Files, folders (their images, and DICOM series folders) and glob patterns -> a sorted file list."""
+    """Files, folders (their images, and DICOM series folders) and glob patterns -> a sorted file list.
+    A path that does not exist, a pattern that matches nothing or a folder with nothing to read is refused
+    with a message that says what to give instead."""
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     out: list[Path] = []
     for item in items:
         s = str(item)
         if any(ch in s for ch in "*?["):
-            out.extend(Path(p) for p in sorted(glob.glob(s, recursive=True)))
+            matches = [Path(p) for p in sorted(glob.glob(s, recursive=True))]
+            if not matches:
+                raise ValueError(f"{s}: the pattern matches no file")
+            out.extend(matches)
             continue
         p = Path(s)
+        if not p.exists():
+            raise ValueError(f"{s}: no such file or folder")
         if p.is_dir() and not io.folder_has_dicom(p, max_files=20):
+            found = []
             for child in sorted(p.iterdir()):
                 if child.is_file() and (io.is_nifti_path(child) or io.is_image2d_path(child)):
-                    out.append(child)
+                    found.append(child)
                 elif child.is_dir() and io.folder_has_dicom(child, max_files=20):
-                    out.append(child)
+                    found.append(child)
+            if not found:
+                subdirs = [c.name for c in sorted(p.iterdir()) if c.is_dir()][:4]
+                hint = f" (it has folders {', '.join(subdirs)}: give one of them, e.g. {p / subdirs[0]})" if subdirs else ""
+                raise ValueError(f"{p}: no images, NIfTI volumes or DICOM series in this folder{hint}")
+            out.extend(found)
         else:
             out.append(p)
     seen, unique = set(), []

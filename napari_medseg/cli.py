@@ -132,8 +132,8 @@ def _cmd_predict(args, task=None) -> int:
     for r in summary["results"]:
         if r.get("verdict", "ok") != "ok":
             print(f"warning: {r['file']}: {r['verdict']} (the 'flag' column of its _discs.csv)", file=sys.stderr)
-    print(f"wrote {len(summary['written'])} file(s) for {len(summary['results'])} input(s); "
-          f"skipped {len(summary['skipped'])}")
+    print(f"wrote {len(summary['written'])} file(s) for {len(summary['results'])} of {summary['n_inputs']} "
+          f"input(s); skipped {len(summary['skipped'])}")
     if not summary["results"]:
         return EXIT_BAD_INPUT
     return 0
@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (MedSegIOError, KeyError, ValueError, MemoryError, FloatingPointError, FileNotFoundError) as err:
+    # bad input and refusals: one line and exit 2; anything else is a bug and shows its traceback
+    except (MedSegIOError, ValueError, MemoryError, FloatingPointError, FileNotFoundError) as err:
         msg = str(err).splitlines()[0] if str(err) else err.__class__.__name__
         print(f"napari-medseg: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -446,3 +446,40 @@ def test_outputs_follow_the_umask_not_tempfile_modes(tmp_path):
     assert mode(ck) == 0o755
     assert {mode(f) for f in ck.iterdir()} == {0o644}
     assert mode(tmp_path / "private.json") == 0o600
+
+
+def test_a_bug_is_not_reported_as_bad_input(monkeypatch, capsys):
+    """KeyError from a programming error must show its traceback, not 'error: ...' with exit 2."""
+    from napari_medseg import cli
+
+    def broken(args):
+        return {}["missing"]
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["models"])
+    monkeypatch.setattr(cli, "build_parser", lambda: type("P", (), {"parse_args": lambda self, a: args})())
+    args.func = broken
+    with pytest.raises(KeyError):
+        cli.main(["models"])
+
+
+def test_memory_error_is_not_an_unreadable_image(monkeypatch, shared):
+    from PIL import Image
+
+    def boom(self):
+        raise MemoryError("cannot allocate")
+
+    monkeypatch.setattr(Image.Image, "load", boom)
+    png = next((shared / "ph2" / "images").iterdir())
+    with pytest.raises(MemoryError):
+        io.read_image2d(png)
+
+
+def test_predict_says_why_nothing_was_read(shared, tmp_path, capsys):
+    from napari_medseg.cli import main
+
+    assert main(["predict", "--model", "unet-kvasir-192", str(shared / "kvasir-seg"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no images, NIfTI volumes or DICOM series in this folder" in err and "images" in err
+    assert main(["predict", "--model", "unet-kvasir-192", str(tmp_path / "missing.png"), "--out", str(tmp_path)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err

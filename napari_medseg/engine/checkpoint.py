@@ -199,7 +199,9 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(path, "model.safetensors is missing")
     try:
         return load_file(str(wpath))
-    except Exception as err:
+    except MemoryError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for damaged files
         raise CheckpointError(wpath, f"unreadable weights ({err.__class__.__name__}: {err})") from err
 
 

@@ -39,7 +39,7 @@ def cpu_has_fast_bf16() -> bool:
         return True
     try:
         return torch.backends.cpu.get_cpu_capability() == "AVX512" and "amx" in flags
-    except Exception:
+    except (AttributeError, RuntimeError):  # older torch without the query
         return False
 
 

@@ -28,8 +28,8 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int,
             continue
         pt = torch.as_tensor(p[None, None])
         tt = torch.as_tensor(t[None, None])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():  # only MONAI's deprecation notice about its own internal call
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
             hd = compute_hausdorff_distance(pt, tt, percentile=95, spacing=list(spacing) if spacing else None)
         out["hd95"][c] = float(hd.item())
     for k in ("dice", "iou", "hd95"):

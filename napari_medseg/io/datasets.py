@@ -73,7 +73,7 @@ def fetch_file(rel: str) -> Path:
     """Path to one registered file, from ``$NAPARI_MEDSEG_DATA_DIR`` or the download cache."""
     entries = registry()
     if rel not in entries:
-        raise KeyError(f"{rel!r} is not a registered sample file")
+        raise ValueError(f"{rel!r} is not a registered sample file")
     entry = entries[rel]
     local = os.environ.get(ENV_DATA_DIR)
     if local:
@@ -114,7 +114,7 @@ def fetch_file(rel: str) -> Path:
 def fetch(name: str) -> Path:
     """Path to a sample by name (see ``SAMPLES``); a folder for the DICOM series."""
     if name not in SAMPLES:
-        raise KeyError(f"unknown sample {name!r}; choose from {sorted(SAMPLES)}")
+        raise ValueError(f"unknown sample {name!r}; choose from {sorted(SAMPLES)}")
     rel = SAMPLES[name]
     members = [r for r in registry() if r.startswith(rel + "/")]
     if not members:

@@ -42,7 +42,9 @@ def read_image2d(path: str | os.PathLike, *, kind: str | None = None) -> Volume:
                     data = np.asarray(im)
                 else:  # CMYK, YCbCr, LA ...
                     data = np.asarray(im.convert("RGB"))
-    except Exception as err:
+    except MemoryError:
+        raise  # too big is not "unreadable": io.limits gives the size message
+    except Exception as err:  # PIL/tifffile raise many types for undecodable files
         raise MedSegIOError(path, f"not a readable image ({err.__class__.__name__}: {err})") from err
     rgb = False
     if data.ndim == 3:
