@@ -50,10 +50,15 @@ class _TqdmEvents:
 
     def __init__(self):
         self.bar = None
+        self._t_epoch = None  # when the current epoch's first step began (the previous event)
 
     def __call__(self, event):
+        import time
+
         from tqdm import tqdm
 
+        if event.kind in ("started", "epoch"):
+            self._t_epoch = time.time()
         if event.kind == "started":
             tqdm.write(f"training on {event.device} ({event.precision}), {event.total_epochs} epochs of "
                        f"{event.steps_per_epoch} steps, starting at epoch {event.start_epoch + 1}")
@@ -62,6 +67,8 @@ class _TqdmEvents:
                 if self.bar is not None:
                     self.bar.close()
                 self.bar = tqdm(total=event.steps_per_epoch, desc=f"epoch {event.epoch}", leave=False)
+                if self._t_epoch is not None:  # the first step took time before its event: rate from then
+                    self.bar.start_t = self.bar.last_print_t = self._t_epoch
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{event.loss:.4f}", eta=f"{(event.eta_s or 0) / 60:.1f} min")
         elif event.kind == "epoch":

@@ -192,3 +192,18 @@ def test_a_scan_cropped_outside_the_training_field_is_flagged(shared):
     # the whole scan, by contrast, passes with at most its top disc flagged
     full = api.label_discs(vol, model="hourglass-spine-discs", device="cpu")
     assert sum(bool(f) for f in full.flags) <= 1
+
+
+def test_seg_png_keeps_class_values_and_is_visible_in_any_viewer(tmp_path):
+    from PIL import Image
+
+    labels = np.zeros((20, 30), np.uint8)
+    labels[5:10, 5:10], labels[12:15, 2:4] = 1, 3
+    path = io.write_image2d(tmp_path / "case_seg.png", labels)
+    with Image.open(path) as im:
+        assert im.mode == "P"
+        np.testing.assert_array_equal(np.asarray(im), labels)  # the class numbers, as stored
+        rgb = np.asarray(im.convert("RGB"))  # what an image viewer shows
+    assert rgb[6, 6].max() > 100 and rgb[13, 3].max() > 100 and not rgb[0, 0].any()
+    assert tuple(rgb[6, 6]) != tuple(rgb[13, 3])
+    np.testing.assert_array_equal(io.read_image2d(path).data, labels)

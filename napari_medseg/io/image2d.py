@@ -90,5 +90,23 @@ def write_image2d(path: str | os.PathLike, data: np.ndarray, *, kind: str = "lab
         else:
             from PIL import Image
 
-            Image.fromarray(data).save(tmp, format={".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}.get(suffix, "PNG"))
+            im = Image.fromarray(data)
+            if kind == "labels" and suffix == ".png" and data.dtype == np.uint8 and data.ndim == 2:
+                # a palette PNG: the pixel values stay the class numbers (any reader that takes indices,
+                # ours included, gets them back) and every image viewer shows the classes in colour
+                im = im.convert("P")
+                im.putpalette(LABEL_PALETTE)
+            im.save(tmp, format={".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}.get(suffix, "PNG"))
     return path
+
+
+def _label_palette() -> list[int]:
+    """768 palette bytes: 0 black, then distinct saturated colours (napari-like) for classes 1-255."""
+    base = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48),
+            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+    rng = np.random.default_rng(0)
+    extra = [tuple(int(v) for v in rng.integers(40, 256, 3)) for _ in range(256 - len(base))]
+    return [c for rgb in base + extra for c in rgb]
+
+
+LABEL_PALETTE = _label_palette()
