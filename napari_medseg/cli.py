@@ -83,6 +83,8 @@ class _TqdmEvents:
             tqdm.write(f"finished ({event.reason}) after epoch {event.epoch}; checkpoint: {event.checkpoint}")
         elif event.kind == "progress":
             tqdm.write(f"[{event.done}/{event.total}] {event.item}: {event.status}")
+        elif event.kind == "note":
+            tqdm.write(event.text)
 
 
 def _cmd_train(args) -> int:
@@ -107,7 +109,7 @@ def _cmd_train(args) -> int:
             input_size=args.input_size, patience=args.patience, num_workers=args.workers, compile=args.compile,
             recipe=args.recipe, max_cases=args.max_cases, max_steps_per_epoch=args.max_steps,
             augment=args.augment, loss=args.loss, model_options=_parse_options(args.options),
-            extra_train=args.extra_train, callback=_TqdmEvents(), cancel=cancel)
+            extra_train=args.extra_train, init=args.init, freeze=args.freeze, callback=_TqdmEvents(), cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, old)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
@@ -201,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a network option (repeatable), e.g. cell=none or cell=convlstm (LSTMSA ablations), "
                         "dense_blocks=1, direction=reverse (BCDU-Net), render=false (bilateral)")
+    p.add_argument("--init", default=None, metavar="NAME_OR_CHECKPOINT",
+                   help="fine-tune: start from bundled weights (see `models`) or a checkpoint folder of the same "
+                        "network and size; another number of classes re-initialises the head. Defaults then: a "
+                        "tenth of the recipe's learning rate, 20 epochs")
+    p.add_argument("--freeze", default=None, choices=["encoder"], help="keep the encoder fixed while fine-tuning")
     p.add_argument("--extra-train", action="append", default=[], metavar="DIR",
                    help="another dataset folder of the same kind whose train split joins the training set "
                         "(validation and test stay those of --data); repeatable")

@@ -131,7 +131,9 @@ def test_sigkill_then_resume(tiny, tmp_path):
            "--out", str(out), "--epochs", "30", "--batch-size", "2", "--input-size", "64", "--precision", "fp32"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not (out / "history.json").is_file():
+    # wait for the first resumable checkpoint (best/ is written before last/, so history.json alone is not
+    # enough), then kill somewhere in the following epoch (possibly mid-save)
+    while time.time() < deadline and not (out / "last").is_dir():
         time.sleep(0.2)
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
@@ -289,7 +291,8 @@ def test_segment_volume_keeps_geometry_and_cli_predict(trained, shared, tmp_path
     src = shared / "volumes" / "ct-spleen-crop.nii.gz"
     from napari_medseg.cli import main
 
-    assert main(["predict", "--weights", trained["vol"], str(src), "--out", str(tmp_path)]) == 0
+    # --force: the tiny test model was trained on cardiac MRI; this checks geometry, not accuracy
+    assert main(["predict", "--weights", trained["vol"], str(src), "--out", str(tmp_path), "--force"]) == 0
     import nibabel as nib
 
     seg, ref = nib.load(tmp_path / "ct-spleen-crop_seg.nii.gz"), nib.load(src)
@@ -321,7 +324,7 @@ def test_label_discs_cli_outputs(trained, shared, tmp_path):
     from napari_medseg.cli import main
 
     src = shared / "spine-discs" / "images" / "spine_vb2_02.nii.gz"
-    assert main(["label-discs", "--weights", trained["hg"], str(src), "--out", str(tmp_path)]) == 0
+    assert main(["label-discs", "--weights", trained["hg"], str(src), "--out", str(tmp_path), "--force"]) == 0
     for suffix in ("_discs.csv", "_discs.json", "_labels-disc.nii.gz"):
         assert (tmp_path / f"spine_vb2_02{suffix}").is_file()
     pts = io.read_points(tmp_path / "spine_vb2_02_discs.json")
@@ -351,7 +354,7 @@ def test_api_accepts_layer_like_objects(trained):
         name = "vol"
         rgb = False
 
-    seg = api.segment(Layer(), weights=trained["vol"], device="cpu")
+    seg = api.segment(Layer(), weights=trained["vol"], device="cpu", force=True)
     assert seg.labels.shape == Layer.data.shape and seg.affine is None
 
 
@@ -483,3 +486,36 @@ def test_predict_says_why_nothing_was_read(shared, tmp_path, capsys):
     assert "no images, NIfTI volumes or DICOM series in this folder" in err and "images" in err
     assert main(["predict", "--model", "unet-kvasir-192", str(tmp_path / "missing.png"), "--out", str(tmp_path)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_fine_tune_from_a_checkpoint_with_other_classes_and_a_frozen_encoder(tiny, trained, tmp_path):
+    """--init: same network and size; the head is re-initialised when the classes differ (said in a note);
+    --freeze encoder keeps the encoder tensors exactly as loaded; the config records where it started."""
+    from napari_medseg.engine.events import Note
+    from safetensors.torch import load_file
+
+    data = tmp_path / "grey"  # grey images with 2 classes; the start is the 4-class cardiac (grey) model
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        img = rng.integers(0, 256, (48, 48)).astype(np.uint8)
+        io.write_image2d(data / "images" / f"c{i}.png", img, kind="image")
+        io.write_image2d(data / "masks" / f"c{i}.png", (img > 128).astype(np.uint8))
+    notes = []
+    res = train(_opts("unet", data, tmp_path / "ft", epochs=1, init=trained["vol"], freeze="encoder"),
+                callback=lambda e: notes.append(e.text) if isinstance(e, Note) else None)
+    cfg = ckpt.read_config(res["last_checkpoint"])
+    assert cfg["init"]["from"] == trained["vol"] and cfg["init"]["frozen"] == "encoder"
+    assert any("re-initialised" in n and "final_conv" in n for n in notes), notes
+    assert cfg["training"]["finetune"] is True
+    before, after = load_file(str(Path(trained["vol"]) / "model.safetensors")), ckpt.load_weights(res["last_checkpoint"])
+    enc = [k for k in after if k.startswith(("net.conv_0.", "net.down_"))]
+    assert enc and all(torch.equal(before[k], after[k]) for k in enc if "running" not in k and "num_batches" not in k)
+    dec = [k for k in after if k.startswith("net.upcat_") and after[k].is_floating_point() and k in before]
+    assert any(not torch.equal(before[k], after[k]) for k in dec)  # the rest trained
+
+
+def test_fine_tune_refuses_another_network(trained, tiny, tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="same network and size"):
+        train(_opts("bcdunet", tiny["kvasir-seg"], tmp_path / "x", init=trained["seg"]))

@@ -220,7 +220,9 @@ class TrainWidget(Container):
 
     def _handle(self, ev: dict):
         kind = ev["kind"]
-        if kind == "started":
+        if kind == "note":
+            self.controls.status.value = ev["text"]
+        elif kind == "started":
             self.controls.status.value = f"training on {ev['device']} ({ev['precision']})"
             self._total = ev["total_epochs"] * ev["steps_per_epoch"]
             self._steps = ev["start_epoch"] * ev["steps_per_epoch"]

@@ -232,3 +232,51 @@ def load_train_state(path: str | os.PathLike) -> dict | None:
     skeleton = json.loads((path / "train_state.json").read_text())
     tensors = load_file(str(path / "train_state.safetensors"))
     return _unflatten_state(skeleton, tensors)
+
+
+def bundled_path(name: str) -> Path | None:
+    """The folder of weights bundled inside the package under ``name`` (``napari_medseg/weights/<name>``)."""
+    from importlib import resources
+
+    entry = resources.files("napari_medseg") / "weights" / name
+    try:
+        path = Path(str(entry))
+    except TypeError:
+        return None
+    return path if (path / "config.json").is_file() else None
+
+
+def resolve_init(init: str) -> Path:
+    """``--init``: a bundled weights name or a checkpoint folder."""
+    bundled = bundled_path(init) if "/" not in init and os.sep not in init else None
+    if bundled is not None:
+        return bundled
+    path = Path(init)
+    if not path.exists():
+        raise CheckpointError(path, "no such checkpoint folder and no bundled weights by that name "
+                                    "(napari-medseg models lists them)")
+    return _resolve(path)
+
+
+def init_from(model, init: str, *, network: str, size: str, in_channels: int) -> dict:
+    """Load the weights of ``init`` into ``model`` for fine-tuning: same network, size and input channels;
+    tensors whose shape differs (the output head when the number of classes differs) keep their fresh
+    initialisation. Returns what was done, for the log and the config."""
+    path = resolve_init(init)
+    cfg = read_config(path)
+    m = cfg.get("model", {})
+    if m.get("name") != network or m.get("size") != size:
+        raise CheckpointError(path, f"is a {m.get('name')} ({m.get('size')}) checkpoint; fine-tuning needs the same "
+                                    f"network and size ({network}, {size})")
+    if int(m.get("in_channels", in_channels)) != in_channels:
+        raise CheckpointError(path, f"takes {m.get('in_channels')} input channel(s); these data have {in_channels}")
+    weights = load_weights(path)
+    own = model.state_dict()
+    loaded = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    fresh = sorted(k for k in own if k not in loaded)
+    unused = sorted(k for k in weights if k not in loaded)
+    if not loaded:
+        raise CheckpointError(path, "none of its tensors fit this network")
+    model.load_state_dict(loaded, strict=False)
+    return {"from": init, "path": str(path), "loaded_tensors": len(loaded), "reinitialised": fresh,
+            "unused": unused, "classes_before": m.get("num_classes")}

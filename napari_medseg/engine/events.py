@@ -29,6 +29,14 @@ class Started(Event):
 
 
 @dataclass
+class Note(Event):
+    """A line for the log (e.g. what fine-tuning loaded and what it re-initialised)."""
+
+    kind: str = "note"
+    text: str = ""
+
+
+@dataclass
 class Step(Event):
     kind: str = "step"
     epoch: int = 0

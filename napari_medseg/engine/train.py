@@ -19,7 +19,7 @@ from . import checkpoint as ckpt
 from . import data as D
 from .devices import select_device, select_precision
 from .expectations import summarise
-from .events import CancelToken, Epoch, Finished, Preview, Started, Step
+from .events import CancelToken, Epoch, Finished, Note, Preview, Started, Step
 from .losses import build_loss, mean_peak_error, soft_dice
 
 
@@ -50,6 +50,10 @@ class TrainOptions:
     extra_train: list[str] = field(default_factory=list)  # more folders whose `train` split joins training
     model_options: dict = field(default_factory=dict)
     preview_every: int = 1
+    # fine-tuning: start from bundled weights (a name) or a checkpoint folder of the same network and size;
+    # a different number of classes re-initialises the head. ``freeze="encoder"`` keeps the encoder fixed.
+    init: str | None = None
+    freeze: str | None = None
 
 
 def _dist():
@@ -82,18 +86,27 @@ def resolve(opts: TrainOptions) -> dict:
         loss = opts.loss or recipe.get("loss", "dice_ce")
         if loss == "heatmap_mse":  # a keypoint recipe lent to a segmentation network
             loss = "dice_ce"
+    # fine-tuning (``init``): a tenth of the recipe's learning rate and a short schedule unless given
+    finetune = bool(opts.init)
+    lr = float(opts.lr or recipe.get("lr", 1e-3) * (FINETUNE_LR_FACTOR if finetune else 1.0))
+    epochs = int(opts.epochs or (FINETUNE_EPOCHS if finetune else recipe.get("epochs", 50)))
     return {"loss": loss, "augment": recipe.get("augment", True) if opts.augment is None else bool(opts.augment),
-            "epochs": int(opts.epochs or recipe.get("epochs", 50)), "schedule": recipe.get("schedule") or (
+            "epochs": epochs, "schedule": recipe.get("schedule") or (
                 "milestones" if "milestones" in recipe else "constant"),
             "optimizer": recipe.get("optimizer", "adam"), "batch_size": int(opts.batch_size or recipe.get("batch_size", 8)),
-            "lr": float(opts.lr or recipe.get("lr", 1e-3)), "input_size": int(opts.input_size or recipe.get("input_size", 256)),
-            "weight_decay": recipe.get("weight_decay", 0.0)}
+            "lr": lr, "input_size": int(opts.input_size or recipe.get("input_size", 256)),
+            "weight_decay": recipe.get("weight_decay", 0.0), "finetune": finetune}
+
+
+FINETUNE_LR_FACTOR = 0.1  # our choice (nnU-Net and micro-sam fine-tune at a reduced rate too)
+FINETUNE_EPOCHS = 20
 
 
 def build_optimizer(model, recipe: dict, lr: float):
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers stay as loaded
     if recipe.get("optimizer") == "rmsprop":
-        return torch.optim.RMSprop(model.parameters(), lr=lr)
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=recipe.get("weight_decay", 0.0))
+        return torch.optim.RMSprop(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, weight_decay=recipe.get("weight_decay", 0.0))
 
 
 def build_scheduler(optimizer, recipe: dict, epochs: int):
@@ -214,6 +227,26 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
 
     torch.manual_seed(opts.seed)
     model = models.build(opts.model, opts.size, in_channels=channels, num_classes=num_classes, **opts.model_options)
+    init_info = None
+    if opts.init:
+        init_info = ckpt.init_from(model, opts.init, network=opts.model, size=opts.size, in_channels=channels)
+        note = f"fine-tuning from {opts.init}: {init_info['loaded_tensors']} tensors loaded"
+        if init_info["reinitialised"]:
+            note += (f"; re-initialised (shape differs: {init_info['classes_before']} -> {num_classes} classes): "
+                     + ", ".join(init_info["reinitialised"]))
+        emit(Note(text=note))
+    frozen = []
+    if opts.freeze:
+        if opts.freeze != "encoder":
+            raise ValueError(f"--freeze takes 'encoder', not {opts.freeze!r}")
+        prefixes = info.encoder_prefixes
+        for name, p in model.named_parameters():
+            if name.startswith(prefixes):
+                p.requires_grad_(False)
+                frozen.append(name)
+        if not frozen:
+            raise ValueError(f"{opts.model} has no encoder parameters to freeze")
+        emit(Note(text=f"frozen: the encoder ({len(frozen)} tensors: {', '.join(prefixes)})"))
     model.to(device)
     # channels_last is faster on CPU/CUDA; torch.compile (2.13) mis-traces some padding backward ops with it
     channels_last = device.type != "mps" and not opts.compile
@@ -234,6 +267,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
                      # networks with a rendering module add its point loss to whichever loss is chosen
                      "loss_used": plan["loss"] + ("+point" if getattr(model, "render", False) else "")},
         "data": summary,
+        "init": None if init_info is None else {**init_info, "frozen": opts.freeze, "frozen_tensors": len(frozen)},
         # what the model expects of an input, from its training cases (engine.expectations; the card's)
         "expects": summarise(train_data.profiles),
     }

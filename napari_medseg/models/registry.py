@@ -30,6 +30,8 @@ class ModelInfo:
     # 2D image normalisation the network was designed for (engine.preprocess.normalize); None: rgb01
     # for 8-bit images, minmax otherwise
     input_norm: str | None = None
+    # parameter-name prefixes of the encoder, frozen by ``train --freeze encoder`` when fine-tuning
+    encoder_prefixes: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """The network's card, without building it (parameter counts from :data:`PARAMETERS`)."""
@@ -76,26 +78,29 @@ REGISTRY: dict[str, ModelInfo] = {
     "lstmsa": ModelInfo(
         "lstmsa", "LSTMSA (self-attention embedded LSTM, 2.5D)", "segmentation", "2d+2.5d", 1, 4, "logits", 16,
         "Ye et al., IEEE TNNLS", {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-4, "schedule": "poly0.9",
-                                  "batch_size": 8, "input_size": 224, "loss": "dice_ce"}),
+                                  "batch_size": 8, "input_size": 224, "loss": "dice_ce"},
+        encoder_prefixes=("backbone.conv_0", "backbone.down_")),
     "bilateral": ModelInfo(
         "bilateral", "Bilateral spatial attention network", "segmentation", "2d", 3, 1, "logits", 16,
         "Sun, Sui, Liang, Hu, Du", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
-                                    "loss": "dice_ce", "augment": False}),
+                                    "loss": "dice_ce", "augment": False},
+        encoder_prefixes=("encoder.",)),
     "bcdunet": ModelInfo(
         "bcdunet", "BCDU-Net (bi-directional ConvLSTM U-Net, dense bottleneck)", "segmentation", "2d", 3, 1,
         "logits", 8, "Azad et al., ICCVW 2019", {"optimizer": "adam", "lr": 1e-4, "schedule": "plateau0.1p7",
                                                  "batch_size": 8, "input_size": 256, "loss": "bce", "epochs": 100},
-        input_norm="zscore+minmax"),
+        input_norm="zscore+minmax", encoder_prefixes=("enc1.", "enc2.", "enc3.")),
     "hourglass": ModelInfo(
         "hourglass", "Stacked hourglass with multi-level attention (disc labeling)", "keypoints", "2d", 3, 11,
         "heatmaps", 64, "Azad et al., MLMI 2021", {"optimizer": "rmsprop", "lr": 2.5e-4, "milestones": [60, 90],
                                                     "gamma": 0.1, "epochs": 120, "batch_size": 3, "input_size": 256,
                                                     "loss": "heatmap_mse"},
-        bf16_training=False),  # bf16 gradient cosine to fp64 0.82-0.84 at init, 0.79-0.92 after 3 steps (batch 3)
+        bf16_training=False, encoder_prefixes=("stem.",)),  # bf16 gradient cosine to fp64 0.82-0.84 at init, 0.79-0.92 after 3 steps (batch 3)
     "unet": ModelInfo(
         "unet", "U-Net baseline (MONAI BasicUNet)", "segmentation", "2d", 3, 1, "logits", 16,
         "Ronneberger et al. 2015 / MONAI", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
-                                             "loss": "dice_ce"}),
+                                             "loss": "dice_ce"},
+        encoder_prefixes=("net.conv_0.", "net.down_")),
 }
 
 
