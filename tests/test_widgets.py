@@ -313,3 +313,38 @@ def test_gui_jobs_release_accelerator_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
     assert guarded(lambda: 3)() == 3 and calls == ["empty"]
     assert isinstance(guarded(lambda: 1 / 0)(), Failed) and calls == ["empty", "empty"]
+
+
+def test_segment_correct_fine_tune_segment_again_in_the_viewer(make_napari_viewer, qtbot, tmp_path):
+    """The correct-and-retrain loop on open layers: Segment with bundled weights, correct the Labels layer
+    (here: paint the reference mask into it, as a brush would), Train starting from the bundled weights on
+    the corrected layer, Segment again with the fine-tuned checkpoint: the new result sits beside the old."""
+    from napari_medseg.engine import checkpoint as ckpt
+
+    viewer = make_napari_viewer()
+    image, truth = viewer.open_sample("napari-medseg", "endoscopy")
+    seg = _dock(viewer, "Segment")
+    seg.image.value = image.name
+    seg.weights.choice.value = "unet-kvasir-192"
+    seg.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: seg.last_layer is not None, timeout=120_000)
+    first = seg.last_layer
+    first.data = np.asarray(truth.data).astype(first.data.dtype)  # the user's corrections
+    w = _dock(viewer, "Train")
+    w.image.value, w.labels_layer.value = image.name, first.name
+    w.network.value = "unet"
+    w.start_from.choice.value = "unet-kvasir-192"
+    w.epochs.value, w.batch.value, w.input_size.value = 2, 1, 64
+    w.out.value = str(tmp_path / "finetune")
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w.result is not None or not w.controls.cancel_button.enabled, timeout=300_000)
+    assert w.result is not None, w.controls.status.value
+    cfg = ckpt.read_config(w.result["best_checkpoint"])
+    assert cfg["init"]["from"] == "unet-kvasir-192" and cfg["training"]["finetune"]
+    session = [c for c in seg.weights.choice.choices if "this session" in c]
+    seg.weights.choice.value = session[-1]
+    seg.last_layer = None
+    seg.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: seg.last_layer is not None, timeout=120_000)
+    assert seg.last_layer is not first and first in viewer.layers
+    assert seg.last_layer.data.shape == first.data.shape

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+import weakref
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
@@ -14,8 +15,17 @@ CHECKPOINT_CHOICE = "checkpoint folder..."
 _SESSION_CHECKPOINTS: dict[str, str] = {}
 
 
+_PICKERS: "weakref.WeakSet[WeightsPicker]" = weakref.WeakSet()  # every open weights list, to refresh
+
+
 def register_checkpoint(name: str, path: str) -> None:
+    """Make a checkpoint trained in this session selectable in every open widget at once."""
     _SESSION_CHECKPOINTS[name] = path
+    for picker in list(_PICKERS):
+        try:
+            picker.refresh()
+        except RuntimeError:  # its Qt widget is gone with a closed dock
+            _PICKERS.discard(picker)
 
 
 def weight_choices(task: str) -> list[str]:
@@ -41,16 +51,23 @@ def _task_of(path, name: str) -> str | None:
         return None
 
 
-class WeightsPicker(Container):
-    """Bundled / session weights, or a checkpoint folder."""
+NO_WEIGHTS = "random init (train from scratch)"
 
-    def __init__(self, task: str):
+
+class WeightsPicker(Container):
+    """Bundled / session weights, or a checkpoint folder (``none_choice``: a first entry for no weights, as
+    the Train widget's "start from")."""
+
+    def __init__(self, task: str, label: str = "weights", none_choice: str | None = None):
         self.task = task
-        self.choice = ComboBox(label="weights", choices=lambda _w: weight_choices(self.task))  # follows .task
+        self.none_choice = none_choice
+        self.choice = ComboBox(label=label, choices=lambda _w: ([none_choice] if none_choice else []) +
+                               weight_choices(self.task))  # follows .task
         self.folder = FileEdit(label="checkpoint", mode="d", visible=True)
         super().__init__(widgets=[self.choice, self.folder], labels=True)
         self.choice.changed.connect(self._sync)
         self._sync()
+        _PICKERS.add(self)
 
     def _sync(self, *_):
         self.folder.visible = self.choice.value == CHECKPOINT_CHOICE
@@ -63,6 +80,8 @@ class WeightsPicker(Container):
         from .. import api
 
         value = self.choice.value
+        if self.none_choice is not None and value == self.none_choice:
+            return {}
         if value == CHECKPOINT_CHOICE or value is None:
             path = Path(str(self.folder.value))
             if not str(self.folder.value) or str(self.folder.value) == ".":

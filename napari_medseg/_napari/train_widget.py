@@ -13,7 +13,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QWidget
 
-from ._common import RunControls, notify_error, register_checkpoint
+from ._common import NO_WEIGHTS, RunControls, WeightsPicker, notify_error, register_checkpoint
 
 FOLDER, LAYERS = "dataset folder", "open layers"
 
@@ -108,6 +108,9 @@ class TrainWidget(Container):
         self.network = ComboBox(label="network", choices=[n for n, i in models.REGISTRY.items()
                                                            if i.task == "segmentation"] + ["hourglass"], value="unet")
         self.size = ComboBox(label="size", choices=["small", "paper"], value="small")
+        # fine-tuning: start from bundled weights or a checkpoint (this session's or a folder) of the same network
+        self.start_from = WeightsPicker("segmentation", label="start from", none_choice=NO_WEIGHTS)
+        self.freeze = CheckBox(text="freeze the encoder (fine-tuning)", value=False)
         self.epochs = SpinBox(label="epochs", min=1, max=1000, value=20)
         self.batch = SpinBox(label="batch size", min=1, max=256, value=4)
         self.lr = FloatSpinBox(label="learning rate (0 = recipe)", min=0.0, max=1.0, step=1e-4, value=0.0)
@@ -120,7 +123,7 @@ class TrainWidget(Container):
         self.overwrite = CheckBox(text="replace the run in the output folder", value=False)
         self.controls = RunControls("Train")
         super().__init__(widgets=[self.source, self.image, self.labels_layer, self.folder, self.network, self.size,
-                                  self.epochs, self.batch, self.lr, self.input_size, self.val_fraction, self.device,
+                                  self.start_from, self.freeze, self.epochs, self.batch, self.lr, self.input_size, self.val_fraction, self.device,
                                   self.out, self.resume, self.overwrite, self.controls])
         self.plot = CurvePlot()
         self.native.layout().addWidget(self.plot)
@@ -129,6 +132,7 @@ class TrainWidget(Container):
         self.controls.cancel_button.changed.connect(self._cancel)
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
+        self.network.changed.connect(self._network_changed)
         self.proc = None
         self.result = None
         self.events: list[dict] = []
@@ -151,6 +155,10 @@ class TrainWidget(Container):
     def _refresh(self, *_):
         self.image.reset_choices()
         self.labels_layer.reset_choices()
+
+    def _network_changed(self, *_):
+        self.start_from.task = "keypoints" if self.network.value == "hourglass" else "segmentation"
+        self.start_from.refresh()
 
     def _source_changed(self, *_):
         layers = self.source.value == LAYERS
@@ -180,6 +188,13 @@ class TrainWidget(Container):
                            lr=float(self.lr.value) or None, device=self.device.value, resume=bool(self.resume.value),
                            overwrite=bool(self.overwrite.value),
                            input_size=int(self.input_size.value), preview_every=1)
+            start = self.start_from.resolve()  # {} (scratch), {"model": name} or {"weights": path}
+            init = start.get("model") or start.get("weights")
+            if init:
+                options["init"] = init
+                options["freeze"] = "encoder" if self.freeze.value else None
+            elif self.freeze.value:
+                raise ValueError("freezing the encoder needs weights to start from")
             data, folder = None, None
             if self.source.value == FOLDER:
                 if str(self.folder.value) in ("", "."):
