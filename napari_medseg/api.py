@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -340,13 +339,18 @@ def expand_inputs(inputs) -> list[Path]:
 
 def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None, *, task: str | None = None,
           tta: bool = False, cleanup: bool = False, device: str = "auto", callback=None,
-          cancel: CancelToken | None = None, force: bool = False) -> dict:
+          cancel: CancelToken | None = None, force: bool = False, resume: bool = False, prefetch: int = 2,
+          client=None, workers: int | None = None) -> dict:
     """Run a model over many files; a bad file is reported and skipped, the rest are written.
 
     Writes ``<stem>_seg.nii.gz`` (volumes, source geometry) or ``<stem>_seg.png`` (2D images), or for disc
-    labeling ``<stem>_discs.csv``, ``<stem>_discs.json`` and ``<stem>_labels-disc.nii.gz``. Under torchrun
-    the files are split across ranks. Returns ``{"written": [...], "skipped": [...], "results": [...]}``."""
-    from .engine.events import Progress
+    labeling ``<stem>_discs.csv``, ``<stem>_discs.json`` and ``<stem>_labels-disc.nii.gz``, and
+    ``manifest.csv`` (one row per input as it ends). ``resume=True`` skips inputs a previous run finished
+    (same checksum, outputs complete). The next ``prefetch`` inputs are read while the network runs.
+    ``client`` (a ``dask.distributed.Client``) or ``workers=N`` (a local Dask cluster) spread the inputs
+    over processes or machines (see ``engine/batch.py``); under torchrun the files are split across ranks.
+    Returns ``{"written": [...], "skipped": [...], "results": [...], "n_inputs": N, "manifest": path}``."""
+    from .engine.batch import run_batch
 
     pred = load(model, weights, device=device)
     if task is not None and task != pred.task:
@@ -354,56 +358,10 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
             "segments: use predict"
         raise ValueError(f"this checkpoint ({pred.config['model']['name']}) {what}")
     task = task or pred.task
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files = expand_inputs(inputs)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     files = files[rank::world]
-    emit = callback or (lambda e: None)
-    summary: dict = {"written": [], "skipped": [], "results": []}
-    for i, path in enumerate(files):
-        if cancel is not None and cancel.cancelled:
-            break
-        t0 = time.perf_counter()
-        try:
-            row = _batch_one(pred, path, out, task, tta, cleanup, force)
-            row["seconds"] = round(time.perf_counter() - t0, 3)
-            summary["written"].extend(row["outputs"])
-            summary["results"].append(row)
-            status = "ok"
-        except (MedSegIOError, ValueError, MemoryError, OSError) as err:
-            summary["skipped"].append({"file": str(path), "error": str(err)})
-            status = f"skipped: {err}"
-        emit(Progress(done=i + 1, total=len(files), item=str(path), status=status))
-    summary["n_inputs"] = len(files)
-    return summary
-
-
-def _batch_one(pred: Predictor, path: Path, out: Path, task: str, tta: bool, cleanup: bool,
-               force: bool = False) -> dict:
-    vols = io.read(path)
-    if len(vols) != 1:
-        raise MedSegIOError(path, f"holds {len(vols)} series; give one series per folder")
-    vol = vols[0]
-    pred.check_input(vol, force)  # refused before anything is written
-    stem = io.file_stem(path) if path.is_file() else path.name
-    if task == "keypoints":
-        points = pred.label_discs(vol)
-        outs = [io.write_points(out / f"{stem}_discs.csv", points), io.write_points(out / f"{stem}_discs.json", points),
-                io.write_points(out / f"{stem}_labels-disc.nii.gz", points, reference=vol)]
-        return {"file": str(path), "outputs": [str(p) for p in outs], "discs": len(points),
-                "names": [d.name for d in points.discs], "verdict": points.verdict}
-    if _is_2d(vol):
-        labels = pred.segment_image(vol.data, rgb=vol.rgb, tta=tta, cleanup=cleanup)
-        target = io.write_image2d(out / f"{stem}_seg.png", labels)
-        voxel = 1.0
-    else:
-        labels = pred.segment_volume(vol, tta=tta, cleanup=cleanup)
-        target = io.write_nifti(out / f"{stem}_seg.nii.gz", labels, reference=vol, kind="labels")
-        voxel = float(np.prod(vol.spacing))
-    counts = np.bincount(labels.ravel(), minlength=pred.num_classes)
-    unit = "px" if _is_2d(vol) else "mm3"
-    names = pred.config.get("preprocessing", {}).get("label_names") or []
-    names = [names[c] if c < len(names) else f"class{c}" for c in range(pred.num_classes)]
-    return {"file": str(path), "outputs": [str(target)],
-            "volumes": {f"{names[c]}_{unit}": float(counts[c] * voxel) for c in range(1, pred.num_classes)}}
+    path = str(bundled_weights()[model]) if weights is None else str(weights)
+    return run_batch(pred, files, Path(out), weights=path, task=task, tta=tta, cleanup=cleanup, force=force,
+                     resume=resume, prefetch=prefetch, client=client, workers=workers, device=str(pred.device),
+                     callback=callback, cancel=cancel)

@@ -130,12 +130,44 @@ def _parse_options(items: list[str]) -> dict:
     return out
 
 
+class _BatchBar:
+    """Batch progress: one bar over all inputs, whichever process or worker finished them."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event):
+        from tqdm import tqdm
+
+        if event.kind != "progress":
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=event.total, desc="inputs", unit="file")
+        self.bar.update(event.done - self.bar.n)
+        if not event.status.startswith("ok"):
+            self.bar.write(f"{event.item}: {event.status}")
+        if event.done >= event.total:
+            self.bar.close()
+
+
 def _cmd_predict(args, task=None) -> int:
     from . import api
 
-    summary = api.batch(args.inputs, args.out, model=args.model, weights=args.weights, task=task,
-                        tta=getattr(args, "tta", False), cleanup=getattr(args, "cleanup", False), device=args.device,
-                        callback=_TqdmEvents(), force=args.force)
+    client = None
+    if args.scheduler:
+        from distributed import Client
+
+        client = Client(args.scheduler)
+    try:
+        summary = api.batch(args.inputs, args.out, model=args.model, weights=args.weights, task=task,
+                            tta=getattr(args, "tta", False), cleanup=getattr(args, "cleanup", False),
+                            device=args.device, callback=_BatchBar(), force=args.force, resume=args.resume,
+                            client=client, workers=args.workers)
+    finally:
+        if client is not None:
+            client.close()
+    if summary.get("resumed"):
+        print(f"{summary['resumed']} input(s) were done by an earlier run (manifest.csv); not redone", file=sys.stderr)
     for s in summary["skipped"]:
         print(f"skipped {s['file']}: {s['error']}", file=sys.stderr)
     for r in summary["results"]:
@@ -157,6 +189,17 @@ def _cmd_evaluate(args) -> int:
     print(f"scored {len(result['cases'])} {args.subset} case(s) from {result['split']}", file=sys.stderr)
     print(json.dumps(result["mean"], indent=1))
     return 0
+
+
+def _batch_args(p):
+    p.add_argument("--resume", action="store_true",
+                   help="skip inputs that manifest.csv in --out records as done (same checksum, outputs present)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="spread the inputs over N local processes (a Dask LocalCluster)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="send the inputs to the workers of a running Dask cluster (tcp://host:8786); --out "
+                        "must be a folder the workers can write")
 
 
 def _weights_args(p, required=True):
@@ -223,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cleanup", action="store_true", help="keep the largest component of each class")
     p.add_argument("--force", action="store_true",
                    help="run on inputs unlike the model's training data (otherwise refused and listed as skipped)")
+    _batch_args(p)
     p.set_defaults(func=lambda a: _cmd_predict(a, task="segmentation"))
 
     p = sub.add_parser("label-discs", help="label intervertebral discs; writes _discs.csv/.json/_labels-disc.nii.gz")
@@ -231,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true",
                    help="run on inputs unlike the model's training data (otherwise refused and listed as skipped)")
+    _batch_args(p)
     p.set_defaults(func=lambda a: _cmd_predict(_default_disc_model(a), task="keypoints"))
 
     p = sub.add_parser("evaluate", help="metrics on a dataset's test split (JSON with cases and mean)")

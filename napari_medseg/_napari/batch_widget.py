@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Table
+from pathlib import Path
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Table
 from napari.qt.threading import thread_worker
 
 from ._common import Failed, RunControls, WeightsPicker, force_checkbox, guarded, notify_error
@@ -17,9 +19,11 @@ class BatchWidget(Container):
         self.weights = WeightsPicker("segmentation")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
         self.force = force_checkbox()
+        self.resume = CheckBox(text="resume: skip inputs manifest.csv in the output folder records as done",
+                               value=False)
         self.controls = RunControls("Run batch")
         self.table = Table(value={"file": [], "status": [], "time (s)": [], "result": []})
-        super().__init__(widgets=[self.task, self.inputs, self.out, self.weights, self.device, self.force, self.controls,
+        super().__init__(widgets=[self.task, self.inputs, self.out, self.weights, self.device, self.force, self.resume, self.controls,
                                   self.table])
         self.task.changed.connect(self._task_changed)
         self.controls.run_button.changed.connect(self.run)
@@ -42,6 +46,7 @@ class BatchWidget(Container):
         self.controls.busy(True, "running...")
         self.table.value = {"file": [], "status": [], "time (s)": [], "result": []}
         token, task, device, force = self.controls.token, self.task.value, self.device.value, self.force.value
+        resume = self.resume.value
 
         @thread_worker
         @guarded
@@ -49,7 +54,7 @@ class BatchWidget(Container):
             from .. import api
 
             return api.batch(inputs, out, task=task, device=device, callback=self.controls.report, cancel=token,
-                             force=force, **source)
+                             force=force, resume=resume, **source)
 
         worker = work()
         worker.returned.connect(self._done)
@@ -66,6 +71,11 @@ class BatchWidget(Container):
         rows = {"file": [], "status": [], "time (s)": [], "result": []}
         for r in summary["results"]:
             rows["file"].append(r["file"])
+            if r.get("resumed"):
+                rows["status"].append("done before")
+                rows["time (s)"].append("")
+                rows["result"].append(", ".join(Path(p).name for p in r["outputs"]))
+                continue
             rows["status"].append("ok" if r.get("verdict", "ok") == "ok" else "check")
             seconds = r.get("seconds")
             rows["time (s)"].append(f"{seconds:.1f}" if isinstance(seconds, (int, float)) else "")

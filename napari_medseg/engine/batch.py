@@ -1,0 +1,308 @@
+"""Batch inference over many files: a manifest written as it goes, resume after a crash or kill, read-ahead
+of the next inputs while the network runs, and scale-out over the workers of a Dask cluster.
+
+* ``manifest.csv`` in the output folder gets one row per input (input, outputs, status ok / skipped /
+  failed, reason, seconds, model, the input's SHA-256) appended and flushed to disk as each input ends.
+  A row is one ``write`` of one line; a line cut by a kill is ignored when the manifest is read back.
+* Every output file is written atomically (temporary file + rename), so a killed run never leaves a half
+  file; ``resume`` skips inputs whose manifest row is ``ok`` with the same checksum and whose outputs all
+  exist, so a killed run continues where it stopped and ends with the same files as an uninterrupted one.
+* Read-ahead: a background thread reads (and checks) the next ``prefetch`` inputs while the network runs
+  on the current one; at most ``prefetch`` decoded inputs wait in memory.
+* Dask (``dask.distributed``): with a ``client`` (an existing cluster) or ``workers=N`` (a local cluster of
+  N processes), each input is one task; a worker loads the model once and keeps it. Failed tasks are
+  retried once, then recorded as failed. Outputs are written by the workers into ``out``, which must be a
+  folder they can all reach (shared file system on a real cluster).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io as _io
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .. import io
+from ..io.errors import MedSegIOError
+from .events import CancelToken, Progress
+from .expectations import InputMismatch
+
+MANIFEST = "manifest.csv"
+COLUMNS = ("input", "outputs", "status", "reason", "seconds", "model", "sha256")
+EXPECTED_ERRORS = (MedSegIOError, ValueError, MemoryError, OSError)
+
+
+# ---------------------------------------------------------------- the manifest
+
+
+def checksum(path: Path) -> str:
+    """SHA-256 of a file, or of the sorted files of a folder (a DICOM series)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+class Manifest:
+    """``manifest.csv`` of an output folder: read what a previous run finished, append rows as inputs end."""
+
+    def __init__(self, out: Path, model: str):
+        self.path = Path(out) / MANIFEST
+        self.model = model
+        self.previous: dict[str, dict] = {}
+        if self.path.is_file():
+            text = self.path.read_text(encoding="utf-8")
+            complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]  # drop a cut last line
+            for row in csv.DictReader(_io.StringIO(complete)):
+                if row.get("input"):
+                    self.previous[row["input"]] = row
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        mode = io.atomic.default_mode(0o666)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
+        if not new and not text.endswith("\n"):
+            os.write(self._fd, b"\n")  # end the line a kill cut short, so the next row starts clean
+        if new:
+            self._write(dict(zip(COLUMNS, COLUMNS)))
+
+    def done(self, path: Path, digest: str) -> dict | None:
+        """The previous ``ok`` row of this input, when its checksum matches and its outputs all exist."""
+        row = self.previous.get(str(path))
+        if row is None or row.get("status") != "ok" or row.get("sha256") != digest:
+            return None
+        outputs = [p for p in row.get("outputs", "").split(";") if p]
+        return row if outputs and all(Path(p).is_file() for p in outputs) else None
+
+    def _write(self, row: dict) -> None:
+        buf = _io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([row.get(c, "") for c in COLUMNS])
+        os.write(self._fd, buf.getvalue().encode("utf-8"))  # one write per row (O_APPEND)
+        os.fsync(self._fd)
+
+    def add(self, path: Path, outputs: list[str], status: str, reason: str, seconds: float, digest: str) -> None:
+        self._write({"input": str(path), "outputs": ";".join(outputs), "status": status, "reason": reason,
+                     "seconds": f"{seconds:.3f}", "model": self.model, "sha256": digest})
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Temporary files a killed run left beside its outputs (``io.atomic`` names them ``.<stem>.XXXX<suffix>``;
+    they never replace an output, but they are clutter): removed before resuming."""
+    n = 0
+    for p in Path(out).iterdir():
+        if p.is_file() and p.name.startswith(".") and any(k in p.name for k in ("_seg.", "_discs.", "_labels-disc.")):
+            p.unlink()
+            n += 1
+    return n
+
+
+# ---------------------------------------------------------------- one input
+
+
+def read_input(path: Path) -> io.Volume:
+    vols = io.read(path)
+    if len(vols) != 1:
+        raise MedSegIOError(path, f"holds {len(vols)} series; give one series per folder")
+    return vols[0]
+
+
+def is_2d(vol: io.Volume) -> bool:
+    return vol.spatial_ndim == 2 or vol.metadata.get("layout") == "2d"
+
+
+def stem_of(path: Path) -> str:
+    return io.file_stem(path) if path.is_file() else path.name
+
+
+def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = False, cleanup: bool = False,
+            force: bool = False) -> dict:
+    """Check, predict and write one input (already read). Returns the result row for the summary."""
+    pred.check_input(vol, force)  # refused before anything is written
+    stem = stem_of(path)
+    if task == "keypoints":
+        points = pred.label_discs(vol)
+        outs = [io.write_points(out / f"{stem}_discs.csv", points), io.write_points(out / f"{stem}_discs.json", points),
+                io.write_points(out / f"{stem}_labels-disc.nii.gz", points, reference=vol)]
+        return {"file": str(path), "outputs": [str(p) for p in outs], "discs": len(points),
+                "names": [d.name for d in points.discs], "verdict": points.verdict}
+    if is_2d(vol):
+        labels = pred.segment_image(vol.data, rgb=vol.rgb, tta=tta, cleanup=cleanup)
+        target = io.write_image2d(out / f"{stem}_seg.png", labels)
+        voxel = 1.0
+    else:
+        labels = pred.segment_volume(vol, tta=tta, cleanup=cleanup)
+        target = io.write_nifti(out / f"{stem}_seg.nii.gz", labels, reference=vol, kind="labels")
+        voxel = float(np.prod(vol.spacing))
+    counts = np.bincount(labels.ravel(), minlength=pred.num_classes)
+    unit = "px" if is_2d(vol) else "mm3"
+    names = pred.config.get("preprocessing", {}).get("label_names") or []
+    names = [names[c] if c < len(names) else f"class{c}" for c in range(pred.num_classes)]
+    return {"file": str(path), "outputs": [str(target)],
+            "volumes": {f"{names[c]}_{unit}": float(counts[c] * voxel) for c in range(1, pred.num_classes)}}
+
+
+def _status_of(err: BaseException) -> str:
+    return "skipped" if isinstance(err, (InputMismatch, MedSegIOError)) else "failed"
+
+
+# ---------------------------------------------------------------- Dask worker side
+
+_WORKER_MODELS: dict = {}
+
+
+def _worker_predictor(weights: str, device: str):
+    """One Predictor per worker process and checkpoint, loaded on first use and kept."""
+    from .infer import Predictor
+
+    key = (weights, device)
+    if key not in _WORKER_MODELS:
+        _WORKER_MODELS[key] = Predictor.from_checkpoint(weights, device=device)
+    return _WORKER_MODELS[key]
+
+
+def dask_task(weights: str, device: str, path: str, out: str, task: str, tta: bool, cleanup: bool,
+              force: bool) -> dict:
+    """Read, check, predict and write one input on a Dask worker; expected errors come back as a row."""
+    t0 = time.perf_counter()
+    p = Path(path)
+    digest = checksum(p)
+    try:
+        row = run_one(_worker_predictor(weights, device), p, read_input(p), Path(out), task, tta, cleanup, force)
+        row.update(status="ok", reason="")
+    except EXPECTED_ERRORS as err:
+        row = {"file": path, "outputs": [], "status": _status_of(err), "reason": str(err).splitlines()[0]}
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    row["sha256"] = digest
+    return row
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tta: bool = False,
+              cleanup: bool = False, force: bool = False, resume: bool = False, prefetch: int = 2,
+              client=None, workers: int | None = None, device: str = "cpu", callback=None,
+              cancel: CancelToken | None = None) -> dict:
+    """Run ``pred`` (loaded from ``weights``) over ``files`` into ``out``; see the module docstring.
+    Returns ``{"written", "skipped", "results", "n_inputs", "manifest"}``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    emit = callback or (lambda e: None)
+    manifest = Manifest(out, str(pred.config.get("card", {}).get("name") or pred.config["model"]["name"]))
+    summary: dict = {"written": [], "skipped": [], "results": [], "n_inputs": len(files),
+                     "manifest": str(manifest.path), "resumed": 0}
+    if resume:
+        stale = remove_stale_temporaries(out)
+        summary["stale_temporaries_removed"] = stale
+    digests: dict[Path, str] = {}
+    todo = []
+    for path in files:
+        if resume:
+            digests[path] = checksum(path)
+            row = manifest.done(path, digests[path])
+            if row is not None:  # finished by an earlier run: its outputs are complete (atomic writes)
+                summary["resumed"] += 1
+                summary["results"].append({"file": str(path), "outputs": row["outputs"].split(";"), "resumed": True})
+                continue
+        todo.append(path)
+    done = summary["resumed"]
+
+    def record(path: Path, row: dict):
+        nonlocal done
+        done += 1
+        status = row.get("status", "ok")
+        manifest.add(path, row.get("outputs", []), status, row.get("reason", ""), row.get("seconds", 0.0),
+                     row.get("sha256") or digests.get(path) or checksum(path))
+        if status == "ok":
+            summary["written"].extend(row["outputs"])
+            summary["results"].append(row)
+        else:
+            summary["skipped"].append({"file": str(path), "error": row.get("reason", ""), "status": status})
+        emit(Progress(done=done, total=len(files), item=str(path), status=status if status == "ok" else
+                      f"{status}: {row.get('reason', '')}"))
+
+    try:
+        if client is not None or workers:
+            _run_dask(todo, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel)
+        else:
+            _run_local(pred, todo, out, task, tta, cleanup, force, prefetch, record, cancel)
+    finally:
+        manifest.close()
+    return summary
+
+
+def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, cancel):
+    """One process: the next inputs are read by a background thread while the network runs."""
+
+    def load(path):
+        t0 = time.perf_counter()
+        try:
+            return read_input(path), None, time.perf_counter() - t0
+        except EXPECTED_ERRORS as err:
+            return None, err, time.perf_counter() - t0
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        queue = [pool.submit(load, p) for p in files[: max(1, prefetch)]]
+        nxt = len(queue)
+        for path in files:
+            if cancel is not None and cancel.cancelled:
+                break
+            vol, err, read_s = queue.pop(0).result()
+            if nxt < len(files):  # keep at most ``prefetch`` inputs in flight
+                queue.append(pool.submit(load, files[nxt]))
+                nxt += 1
+            t0 = time.perf_counter()
+            if err is None:
+                try:
+                    row = run_one(pred, path, vol, out, task, tta, cleanup, force)
+                    row.update(status="ok", reason="")
+                except EXPECTED_ERRORS as e:
+                    err = e
+            del vol
+            if err is not None:
+                row = {"outputs": [], "status": _status_of(err), "reason": str(err).splitlines()[0]}
+            row["seconds"] = round(time.perf_counter() - t0 + read_s, 3)
+            record(path, row)
+        for f in queue:
+            f.cancel()
+
+
+def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel):
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as err:  # pragma: no cover - the dask extra is not installed
+        raise ValueError("Dask scale-out needs dask.distributed: pip install 'napari-medseg[dask]'") from err
+    own = None
+    if client is None:
+        cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        own = client = Client(cluster)
+    try:
+        futures = {client.submit(dask_task, weights, device, str(p), str(out), task, tta, cleanup, force,
+                                 pure=False, retries=1): p for p in files}
+        for fut in as_completed(futures):
+            path = futures[fut]
+            if cancel is not None and cancel.cancelled:
+                client.cancel(list(futures))
+                break
+            try:
+                row = fut.result()
+            except Exception as err:  # noqa: BLE001 - a task that crashed twice (the worker died ...)
+                row = {"outputs": [], "status": "failed", "reason": f"{type(err).__name__}: {err}".splitlines()[0]}
+            record(path, row)
+    finally:
+        if own is not None:
+            cluster = own.cluster
+            own.close()
+            cluster.close()

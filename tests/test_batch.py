@@ -1,0 +1,125 @@
+"""Batch at scale: manifest, resume after kill -9, read-ahead, Dask workers (byte-for-byte equal outputs)."""
+
+import csv
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from napari_medseg import api, io
+from napari_medseg.engine import data as D
+
+MODEL = "unet-kvasir-192"
+
+
+@pytest.fixture
+def folder(shared, tmp_path):
+    """8 Kvasir test images, one unreadable file, one volume the polyp model refuses."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    layout = D.discover(shared / "kvasir-seg")
+    for stem in D.split(layout)["test"][:8]:
+        src = layout.pairs[stem][0]
+        shutil.copy(src, inp / src.name)
+    (inp / "broken.png").write_bytes(b"\x89PNG not really")
+    shutil.copy(shared / "volumes" / "ct-spleen-crop.nii.gz", inp / "ct.nii.gz")
+    return inp
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != "manifest.csv"}
+
+
+def _manifest(out: Path) -> dict[str, dict]:
+    with open(out / "manifest.csv", newline="") as fh:
+        return {r["input"]: r for r in csv.DictReader(fh)}
+
+
+def test_manifest_records_every_input_and_resume_skips_finished_ones(folder, tmp_path):
+    out = tmp_path / "out"
+    first = api.batch(str(folder), out, model=MODEL, device="cpu")
+    rows = _manifest(out)
+    assert len(rows) == 10
+    assert sum(r["status"] == "ok" for r in rows.values()) == 8
+    assert rows[str(folder / "broken.png")]["status"] == "skipped"
+    assert "refused" in rows[str(folder / "ct.nii.gz")]["reason"]
+    assert all(len(r["sha256"]) == 64 and r["model"] == MODEL for r in rows.values())
+    again = api.batch(str(folder), out, model=MODEL, device="cpu", resume=True)
+    assert again["resumed"] == 8 and not again["written"]  # only the two bad inputs were tried again
+    assert len(again["skipped"]) == 2
+    assert len(first["written"]) == 8
+
+
+def test_kill_9_then_resume_gives_the_same_files(folder, tmp_path):
+    reference = tmp_path / "ref"
+    api.batch(str(folder), reference, model=MODEL, device="cpu")
+    rng = random.Random(0)
+    cmd = [sys.executable, "-m", "napari_medseg.cli", "predict", "--model", MODEL, str(folder), "--device", "cpu"]
+    for attempt in range(3):
+        out = tmp_path / f"killed{attempt}"
+        proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for = rng.randint(1, 6)  # kill after a random number of finished outputs
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if out.is_dir() and len(list(out.glob("*_seg.png"))) >= wait_for:
+                time.sleep(rng.random() * 0.5)
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        partial = sorted(p.name for p in out.glob("*_seg.png"))
+        for name in partial:  # what is there is complete (atomic writes)
+            assert (out / name).read_bytes() == (reference / name).read_bytes()
+        res = subprocess.run(cmd + ["--out", str(out), "--resume"], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert _outputs(out) == _outputs(reference)
+        assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_two_local_dask_workers_write_the_same_bytes(folder, tmp_path):
+    pytest.importorskip("distributed")
+    single, spread = tmp_path / "single", tmp_path / "spread"
+    api.batch(str(folder), single, model=MODEL, device="cpu", prefetch=0)
+    summary = api.batch(str(folder), spread, model=MODEL, device="cpu", workers=2)
+    assert len(summary["written"]) == 8 and len(summary["skipped"]) == 2
+    assert _outputs(spread) == _outputs(single)
+    assert {r["status"] for r in _manifest(spread).values()} == {"ok", "skipped"}
+
+
+def test_a_scheduler_and_two_worker_processes(folder, tmp_path):
+    """Two 'machines': a Dask scheduler and two workers started as separate processes on localhost."""
+    pytest.importorskip("distributed")
+    single = tmp_path / "single"
+    api.batch(str(folder), single, model=MODEL, device="cpu")
+    port = 20000 + random.Random().randint(0, 20000)
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", str(port),
+                               "--dashboard-address", ":0", "--host", "127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(3)
+        for _ in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                           "--nthreads", "1", "--nworkers", "1", "--no-dashboard"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            out = tmp_path / "cluster"
+            res = subprocess.run([sys.executable, "-m", "napari_medseg.cli", "predict", "--model", MODEL,
+                                  str(folder), "--out", str(out), "--scheduler", address],
+                                 capture_output=True, text=True, timeout=300, cwd=bin_dir)
+            assert res.returncode == 0, res.stderr
+            assert _outputs(out) == _outputs(single)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
