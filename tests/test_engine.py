@@ -519,3 +519,28 @@ def test_fine_tune_from_a_checkpoint_with_other_classes_and_a_frozen_encoder(tin
 def test_fine_tune_refuses_another_network(trained, tiny, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="same network and size"):
         train(_opts("bcdunet", tiny["kvasir-seg"], tmp_path / "x", init=trained["seg"]))
+
+
+@pytest.mark.parametrize("network,dataset", [("unet", "kvasir-seg"), ("bilateral", "kvasir-seg"),
+                                             ("bcdunet", "kvasir-seg"), ("lstmsa", "acdc"),
+                                             ("hourglass", "spine-discs")])
+def test_init_works_for_every_network(network, dataset, tiny, tmp_path):
+    """One step from a checkpoint of the same network with the encoder frozen: the encoder tensors are
+    exactly the loaded ones, the other trainable tensors moved."""
+    from safetensors.torch import load_file
+
+    from napari_medseg import models
+
+    size = 128 if network == "hourglass" else 64
+    kw = dict(epochs=1, input_size=size, batch_size=2, max_steps_per_epoch=1)
+    start = train(_opts(network, tiny[dataset], tmp_path / "start", **kw))["last_checkpoint"]
+    res = train(_opts(network, tiny[dataset], tmp_path / "ft", init=start, freeze="encoder", lr=1e-2, **kw))
+    before = load_file(str(Path(start) / "model.safetensors"))
+    after = ckpt.load_weights(res["last_checkpoint"])
+    prefixes = models.REGISTRY[network].encoder_prefixes
+    params = {n for n, _ in models.build(network, "small").named_parameters()}
+    enc = [k for k in before if k.startswith(prefixes)]  # parameters and normalisation statistics
+    rest = [k for k in params if not k.startswith(prefixes) and k in before]
+    assert enc and rest
+    assert all(torch.equal(before[k], after[k]) for k in enc), "a frozen tensor changed"
+    assert sum(not torch.equal(before[k], after[k]) for k in rest) > len(rest) // 4, "training changed nothing"

@@ -342,6 +342,11 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
             num_workers=opts.num_workers, worker_init_fn=D.worker_init if opts.num_workers else None,
             drop_last=len(dataset) > bs, persistent_workers=False)  # no batch of 1 for BatchNorm
         model.train()
+        if frozen:  # a frozen encoder keeps its normalisation statistics too
+            for name, module in model.named_modules():
+                name = name.removeprefix("module.")  # under DDP
+                if name.startswith(info.encoder_prefixes) and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         losses = []
         data_s = compute_s = 0.0
         t_wait = time.perf_counter()
