@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_medseg import api, io
+from napari_medseg import api
 from napari_medseg.engine import data as D
 
 MODEL = "unet-kvasir-192"
