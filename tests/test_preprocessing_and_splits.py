@@ -48,14 +48,14 @@ EXPECTED_NORM = {"uint8 RGB": "rgb01", "uint16 RGB": "minmax", "uint16 grey": "m
                  "float volume": "zscore", "int16 volume": "zscore"}
 
 
-@pytest.mark.parametrize("kind", list(EXPECTED_NORM))
-@pytest.mark.parametrize("model", ["unet", "lstmsa"])
+CASES = [(kind, "unet") for kind in EXPECTED_NORM] + [("float volume", "lstmsa"), ("int16 volume", "lstmsa")]
+
+
+@pytest.mark.parametrize("kind,model", CASES)  # LSTMSA's 2.5D stacks apply to volumes
 def test_inference_input_equals_training_input(kind, model, monkeypatch):
     rng = np.random.default_rng(0)
     vol, labels = _image(kind, rng)
-    context = 1 if model == "lstmsa" and "volume" in kind else 0
-    if model == "lstmsa" and context == 0:
-        pytest.skip("LSTMSA's 2.5D context applies to volumes")
+    context = 1 if model == "lstmsa" else 0
     prepared, ax = D.from_volumes(vol, labels, size=SIZE, channels=3 if vol.rgb else 1, context=context)
     assert prepared.preprocessing["normalize"] == EXPECTED_NORM[kind]
     pred = _predictor(prepared, model)
