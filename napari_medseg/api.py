@@ -173,7 +173,7 @@ def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: i
     return Segmentation(labels, None if from_layer else vol.affine, vol.name, list(names), probs, vol.path)
 
 
-def label_discs(image: ImageLike, weights=None, model: str | None = None, *, device: str = "auto",
+def label_discs(image: ImageLike, model: str | None = None, weights=None, *, device: str = "auto",
                 min_confidence: float = 0.2, predictor: Predictor | None = None, force: bool = False) -> io.DiscPoints:
     """Named intervertebral discs (SCT numbers, confidences) in voxel and RAS world coordinates (for a
     napari layer, ``napari_medseg.geometry.points_to_layer_data`` places them on it)."""

@@ -25,7 +25,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 echo "== installing napari-medseg and its pinned dependencies into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -c .ci/constraints.txt -e ".[testing]"
+# reinstall only when the package's requirements changed (a stamp of pyproject.toml + constraints)
+stamp=".venv/.medseg-installed"
+want="$(cat pyproject.toml .ci/constraints.txt | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c "import napari_medseg" 2>/dev/null; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c .ci/constraints.txt -e ".[testing]"
+  echo "$want" > "$stamp"
+else
+  echo "== already installed (pyproject.toml and .ci/constraints.txt unchanged)"
+fi
 
 # the shared data folder of this project's machines doubles as the sample-data source
 if [ -z "${NAPARI_MEDSEG_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
