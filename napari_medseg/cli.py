@@ -248,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "dense_blocks=1, direction=reverse (BCDU-Net), render=false (bilateral)")
     p.add_argument("--init", default=None, metavar="NAME_OR_CHECKPOINT",
                    help="fine-tune: start from bundled weights (see `models`) or a checkpoint folder of the same "
-                        "network and size; another number of classes re-initialises the head. Defaults then: a "
-                        "tenth of the recipe's learning rate, 20 epochs")
+                        "network and size; another number of classes re-initialises the head. Defaults then: "
+                        "learning rate 1e-4 (or the recipe's when lower), 20 epochs")
     p.add_argument("--freeze", default=None, choices=["encoder"], help="keep the encoder fixed while fine-tuning")
     p.add_argument("--extra-train", action="append", default=[], metavar="DIR",
                    help="another dataset folder of the same kind whose train split joins the training set "
