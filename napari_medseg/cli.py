@@ -19,8 +19,14 @@ def _cmd_demo(args) -> int:
     # the one command that opens napari: the GUI layer is imported only when it runs
     from ._napari.demo import run_demo
 
-    run_demo(args.out, headless=True if args.headless else None)
-    return 0
+    summary = run_demo(args.out, headless=True if args.headless else None)
+    if summary.get("samples") or not summary.get("skipped"):
+        return 0
+    print("napari-medseg: error: no sample could be opened (see the 'skipped' lines above). The samples come "
+          "from $NAPARI_MEDSEG_DATA_DIR (a folder laid out like the project's shared/data) or are downloaded "
+          "from their public originals; set the variable, or run once with internet access. docs/data.md "
+          "lists which sample needs which.", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def _cmd_models(args) -> int:

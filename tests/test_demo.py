@@ -34,3 +34,17 @@ def test_demo_headless_writes_screenshots_and_summary(tmp_path, qapp):
         img = np.asarray(Image.open(path))
         assert img.shape[0] > 200 and img.std() > 10, key  # a real picture, not a blank window
 
+
+
+def test_demo_without_any_sample_says_why_and_fails(tmp_path, qapp, monkeypatch, capsys):
+    """No ../shared and no internet: the demo must not print 'wrote 0 screenshots' and exit 0."""
+    from napari_medseg._napari import demo
+    from napari_medseg.io.errors import MedSegIOError
+
+    def unavailable(viewer, key):
+        raise MedSegIOError(key, "not in the cache and the download failed (offline)")
+
+    monkeypatch.setattr(demo, "_add_sample", unavailable)
+    assert main(["demo", "--headless", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no sample could be opened" in err and "NAPARI_MEDSEG_DATA_DIR" in err

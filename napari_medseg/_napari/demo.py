@@ -36,7 +36,9 @@ def run_demo(out: str | os.PathLike = "out/demo", headless: bool | None = None) 
             raise SystemExit("no display and no xvfb-run: install Xvfb (apt-get install xvfb) or run with a display")
         cmd = [xvfb, "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-m", "napari_medseg.cli", "demo",
                "--headless", "--out", str(out)]
-        subprocess.run(cmd, check=True)
+        done = subprocess.run(cmd, check=False)
+        if not (out / "summary.json").is_file():
+            raise SystemExit(done.returncode or 1)
         return json.loads((out / "summary.json").read_text())
     return _open_in_napari(out, headless)
 
