@@ -233,7 +233,11 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
     from .engine import data as D
     from .engine.train import input_rules
 
-    vol, lab = as_volume(image), as_volume(labels)
+    vol = as_volume(image)
+    if hasattr(labels, "data_to_world") and hasattr(image, "data_to_world"):
+        lab = geometry.volume_of_labels_on(labels, image)  # also a layer made with napari's new-labels button
+    else:
+        lab = as_volume(labels)
     if np.shape(vol.data)[: np.ndim(lab.data)] != np.shape(lab.data) or not np.allclose(vol.affine, lab.affine,
                                                                                           atol=1e-4):
         raise ValueError(f"labels {lab.name} {np.shape(lab.data)} are not on the grid of image {vol.name} "

@@ -243,6 +243,22 @@ def volume_of_layer(layer) -> Volume:
                            rgb=rgb, name=str(getattr(layer, "name", "layer")))
 
 
+def volume_of_labels_on(labels, image) -> Volume:
+    """The volume of a labels layer drawn on ``image``. napari's new-labels button copies the image's shape
+    and transform but not its metadata: such a layer is converted with the image's metadata, so that it
+    lands on the image's file-order grid exactly like the image does."""
+    vol = volume_of_layer(labels)
+    image_meta = (getattr(image, "metadata", None) or {}).get(META_KEY)
+    if vol.metadata.get("layer", {}).get("plugin_meta") is None and image_meta and \
+            np.shape(labels.data)[-3:] == np.shape(image.data)[-3:] and \
+            np.allclose(world_matrix_of(labels), world_matrix_of(image), atol=1e-6):
+        adopted = layer_to_volume(labels.data, matrix=world_matrix_of(labels), metadata=image.metadata,
+                                  name=str(getattr(labels, "name", "labels")))
+        if adopted.metadata["layer"]["plugin_meta"] is not None:
+            return adopted
+    return vol
+
+
 def volume_to_layer_order(arr: np.ndarray, vol: Volume) -> np.ndarray:
     """An array in ``vol``'s file order (labels (x, y, z[, t]), or probabilities with the class axis
     first) -> the order of the layer ``vol`` came from (:func:`layer_to_volume`)."""

@@ -155,3 +155,24 @@ def test_points_from_the_new_points_button_are_saved_where_they_were_clicked(mak
         back = io.read_points(out)
         assert back.names == ["L1/L2"]
         np.testing.assert_allclose(back.world[0], ras, atol=1e-3)
+
+
+def test_labels_from_napari_new_labels_button_train_on_the_plugin_image(make_napari_viewer, volumes):
+    """napari's new-labels button copies the image's transform but not its metadata: the painted voxels must
+    land on the same file-order slices as the image's."""
+    from napari._app_model.actions._file import new_labels
+
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(volumes / "ct-spleen-crop.nii.gz"), plugin="napari-medseg")
+    viewer.layers.selection.active = image
+    new_labels(viewer)
+    labels = viewer.layers[-1]
+    assert not labels.metadata
+    labels.data[7, 40:60, 50:90] = 1  # painted on the 8th axial slice of the layer
+    train, val, summary = api.training_data_from_layers(image, labels, input_size=64)
+    src = io.read(volumes / "ct-spleen-crop.nii.gz")[0]
+    # the labelled file slice is the one the painted layer slice shows
+    file_idx = np.round(nib.affines.apply_affine(np.linalg.inv(src.affine),
+                                                 world_to_ras(image.data_to_world((7, 50, 70)))[0])).astype(int)
+    assert summary["slice_axis"] == 2 and summary["preview_slice"] == file_idx[2]
+    assert train.targets.any() or val.targets.any()
