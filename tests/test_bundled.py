@@ -109,7 +109,7 @@ def test_batch_lists_refused_inputs_writes_nothing_for_them_and_goes_on(shared, 
     summary = api.batch(str(inputs), str(out), model="unet-kvasir-192", device="cpu")
     assert [s["file"] for s in summary["skipped"]] == [str(inputs / "heart.nii.gz")]
     assert "refused" in summary["skipped"][0]["error"]
-    assert sorted(p.name for p in out.iterdir()) == [f"{io.file_stem(good)}_seg.png"]
+    assert sorted(p.name for p in out.iterdir()) == [f"{io.file_stem(good)}_seg.png", "manifest.csv"]
     assert main(["predict", "--model", "unet-kvasir-192", str(inputs), "--out", str(tmp_path / "forced"),
                  "--device", "cpu", "--force"]) == 0
-    assert len(list((tmp_path / "forced").iterdir())) == 2
+    assert len(list((tmp_path / "forced").glob("*_seg.*"))) == 2
