@@ -171,6 +171,12 @@ def _worker_predictor(weights: str, device: str):
     return _WORKER_MODELS[key]
 
 
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def dask_task(weights: str, device: str, path: str, out: str, task: str, tta: bool, cleanup: bool,
               force: bool) -> dict:
     """Read, check, predict and write one input on a Dask worker; expected errors come back as a row."""
@@ -288,6 +294,8 @@ def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, wo
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
                                dashboard_address=None)
         own = client = Client(cluster)
+        # the local workers share this machine's cores: one torch thread pool each of cores / workers
+        client.run(_set_threads, max(1, (os.cpu_count() or 1) // int(workers)))
     try:
         futures = {client.submit(dask_task, weights, device, str(p), str(out), task, tta, cleanup, force,
                                  pure=False, retries=1): p for p in files}
