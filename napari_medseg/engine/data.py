@@ -382,7 +382,7 @@ class TrainDataset(torch.utils.data.Dataset):
             img, tgt_arr = np.asarray(out["image"]), np.asarray(out["target"])
         if shape5 is not None:
             img = img.reshape(shape5)
-        item = {"image": torch.as_tensor(img, dtype=torch.float32)}
+        item = {"image": torch.as_tensor(img, dtype=torch.float32), "index": i}
         if self.data.task == "segmentation":
             item["target"] = torch.as_tensor(np.rint(tgt_arr[0]), dtype=torch.long)
         else:

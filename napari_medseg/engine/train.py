@@ -295,11 +295,14 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     dataset = D.TrainDataset(train_data, augment=plan["augment"], seed=opts.seed)
     bs = plan["batch_size"]
     bs = max(1, min(bs, len(dataset)))
-    sampler = None
+    # one sampling rule for 1 and N processes: a permutation seeded by (seed, epoch), of which rank r takes
+    # every N-th index; so N processes with batch B see exactly the global batches of one process with
+    # batch N*B (tests/test_engine.py::test_ddp_is_data_parallel_sgd checks it)
+    sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                              seed=opts.seed, drop_last=world > 1)
     if world > 1:
-        sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=world, rank=rank,
-                                                                  shuffle=True, seed=opts.seed, drop_last=True)
         model = torch.nn.parallel.DistributedDataParallel(model)
+    rank_log = os.environ.get("NAPARI_MEDSEG_RANK_LOG")  # test hook: per-rank sample ids and weight digests
     train_model = torch.compile(model) if opts.compile else model
     compiled_ok = False
     criterion = build_loss(plan["loss"], info.task)
@@ -336,11 +339,9 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         t_epoch = time.perf_counter()
         torch.manual_seed(opts.seed * 100_003 + epoch)  # dropout etc.: same draws with or without resume
         dataset.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(opts.seed * 100_003 + epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=bs, shuffle=sampler is None, sampler=sampler, generator=gen,
+            dataset, batch_size=bs, shuffle=False, sampler=sampler,
             num_workers=opts.num_workers, worker_init_fn=D.worker_init if opts.num_workers else None,
             drop_last=len(dataset) > bs, persistent_workers=False)  # no batch of 1 for BatchNorm
         model.train()
@@ -393,6 +394,8 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
                 loss = forward_backward(train_model)
             scaler.step(optimizer)
             scaler.update()
+            if rank_log:
+                _log_rank_step(rank_log, rank, epoch, step, batch, model)
             losses.append(float(loss.detach()))
             steps_done += 1
             t_wait = time.perf_counter()
@@ -444,6 +447,18 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     return {"reason": reason, "epochs_done": state["epoch"], "best": state["best"], "history": state["history"],
             "best_checkpoint": str(best_path), "last_checkpoint": str(out / "last"), "device": str(device),
             "precision": precision.name, "wall_s": time.perf_counter() - t_start}
+
+
+def _log_rank_step(path: str, rank: int, epoch: int, step: int, batch: dict, model) -> None:
+    """One JSON line per optimizer step and rank: the sample ids of the batch and a digest of the weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in model.state_dict().values():
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    with open(f"{path}.rank{rank}", "a") as fh:
+        fh.write(json.dumps({"epoch": epoch, "step": step, "ids": batch["index"].tolist(),
+                             "weights": h.hexdigest()}) + "\n")
 
 
 def _claim_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
