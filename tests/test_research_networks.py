@@ -226,8 +226,9 @@ def test_the_trainer_uses_the_loss_it_records(tiny, tmp_path, loss):
 
     tr, _, _ = prepare_data(train_opts("unet", tiny["kvasir-seg"], tmp_path / "x"), (64, 64))
     ds = D.TrainDataset(tr, augment=False, seed=1)
-    gen = torch.Generator().manual_seed(1 * 100_003)
-    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, shuffle=True, generator=gen, drop_last=True)))
+    sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=1)
+    sampler.set_epoch(0)  # the trainer's sampling rule (the same for 1 and N processes)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, drop_last=True)))
     torch.manual_seed(1 * 100_003)
     expected = float(build_loss(loss, "segmentation")(net.train()(batch["image"]), batch["target"]))
     assert res["history"][0]["train_loss"] == pytest.approx(expected, rel=1e-5)
