@@ -4,6 +4,8 @@
     .venv/bin/python scripts/recipe.py recipes/hourglass-spine-discs.json bundle [best|last]
         # picks the checkpoint (default: whichever scores better on the validation split with the task's
         # full metrics), evaluates it on the test split, copies it into the package
+    .venv/bin/python scripts/recipe.py recipes/lstmsa-acdc.json train --seed 1
+        # a repeat with another seed: trains into <runs>/<name>-seed1 (score it with scripts/score_run.py)
 
 Data come from $NAPARI_MEDSEG_DATA_DIR (default ../shared/data). The run folder is $NAPARI_MEDSEG_RUNS/<name>
 (default runs/<name>; point it outside the checkout so a long run survives a fresh clone and continues with
@@ -104,6 +106,10 @@ def main() -> int:
     recipe = json.loads(recipe_path.read_text())
     data = Path(os.environ.get("NAPARI_MEDSEG_DATA_DIR", ROOT.parent / "shared" / "data")) / recipe["dataset"]
     run = Path(os.environ.get("NAPARI_MEDSEG_RUNS", ROOT / "runs")) / recipe["name"]
+    if action == "train" and "--seed" in extra:  # a repeat with another seed gets its own run folder
+        seed = extra[extra.index("--seed") + 1]
+        if seed != recipe["train"][recipe["train"].index("--seed") + 1]:
+            run = run.with_name(f"{recipe['name']}-seed{seed}")
     if action == "train":
         more = [a for d in recipe.get("extra_train", []) for a in ("--extra-train", str(data.parent / d))]
         cmd = [sys.executable, "-m", "napari_medseg.cli", "train", "--data", str(data), "--out", str(run),
