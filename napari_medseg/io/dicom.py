@@ -1,4 +1,9 @@
-"""DICOM series reading (pydicom; JPEG 2000 and JPEG-LS through pylibjpeg plugins).
+"""DICOM series reading (pydicom; JPEG 2000, JPEG-LS and lossless JPEG decoded by imagecodecs).
+
+Compressed slices are decoded by imagecodecs (OpenJPEG, CharLS, lossless JPEG), which releases the GIL, so
+the reader's thread pool decodes slices in parallel; pydicom's own decoder plugins (pylibjpeg) hold the GIL
+and stay the fallback for every other case (several frames or samples, a codestream whose sign or size
+disagrees with the header). Both give the same stored values (tests/test_dicom_codecs.py).
 
 One :class:`Volume` per series (grouped by SeriesInstanceUID, and split further when a series mixes
 orientations or image sizes). Slices are ordered by ImagePositionPatient projected on the slice
@@ -17,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.utils import pixel_dtype
 
 from .errors import MedSegIOError, MedSegIOWarning
 from .limits import check_allocation
@@ -214,8 +221,50 @@ def _metadata(ds, files) -> dict:
     return meta
 
 
+_IMAGECODECS = {  # transfer syntax -> imagecodecs decoder name
+    "1.2.840.10008.1.2.4.90": "jpeg2k_decode",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "jpeg2k_decode",  # JPEG 2000
+    "1.2.840.10008.1.2.4.80": "jpegls_decode",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "jpegls_decode",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.57": "ljpeg_decode",  # JPEG lossless, process 14
+    "1.2.840.10008.1.2.4.70": "ljpeg_decode",  # JPEG lossless, process 14, first-order prediction
+}
+
+
+def _decode_released(ds) -> np.ndarray | None:
+    """Decode one compressed grey frame with imagecodecs (GIL released), or None to let pydicom do it.
+
+    Only used where the result is the stored values pydicom would give: one frame, one sample, and a
+    decoded array whose shape and integer type match the header (Rows, Columns, BitsAllocated,
+    PixelRepresentation); anything else (including a J2K codestream whose signedness disagrees with
+    PixelRepresentation, which pydicom corrects) goes to pydicom."""
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    name = _IMAGECODECS.get(ts)
+    if name is None or int(ds.get("NumberOfFrames", 1) or 1) != 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
+        return None
+    try:
+        import imagecodecs
+
+        decode = getattr(imagecodecs, name)
+        target = pixel_dtype(ds)
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        arr = decode(frame)
+    except Exception:  # not installed, codec missing, odd encapsulation: pydicom decides (and reports)
+        return None
+    if arr.shape != (int(ds.Rows), int(ds.Columns)) or arr.dtype.kind not in "iu":
+        return None
+    if arr.dtype == target:
+        return arr
+    if arr.dtype.kind == target.kind and arr.dtype.itemsize < target.itemsize:  # e.g. 8-bit stream, 16 allocated
+        return arr.astype(target)
+    return None
+
+
 def _raw_pixels(f: Path, ds) -> np.ndarray:
     """Stored pixel values (no rescale yet); a one-line error for undecodable data."""
+    fast = _decode_released(ds)
+    if fast is not None:
+        return fast
     try:
         arr = ds.pixel_array
     except Exception as err:  # pydicom raises many types for undecodable data
