@@ -113,6 +113,7 @@ def _cmd_train(args) -> int:
             lr=args.lr, device=args.device, precision=args.precision, seed=args.seed, resume=args.resume,
             overwrite=args.overwrite,
             input_size=args.input_size, patience=args.patience, num_workers=args.workers, compile=args.compile,
+            memory_format=args.memory_format,
             recipe=args.recipe, max_cases=args.max_cases, max_steps_per_epoch=args.max_steps,
             augment=args.augment, loss=args.loss, model_options=_parse_options(args.options),
             extra_train=args.extra_train, init=args.init, freeze=args.freeze, callback=_TqdmEvents(), cancel=cancel)
@@ -243,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--memory-format", default="auto", choices=["auto", "channels_last", "contiguous"],
+                   help="tensor layout for training (auto: the network's measured choice, see `models`)")
     p.add_argument("--recipe", default=None, help="use another network's training recipe (baselines)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="flips/rotation/intensity augmentation (default: the recipe's; the bilateral paper trains "

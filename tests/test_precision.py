@@ -33,12 +33,13 @@ def _batch(batches, shared, name):
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))
 def test_bf16_gradient_matches_fp64_where_the_policy_allows_bf16(name, batches, shared):
     torch.set_num_threads(2)
-    result = fidelity(name, _batch(batches, shared, name))
     info = models.REGISTRY[name]
-    if info.bf16_training:
-        assert result["init"] >= THRESHOLD and result["trained"] >= THRESHOLD, result
-    else:  # the policy keeps it in fp32 because it fails; if it ever passes, the policy should change
-        assert min(result["init"], result["trained"]) < THRESHOLD, result
+    for layout in sorted(set(info.memory_format.values())):  # every layout the network trains in
+        result = fidelity(name, _batch(batches, shared, name), channels_last=layout == "channels_last")
+        if info.bf16_training:
+            assert result["init"] >= THRESHOLD and result["trained"] >= THRESHOLD, (layout, result)
+        else:  # the policy keeps it in fp32 because it fails; if it ever passes, the policy should change
+            assert min(result["init"], result["trained"]) < THRESHOLD, (layout, result)
 
 
 def test_bilateral_without_zero_init_residual_is_chaotic_in_bf16(batches, shared):
@@ -61,3 +62,19 @@ def test_auto_precision_follows_the_policy(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert select_precision(torch.device("cuda"), "auto", network="hourglass").dtype is None
     assert select_precision(torch.device("cuda"), "auto", network="unet").dtype == torch.float16
+
+
+def test_memory_format_choice():
+    from napari_medseg.engine.train import choose_memory_format
+
+    cpu = torch.device("cpu")
+    for name, info in models.REGISTRY.items():
+        for size in models.SIZES:
+            assert choose_memory_format(name, size, cpu) == info.memory_format[size]
+            assert choose_memory_format(name, size, cpu, requested="contiguous") == "contiguous"
+            assert choose_memory_format(name, size, torch.device("mps")) == "contiguous"
+            assert choose_memory_format(name, size, cpu, compile=True) == "contiguous"
+    assert choose_memory_format("unet", "paper", cpu) == "contiguous"  # measured (docs/benchmarks.md)
+    assert choose_memory_format("unet", "small", cpu) == "channels_last"
+    with pytest.raises(ValueError, match="memory_format"):
+        choose_memory_format("unet", "small", cpu, requested="nhwc")

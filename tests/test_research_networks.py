@@ -176,6 +176,7 @@ def test_zscore_minmax_input_is_recorded_and_used_by_inference(tiny, tmp_path):
     cfg = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
     assert cfg["preprocessing"]["normalize"] == "zscore+minmax"
     assert cfg["training"]["loss"] == "bce" and cfg["training"]["loss_used"] == "bce"
+    assert cfg["training"]["memory_format"] == "channels_last"  # bcdunet small: the measured choice
     pred = Predictor.from_checkpoint(res["last_checkpoint"], device="cpu", precision="fp32")
     seen = []
     pred.model.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
@@ -281,3 +282,31 @@ def test_plateau_schedule_watches_the_validation_loss(tiny, tmp_path):
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # the 7th (Keras' patience=7)
     res = train(train_opts("bcdunet", tiny["kvasir-seg"], tmp_path / "run", epochs=2, max_steps_per_epoch=1))
     assert all("val_loss" in h and h["val_loss"] > 0 for h in res["history"])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_trainer_trains_in_the_chosen_memory_format(layout, tiny, tmp_path, monkeypatch):
+    """The layout the trainer records is the one the network's convolutions really see."""
+    from napari_medseg.engine import train as T
+
+    seen = []
+    real_step = T.train_step
+
+    def spy(net, **kw):
+        handle = net.register_forward_pre_hook(lambda m, a: seen.append(
+            (a[0].is_contiguous(), a[0].is_contiguous(memory_format=torch.channels_last),
+             next(net.parameters()).is_contiguous())))
+        try:
+            return real_step(net, **kw)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(T, "train_step", spy)
+    train(train_opts("unet", tiny["kvasir-seg"], tmp_path / "run", memory_format=layout))
+    cfg = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert cfg["training"]["memory_format"] == layout and cfg["training"]["channels_last"] == (layout == "channels_last")
+    assert len(seen) == 2
+    if layout == "contiguous":
+        assert all(c and w for c, _, w in seen)
+    else:
+        assert all(cl and not c for c, cl, _ in seen)

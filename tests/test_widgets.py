@@ -220,6 +220,10 @@ def test_batch_widget_with_a_corrupt_file(make_napari_viewer, qtbot, trained, sh
     w = _dock(viewer, "Batch")
     w.inputs.value, w.out.value = str(inp), str(tmp_path / "out")
     _use_checkpoint(w.weights, trained["seg"])
+    seen = []  # the table while the job runs: it follows manifest.csv row by row
+    w.controls.on_poll = lambda: (w.show_manifest(), seen.append(len(w.table.to_dict("list")["file"])))
+    report = w.controls.report  # the worker pauses after each row so the GUI timer (100 ms) surely sees it
+    w.controls.report = lambda event: (report(event), time.sleep(0.5))
     w.controls.run_button.clicked()
     qtbot.waitUntil(lambda: w.summary is not None, timeout=120_000)
     table = w.table.to_dict("list")
@@ -227,6 +231,23 @@ def test_batch_widget_with_a_corrupt_file(make_napari_viewer, qtbot, trained, sh
     assert len(w.summary["results"]) == 2 and len(w.summary["skipped"]) == 1
     assert "corrupt.jpg" in w.summary["skipped"][0]["file"]
     assert len(list((tmp_path / "out").glob("*_seg.png"))) == 2
+    assert any(0 < n < 3 for n in seen), seen  # rows appeared one at a time, before the job ended
+    by_file = dict(zip(table["file"], zip(table["status"], table["outputs"], table["reason"], table["result"])))
+    assert by_file["corrupt.jpg"][0] == "skipped" and "corrupt.jpg" in by_file["corrupt.jpg"][2]
+    ok = [f for f, v in by_file.items() if v[0] == "ok"]
+    assert all(by_file[f][1] == f.rsplit(".", 1)[0] + "_seg.png" and "px" in by_file[f][3] for f in ok)
+
+    # a new widget on the same output folder shows that manifest at once; resume skips the finished inputs
+    w2 = _dock(make_napari_viewer(), "Batch")
+    w2.inputs.value, w2.out.value = str(inp), str(tmp_path / "out")
+    assert sorted(w2.table.to_dict("list")["status"]) == ["ok", "ok", "skipped"]
+    _use_checkpoint(w2.weights, trained["seg"])
+    w2.resume.value = True
+    w2.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w2.summary is not None, timeout=120_000)
+    assert w2.summary["resumed"] == 2
+    t2 = w2.table.to_dict("list")
+    assert t2["result"].count("done by an earlier run") == 2 and t2["status"].count("skipped") == 1
 
 
 def test_a_broken_bundled_config_is_left_out_with_a_warning(tmp_path, monkeypatch):

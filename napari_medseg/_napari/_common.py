@@ -114,6 +114,7 @@ class RunControls(Container):
         self.token: CancelToken | None = None
         self.cancel_button.changed.connect(self._cancel)
         self._latest = None  # (done, total, text) written by the worker thread, read by a GUI timer
+        self.on_poll = None  # optional callable run by the same timer (GUI thread) while a job runs
         self.activity = None  # napari.utils.progress while a job runs (GUI thread only)
         from qtpy.QtCore import QTimer
 
@@ -129,6 +130,8 @@ class RunControls(Container):
     def _poll(self):
         if self._latest is not None:
             self.set_progress(*self._latest)
+        if self.on_poll is not None:
+            self.on_poll()
 
     def _cancel(self, *_):
         if self.token is not None:

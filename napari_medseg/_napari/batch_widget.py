@@ -1,4 +1,6 @@
-"""Batch: run a network over a folder; progress per file, a results table, skipped files with their error."""
+"""Batch: run a network over a folder; progress per file and the output folder's ``manifest.csv`` as a live
+table (one row per input as it ends: status, seconds, outputs, reason), shown as soon as an output folder
+is chosen so that a stopped run can be seen and resumed; at the end each row also gets its result."""
 
 from __future__ import annotations
 
@@ -22,13 +24,49 @@ class BatchWidget(Container):
         self.resume = CheckBox(text="resume: skip inputs manifest.csv in the output folder records as done",
                                value=False)
         self.controls = RunControls("Run batch")
-        self.table = Table(value={"file": [], "status": [], "time (s)": [], "result": []})
+        self.table = Table(value=self._rows([]))
         super().__init__(widgets=[self.task, self.inputs, self.out, self.weights, self.device, self.force, self.resume, self.controls,
                                   self.table])
         self.task.changed.connect(self._task_changed)
         self.controls.run_button.changed.connect(self.run)
+        self.out.changed.connect(lambda *_: self.show_manifest())
+        self.controls.on_poll = self.show_manifest  # while a job runs: the manifest as it grows
         self.worker = None
         self.summary = None
+        self._shown = None  # (path, size, mtime) of the manifest the table shows
+
+    COLUMNS = ("file", "status", "time (s)", "outputs", "reason", "result")
+
+    @classmethod
+    def _rows(cls, manifest_rows: list[dict], results: dict | None = None) -> dict:
+        """Table columns from manifest rows (engine.batch.read_manifest) and, after a run, each input's result."""
+        rows = {c: [] for c in cls.COLUMNS}
+        for r in manifest_rows:
+            rows["file"].append(Path(r["input"]).name)
+            rows["status"].append(r.get("status", ""))
+            rows["time (s)"].append(r.get("seconds", ""))
+            rows["outputs"].append(", ".join(Path(p).name for p in r.get("outputs", "").split(";") if p))
+            rows["reason"].append(r.get("reason", ""))
+            rows["result"].append((results or {}).get(r["input"], ""))
+        return rows
+
+    def show_manifest(self, results: dict | None = None, force: bool = False) -> None:
+        """Show the output folder's manifest (latest row per input); cheap when it has not changed."""
+        from ..engine.batch import MANIFEST, latest_rows, read_manifest
+
+        out = str(self.out.value)
+        if out in ("", "."):
+            return
+        path = Path(out) / MANIFEST
+        try:
+            st = path.stat()
+            key = (str(path), st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = (str(path), None, None)
+        if key == self._shown and results is None and not force:
+            return
+        self._shown = key
+        self.table.value = self._rows(latest_rows(read_manifest(out)), results)
 
     def _task_changed(self, *_):
         self.weights.task = self.task.value
@@ -44,7 +82,7 @@ class BatchWidget(Container):
             notify_error(err)
             return
         self.controls.busy(True, "running...")
-        self.table.value = {"file": [], "status": [], "time (s)": [], "result": []}
+        self.show_manifest(force=True)
         token, task, device, force = self.controls.token, self.task.value, self.device.value, self.force.value
         resume = self.resume.value
 
@@ -68,27 +106,15 @@ class BatchWidget(Container):
             self.controls.status.value = notify_error(summary.error)
             return
         self.summary = summary
-        rows = {"file": [], "status": [], "time (s)": [], "result": []}
+        results = {}
         for r in summary["results"]:
-            rows["file"].append(r["file"])
             if r.get("resumed"):
-                rows["status"].append("done before")
-                rows["time (s)"].append("")
-                rows["result"].append(", ".join(Path(p).name for p in r["outputs"]))
-                continue
-            rows["status"].append("ok" if r.get("verdict", "ok") == "ok" else "check")
-            seconds = r.get("seconds")
-            rows["time (s)"].append(f"{seconds:.1f}" if isinstance(seconds, (int, float)) else "")
-            if "discs" in r:
-                rows["result"].append(f"{r['discs']} discs: {', '.join(r['names'])}" +
+                results[r["file"]] = "done by an earlier run"
+            elif "discs" in r:
+                results[r["file"]] = (f"{r['discs']} discs: {', '.join(r['names'])}" +
                                       ("" if r.get("verdict", "ok") == "ok" else f" | {r['verdict']}"))
             else:
-                rows["result"].append(", ".join(f"{k}={v:.0f}" for k, v in r["volumes"].items()))
-        for s in summary["skipped"]:
-            rows["file"].append(s["file"])
-            rows["status"].append("skipped")
-            rows["time (s)"].append("")
-            rows["result"].append(s["error"])
-        self.table.value = rows
-        self.controls.status.value = (f"{len(summary['results'])} done, {len(summary['skipped'])} skipped; "
-                                      f"outputs in {self.out.value}")
+                results[r["file"]] = ", ".join(f"{k}={v:.0f}" for k, v in r["volumes"].items())
+        self.show_manifest(results)
+        self.controls.status.value = (f"{len(summary['results'])} done ({summary.get('resumed', 0)} by an earlier run), "
+                                      f"{len(summary['skipped'])} skipped; outputs and manifest.csv in {self.out.value}")

@@ -53,19 +53,34 @@ def checksum(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_manifest(out: str | os.PathLike) -> list[dict]:
+    """The rows of ``out/manifest.csv`` in the order they were written (complete lines only: a line a
+    kill cut short is left out); ``[]`` when there is none. A later row of the same input supersedes an
+    earlier one (:func:`latest_rows`)."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+    return [row for row in csv.DictReader(_io.StringIO(complete)) if row.get("input")]
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per input, the latest, in the order inputs first appeared."""
+    latest: dict[str, dict] = {}
+    for row in rows:
+        latest[row["input"]] = row
+    return list(latest.values())
+
+
 class Manifest:
     """``manifest.csv`` of an output folder: read what a previous run finished, append rows as inputs end."""
 
     def __init__(self, out: Path, model: str):
         self.path = Path(out) / MANIFEST
         self.model = model
-        self.previous: dict[str, dict] = {}
-        if self.path.is_file():
-            text = self.path.read_text(encoding="utf-8")
-            complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]  # drop a cut last line
-            for row in csv.DictReader(_io.StringIO(complete)):
-                if row.get("input"):
-                    self.previous[row["input"]] = row
+        self.previous: dict[str, dict] = {row["input"]: row for row in read_manifest(out)}
+        text = self.path.read_text(encoding="utf-8") if self.path.is_file() else ""
         new = not self.path.is_file() or self.path.stat().st_size == 0
         mode = io.atomic.default_mode(0o666)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)

@@ -64,9 +64,11 @@ def gradient_cosine(model: torch.nn.Module, batch: dict, task: str, loss_name: s
 
 
 def fidelity(name: str, batch: dict, *, size: str = "small", steps: int = 3, loss: str | None = None,
-             lr: float | None = None, seed: int = 0, model_options: dict | None = None) -> dict:
+             lr: float | None = None, seed: int = 0, model_options: dict | None = None,
+             channels_last: bool = True) -> dict:
     """Gradient cosine of network ``name`` at initialisation and after ``steps`` fp32 Adam steps on
-    ``batch`` with its recipe's loss and learning rate. Returns ``{"init", "trained", "passes"}``."""
+    ``batch`` with its recipe's loss and learning rate; the bf16 side runs channels_last or contiguous
+    (``channels_last``). Returns ``{"init", "trained", "passes"}``."""
     info = models.REGISTRY[name]
     recipe = info.recipe
     loss = loss or ("heatmap_mse" if info.task == "keypoints" else recipe.get("loss", "dice_ce"))
@@ -74,13 +76,13 @@ def fidelity(name: str, batch: dict, *, size: str = "small", steps: int = 3, los
     k = batch["target"].shape[1] if info.task == "keypoints" else max(2, int(batch["target"].max()) + 1)
     torch.manual_seed(seed)
     model = models.build(name, size, in_channels=channels, num_classes=k, **(model_options or {})).train()
-    init = gradient_cosine(model, batch, info.task, loss, seed=seed)
+    init = gradient_cosine(model, batch, info.task, loss, seed=seed, channels_last=channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=lr or recipe.get("lr", 1e-3))
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
         _loss(model, batch, info.task, loss, torch.float32, None, False, seed + 1 + step).backward()
         opt.step()
-    trained = gradient_cosine(model, batch, info.task, loss, seed=seed + 100) if steps else init
+    trained = gradient_cosine(model, batch, info.task, loss, seed=seed + 100, channels_last=channels_last) if steps else init
     return {"network": name, "loss": loss, "init": init, "trained": trained,
             "passes": bool(min(init, trained) >= THRESHOLD)}
 

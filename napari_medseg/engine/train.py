@@ -54,6 +54,8 @@ class TrainOptions:
     # a different number of classes re-initialises the head. ``freeze="encoder"`` keeps the encoder fixed.
     init: str | None = None
     freeze: str | None = None
+    # "auto": the network's measured choice (models.REGISTRY[...].memory_format), "channels_last" or "contiguous"
+    memory_format: str = "auto"
 
 
 def _dist():
@@ -102,6 +104,44 @@ def resolve(opts: TrainOptions) -> dict:
 # recipe's rate (1e-5 there) at 25 images (Dice 0.843 vs 0.817) and 200 images (0.857 vs 0.842)
 FINETUNE_LR = 1e-4
 FINETUNE_EPOCHS = 20
+
+
+def choose_memory_format(network: str, size: str, device: torch.device, compile: bool = False,
+                         requested: str = "auto") -> str:
+    """``channels_last`` or ``contiguous`` for training ``network`` at ``size`` on ``device``.
+
+    "auto" takes the network's measured choice (``models.REGISTRY[network].memory_format``, from
+    ``benchmarks/engine.py --memory-format``); MPS and ``torch.compile`` (2.13 mis-traces some padding
+    backward ops with channels_last) always train contiguous."""
+    if requested not in ("auto", "channels_last", "contiguous"):
+        raise ValueError(f"memory_format must be 'auto', 'channels_last' or 'contiguous', not {requested!r}")
+    if device.type == "mps" or compile:
+        return "contiguous"
+    if requested != "auto":
+        return requested
+    return models.REGISTRY[network].memory_format.get(size, "channels_last")
+
+
+def train_step(net, *, batch: dict, criterion, optimizer, scaler, precision, task: str, device: torch.device,
+               channels_last: bool, where: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """One optimisation step exactly as the trainer takes it: input layout, autocast forward, loss (checked
+    finite), zero_grad, (scaled) backward, optimizer step. Returns the loss. ``benchmarks/engine.py`` times
+    this function against a bare forward + backward + optimizer step of the same network."""
+    x = batch["image"].to(device)
+    if x.ndim == 4 and channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = batch["target"].to(device)
+    with precision.autocast():
+        outputs = net(x)
+    loss = criterion(outputs, y, batch["visible"].to(device)) if task == "keypoints" else criterion(outputs, y)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at epoch {where[0]} step {where[1]}; "
+                                 "try a lower --lr or --precision fp32")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
 
 
 def build_optimizer(model, recipe: dict, lr: float):
@@ -250,8 +290,8 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
             raise ValueError(f"{opts.model} has no encoder parameters to freeze")
         emit(Note(text=f"frozen: the encoder ({len(frozen)} tensors: {', '.join(prefixes)})"))
     model.to(device)
-    # channels_last is faster on CPU/CUDA; torch.compile (2.13) mis-traces some padding backward ops with it
-    channels_last = device.type != "mps" and not opts.compile
+    memory_format = choose_memory_format(opts.model, opts.size, device, opts.compile, opts.memory_format)
+    channels_last = memory_format == "channels_last"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     lr = plan["lr"]
@@ -265,7 +305,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         "preprocessing": train_data.preprocessing,
         "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_options",)}, **plan,
                      "recipe": opts.recipe or opts.model, "world_size": world, "precision": precision.name,
-                     "channels_last": channels_last, "device": str(device),
+                     "memory_format": memory_format, "channels_last": channels_last, "device": str(device),
                      # networks with a rendering module add its point loss to whichever loss is chosen
                      "loss_used": plan["loss"] + ("+point" if getattr(model, "render", False) else "")},
         "data": summary,
@@ -361,27 +401,11 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
             if cancel.cancelled:
                 reason = "cancelled"
                 break
-            x = batch["image"].to(device)
-            if x.ndim == 4 and channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = batch["target"].to(device)
-            def forward_backward(net):
-                with precision.autocast():
-                    outputs = net(x)
-                if info.task == "keypoints":
-                    loss = criterion(outputs, y, batch["visible"].to(device))
-                else:
-                    loss = criterion(outputs, y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                                             "try a lower --lr or --precision fp32")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                return loss
-
+            step_kw = dict(batch=batch, criterion=criterion, optimizer=optimizer, scaler=scaler, precision=precision,
+                           task=info.task, device=device, channels_last=channels_last, where=(epoch + 1, step + 1))
             if train_model is not model and not compiled_ok:
                 try:  # the first compiled step: fall back to eager mode if the compiler cannot handle the net
-                    loss = forward_backward(train_model)
+                    loss = train_step(train_model, **step_kw)
                     compiled_ok = True
                 except FloatingPointError:
                     raise
@@ -389,11 +413,9 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
                     warnings.warn(f"torch.compile failed for {opts.model} ({type(err).__name__}: "
                                   f"{str(err).splitlines()[0][:160]}); training continues without it", stacklevel=2)
                     train_model = model
-                    loss = forward_backward(model)
+                    loss = train_step(model, **step_kw)
             else:
-                loss = forward_backward(train_model)
-            scaler.step(optimizer)
-            scaler.update()
+                loss = train_step(train_model, **step_kw)
             if rank_log:
                 _log_rank_step(rank_log, rank, epoch, step, batch, model)
             losses.append(float(loss.detach()))

@@ -32,6 +32,9 @@ class ModelInfo:
     input_norm: str | None = None
     # parameter-name prefixes of the encoder, frozen by ``train --freeze encoder`` when fine-tuning
     encoder_prefixes: tuple[str, ...] = ()
+    # training memory format per size, measured (benchmarks/engine.py --memory-format, docs/benchmarks.md):
+    # the faster of channels_last and contiguous for a train step in the network's training precision
+    memory_format: dict = field(default_factory=lambda: {"paper": "channels_last", "small": "channels_last"})
 
     def describe(self) -> dict[str, Any]:
         """The network's card, without building it (parameter counts from :data:`PARAMETERS`)."""
@@ -100,7 +103,9 @@ REGISTRY: dict[str, ModelInfo] = {
         "unet", "U-Net baseline (MONAI BasicUNet)", "segmentation", "2d", 3, 1, "logits", 16,
         "Ronneberger et al. 2015 / MONAI", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
                                              "loss": "dice_ce"},
-        encoder_prefixes=("net.conv_0.", "net.down_")),
+        encoder_prefixes=("net.conv_0.", "net.down_"),
+        # paper size: contiguous trains 1.4x faster than channels_last in fp32 and bf16 (InstanceNorm)
+        memory_format={"paper": "contiguous", "small": "channels_last"}),
 }
 
 
