@@ -190,7 +190,8 @@ def test_a_scan_cropped_outside_the_training_field_is_flagged(shared):
     assert pts.verdict.startswith("check:")
     assert any(issubclass(w.category, DiscsFlagged) for w in caught)
     # the whole scan, by contrast, passes with at most its top disc flagged
-    full = api.label_discs(vol, model="hourglass-spine-discs", device="cpu")
+    with pytest.warns(DiscsFlagged, match="T11/T12"):  # its top disc, at the field's edge, is the one flagged
+        full = api.label_discs(vol, model="hourglass-spine-discs", device="cpu")
     assert sum(bool(f) for f in full.flags) <= 1
 
 
