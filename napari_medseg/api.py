@@ -13,14 +13,14 @@ import glob
 import json
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import geometry, io
-from .engine import checkpoint as ckpt
+from . import catalog
+from .catalog import bundled_weights as bundled_weights  # part of the API (no torch needed to list)
 from .engine.events import CancelToken
 from .engine.infer import Predictor
 from .io.errors import MedSegIOError
@@ -41,41 +41,10 @@ class Segmentation:
 # ---------------------------------------------------------------- weights
 
 
-def bundled_weights() -> dict[str, Path]:
-    """Weights shipped inside the package (``napari_medseg/weights/<name>/``)."""
-    root = resources.files("napari_medseg") / "weights"
-    out = {}
-    try:
-        for entry in root.iterdir():
-            if entry.is_dir() and (entry / "config.json").is_file():
-                out[entry.name] = Path(str(entry))
-    except FileNotFoundError:
-        pass
-    return dict(sorted(out.items()))
-
-
 def list_models() -> list[dict]:
-    """Networks and bundled weights, as ``napari-medseg models --json`` prints them."""
-    from . import models
-
-    rows = []
-    for info in models.available():
-        recipe = info["recipe"]
-        rows.append({"name": info["name"], "network": info["name"], "size": "small|paper", "task": info["task"],
-                     "dataset": None, "weights": False, "metrics": {}, "parameters": info["parameters"],
-                     "title": info["title"],
-                     "precision": "bf16 where the hardware has it, else fp32" if info["bf16_training"] else
-                                  "fp32 (its bf16 gradient disagrees with fp64)",
-                     "loss": "heatmap_mse" if info["task"] == "keypoints" else recipe.get("loss", "dice_ce")})
-    for name, path in bundled_weights().items():
-        cfg = ckpt.read_config(path)
-        card = cfg.get("card", {})
-        training = cfg.get("training", {})
-        rows.append({"name": name, "network": cfg["model"]["name"], "size": cfg["model"].get("size"),
-                     "task": cfg["model"].get("task"), "dataset": card.get("dataset"), "weights": True,
-                     "metrics": card.get("test_metrics", {}), "path": str(path),
-                     "precision": training.get("precision"), "loss": training.get("loss_used", training.get("loss"))})
-    return rows
+    """Networks and bundled weights, as ``napari-medseg models --json`` prints them (see
+    :func:`napari_medseg.catalog.list_models`)."""
+    return catalog.list_models()
 
 
 def load(model: str | None = None, weights: str | os.PathLike | None = None, *, device: str = "auto",

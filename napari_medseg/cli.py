@@ -29,25 +29,37 @@ def _cmd_demo(args) -> int:
     return EXIT_BAD_INPUT
 
 
-def _cmd_models(args) -> int:
-    from . import api
+def _metric_text(metrics: dict) -> str:
+    """The headline test metric in words: Dice for segmentation, median L2 + FNR/FPR for discs."""
+    if "l2_mm" in metrics:
+        return f"median L2 {metrics['l2_mm']:.2f} mm, FNR {metrics.get('fnr', float('nan')):.3f}, " \
+               f"FPR {metrics.get('fpr', float('nan')):.3f}"
+    if "dice" in metrics:
+        return f"Dice {metrics['dice']:.3f}" + (f", HD95 {metrics['hd95']:.1f}" if "hd95" in metrics else "")
+    return "-"
 
-    rows = api.list_models()
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _cmd_models(args) -> int:
+    from .catalog import list_models  # no torch: answers fast
+
+    rows = list_models()
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'network':<10} {'task':<13} {'parameters small / paper':<26} {'loss':<12} training precision")
-    for r in rows:
-        if not r["weights"]:
-            params = f"{r['parameters']['small'] / 1e6:.2f} M / {r['parameters']['paper'] / 1e6:.2f} M"
-            print(f"{r['name']:<10} {r['task']:<13} {params:<26} {r['loss']:<12} {r['precision']}")
-    print(f"\n{'bundled weights':<22} {'network':<10} {'dataset':<12} {'trained in':<10} {'loss':<14} test metrics")
-    for r in rows:
-        if r["weights"]:
-            metrics = ", ".join(f"{k} {v:.3f}" for k, v in r["metrics"].items()
-                                if isinstance(v, (int, float)) and k not in ("cases", "seconds_per_case"))
-            print(f"{r['name']:<22} {r['network']:<10} {r['dataset'] or '-':<12} {r['precision'] or '-':<10} "
-                  f"{r['loss'] or '-':<14} {metrics}")
+    print(_table(["network", "task", "parameters small / paper", "loss", "training precision"],
+                 [[r["name"], r["task"], f"{r['parameters']['small'] / 1e6:.2f} M / {r['parameters']['paper'] / 1e6:.2f} M",
+                   r["loss"], r["precision"]] for r in rows if not r["weights"]]))
+    print()
+    print(_table(["bundled weights", "what it does", "trained on", "test split", "size", "trained in", "loss"],
+                 [[r["name"], r["task_in_words"], r["dataset"] or "-", _metric_text(r["metrics"]),
+                   f"{r['bytes'] / 1e6:.1f} MB", r["precision"] or "-", r["loss"] or "-"] for r in rows if r["weights"]]))
+    print("\n(napari-medseg models --json for scripts; each model's card: napari_medseg/weights/<name>/config.json)")
     return 0
 
 

@@ -113,3 +113,19 @@ def test_batch_lists_refused_inputs_writes_nothing_for_them_and_goes_on(shared, 
     assert main(["predict", "--model", "unet-kvasir-192", str(inputs), "--out", str(tmp_path / "forced"),
                  "--device", "cpu", "--force"]) == 0
     assert len(list((tmp_path / "forced").glob("*_seg.*"))) == 2
+
+
+def test_models_table_is_readable_and_needs_no_torch():
+    """`napari-medseg models` prints an aligned table with the task in words, the test metric and the size,
+    and never imports torch (that is what keeps it fast); checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_medseg.cli import main; rc = main(['models']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("NO-TORCH")
+    for name in BUNDLED:
+        line = next(ln for ln in out.splitlines() if ln.startswith(name + " "))
+        assert " MB" in line and ("Dice 0." in line or "median L2" in line), line
+    assert "polyp segmentation, colonoscopy images" in out and "0.000000" not in out

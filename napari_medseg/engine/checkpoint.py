@@ -27,14 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..io.atomic import default_mode
-from ..io.errors import MedSegIOError
-
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
-FORMAT = "napari-medseg checkpoint v1"
+from .config import FORMAT, CheckpointError, read_config  # noqa: F401 - re-exported
+from .config import resolve as _resolve
 
 
-class CheckpointError(MedSegIOError):
-    pass
+
 
 
 def software_versions() -> dict[str, str]:
@@ -162,34 +159,6 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _resolve(path: Path) -> Path:
-    if path.is_dir():
-        return path
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(
-            path, "refusing to load a pickle-based PyTorch file (it can run arbitrary code); napari-medseg "
-            "checkpoints are a folder with model.safetensors + config.json")
-    if path.name == "model.safetensors" or path.name == "config.json":
-        return path.parent
-    if path.suffix == ".safetensors" and path.with_suffix(".json").is_file():
-        return path  # file pair: x.safetensors + x.json
-    raise CheckpointError(path, "not a napari-medseg checkpoint (expected a folder with model.safetensors and config.json)")
-
-
-def read_config(path: str | os.PathLike) -> dict:
-    path = _resolve(Path(path))
-    cfg_path = path / "config.json" if path.is_dir() else path.with_suffix(".json")
-    if not cfg_path.is_file():
-        raise CheckpointError(path, "config.json is missing")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(cfg_path, f"unreadable config ({err})") from err
-    if cfg.get("format") != FORMAT:
-        raise CheckpointError(cfg_path, f"unknown checkpoint format {cfg.get('format')!r}")
-    return cfg
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

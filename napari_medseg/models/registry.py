@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from torch import nn
+if TYPE_CHECKING:  # listing networks (`napari-medseg models`) must not import torch
+    from torch import nn
 
 SIZES = ("paper", "small")
 
