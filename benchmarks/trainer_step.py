@@ -128,13 +128,14 @@ def table(rows: list[dict]) -> str:
         m = r["ms"]
         label = r["name"] + (" " + ",".join(f"{k}={v}" for k, v in r["options"].items()) if r["options"] else "")
         trainer = m.get("trainer_auto", m["trainer_fp32"])
+        ms = lambda k: f"{m[k]:.0f}" if k in m else "-"  # noqa: E731
         lines.append(
-            f"| {label} | {r['size']} | {r['training_precision']} | {m['bare_fp32_contiguous']:.0f} | "
-            f"{m['bare_fp32_channels_last']:.0f} | {m.get('bare_auto_contiguous', float('nan')):.0f} | "
-            f"{m.get('bare_auto_channels_last', float('nan')):.0f} | {r['faster_format']} / {r['chosen_format']} | "
+            f"| {label} | {r['size']} | {r['training_precision']} | {ms('bare_fp32_contiguous')} | "
+            f"{ms('bare_fp32_channels_last')} | {ms('bare_auto_contiguous')} | "
+            f"{ms('bare_auto_channels_last')} | {r['faster_format']} / {r['chosen_format']} | "
             f"{trainer:.0f} | {r['trainer_over_bare']:.3f} | {r['trainer_fp32_over_bare']:.3f} | "
             f"{r['speedup_vs_bare_fp32_contiguous']:.2f}x |")
-    return "\n".join(lines).replace("| nan |", "| - |")
+    return "\n".join(lines)
 
 
 def main():

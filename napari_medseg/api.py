@@ -142,10 +142,27 @@ def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: i
     return Segmentation(labels, None if from_layer else vol.affine, vol.name, list(names), probs, vol.path)
 
 
+def as_disc_points(points) -> io.DiscPoints:
+    """Disc points from a ``DiscPoints``, a points file (``_discs.csv`` / ``.json`` / a disc-label NIfTI) or a
+    napari Points layer (its own transform applied); a point needs a disc number or name."""
+    if isinstance(points, io.DiscPoints):
+        return points
+    if isinstance(points, (str, os.PathLike)):
+        return io.read_points(points)
+    if hasattr(points, "data") and hasattr(points, "data_to_world"):
+        return geometry.points_of_layer(points)
+    raise TypeError(f"expected DiscPoints, a points file or a Points layer, got {type(points).__name__}")
+
+
 def label_discs(image: ImageLike, model: str | None = None, weights=None, *, device: str = "auto",
-                min_confidence: float = 0.2, predictor: Predictor | None = None, force: bool = False) -> io.DiscPoints:
+                min_confidence: float = 0.2, predictor: Predictor | None = None, force: bool = False,
+                prior=None) -> io.DiscPoints:
     """Named intervertebral discs (SCT numbers, confidences) in voxel and RAS world coordinates (for a
-    napari layer, ``napari_medseg.geometry.points_to_layer_data`` places them on it)."""
+    napari layer, ``napari_medseg.geometry.points_to_layer_data`` places them on it).
+
+    ``prior``: discs a person named (see :func:`as_disc_points`), e.g. one point named "L3/L4": the
+    prediction nearest to it takes its name and the others are renumbered in order, so a scan outside the
+    model's training levels is named right (``engine.discs.apply_prior``)."""
     pred = _predictor(model, weights, predictor, device=device)
     vol = as_volume(image)
     if _is_2d(vol):
@@ -155,6 +172,10 @@ def label_discs(image: ImageLike, model: str | None = None, weights=None, *, dev
     if pred.task == "keypoints":
         pred.check_input(vol, force)
     points = pred.label_discs(vol, min_confidence=min_confidence)
+    if prior is not None:
+        from .engine.discs import apply_prior
+
+        points = apply_prior(points, as_disc_points(prior))
     if points.verdict != "ok":
         import warnings
 
@@ -313,7 +334,7 @@ def expand_inputs(inputs) -> list[Path]:
 def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None, *, task: str | None = None,
           tta: bool = False, cleanup: bool = False, device: str = "auto", callback=None,
           cancel: CancelToken | None = None, force: bool = False, resume: bool = False, prefetch: int = 2,
-          client=None, workers: int | None = None) -> dict:
+          client=None, workers: int | None = None, prior=None) -> dict:
     """Run a model over many files; a bad file is reported and skipped, the rest are written.
 
     Writes ``<stem>_seg.nii.gz`` (volumes, source geometry) or ``<stem>_seg.png`` (2D images), or for disc
@@ -322,6 +343,7 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     (same checksum, outputs complete). The next ``prefetch`` inputs are read while the network runs.
     ``client`` (a ``dask.distributed.Client``) or ``workers=N`` (a local Dask cluster) spread the inputs
     over processes or machines (see ``engine/batch.py``); under torchrun the files are split across ranks.
+    ``prior`` (disc labeling of one scan): discs a person named, see :func:`label_discs`.
     Returns ``{"written": [...], "skipped": [...], "results": [...], "n_inputs": N, "manifest": path}``."""
     from .engine.batch import run_batch
 
@@ -337,4 +359,4 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     path = str(bundled_weights()[model]) if weights is None else str(weights)
     return run_batch(pred, files, Path(out), weights=path, task=task, tta=tta, cleanup=cleanup, force=force,
                      resume=resume, prefetch=prefetch, client=client, workers=workers, device=str(pred.device),
-                     callback=callback, cancel=cancel)
+                     callback=callback, cancel=cancel, prior=None if prior is None else as_disc_points(prior))

@@ -181,7 +181,7 @@ def _cmd_predict(args, task=None) -> int:
         summary = api.batch(args.inputs, args.out, model=args.model, weights=args.weights, task=task,
                             tta=getattr(args, "tta", False), cleanup=getattr(args, "cleanup", False),
                             device=args.device, callback=_BatchBar(), force=args.force, resume=args.resume,
-                            client=client, workers=args.workers)
+                            client=client, workers=args.workers, prior=getattr(args, "prior", None))
     finally:
         if client is not None:
             client.close()
@@ -296,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true",
                    help="run on inputs unlike the model's training data (otherwise refused and listed as skipped)")
+    p.add_argument("--prior", default=None, metavar="POINTS_FILE",
+                   help="discs you named on this one scan (_discs.csv / .json / disc-label NIfTI; one named disc is "
+                        "enough): the nearest prediction takes its name and the rest are renumbered in order")
     _batch_args(p)
     p.set_defaults(func=lambda a: _cmd_predict(_default_disc_model(a), task="keypoints"))
 

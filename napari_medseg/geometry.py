@@ -373,3 +373,11 @@ def points_from_layer_data(data: np.ndarray, features: Any, meta: dict | None,
     affine = None if meta.get("affine") is None else np.asarray(meta["affine"], dtype=float)
     shape = None if meta.get("shape") is None else tuple(meta["shape"])
     return DiscPoints(discs, affine, shape, meta.get("source")).sorted()
+
+
+def points_of_layer(layer) -> DiscPoints:
+    """A napari Points layer (duck-typed: ``data``, ``features``, ``metadata``, ``data_to_world``) as
+    disc points in RAS world coordinates, through the layer's own transform."""
+    return points_from_layer_data(layer.data, getattr(layer, "features", None),
+                                  (getattr(layer, "metadata", None) or {}).get(META_KEY),
+                                  matrix=world_matrix_of(layer, np.shape(layer.data)[-1] if np.ndim(layer.data) == 2 else 3))

@@ -208,3 +208,77 @@ def test_seg_png_keeps_class_values_and_is_visible_in_any_viewer(tmp_path):
     assert rgb[6, 6].max() > 100 and rgb[13, 3].max() > 100 and not rgb[0, 0].any()
     assert tuple(rgb[6, 6]) != tuple(rgb[13, 3])
     np.testing.assert_array_equal(io.read_image2d(path).data, labels)
+
+
+def _numbered_chain(numbers, spacing=30.0):
+    from napari_medseg.io.points import Disc, DiscPoints
+
+    return DiscPoints([Disc(n, (0.0, 0.0, -spacing * k), 0.9) for k, n in enumerate(numbers)], np.eye(4))
+
+
+def test_a_named_disc_renumbers_the_chain_in_order():
+    from napari_medseg.engine.discs import apply_prior
+    from napari_medseg.io.points import Disc
+
+    pred = _numbered_chain([21, 23, 24, 25])  # found in order, but misnamed with a skipped level
+    out = apply_prior(pred, [Disc(io.disc_number("T12/L1"), (0.5, 0.0, -31.0))])
+    assert [d.name for d in out.discs] == ["T11/T12", "T12/L1", "L1/L2", "L2/L3"]
+    assert out.discs[1].world == (0.5, 0.0, -31.0) and out.discs[1].confidence == 1.0  # the person's point wins
+    assert [d.number for d in pred.discs] == [21, 23, 24, 25]  # input untouched
+    # a real gap (a disc the model missed: two spacings) skips a level
+    from napari_medseg.io.points import Disc as D2, DiscPoints
+
+    gap = DiscPoints([D2(20, (0, 0, 0.0)), D2(21, (0, 0, -30.0)), D2(22, (0, 0, -90.0)), D2(23, (0, 0, -120.0))], np.eye(4))
+    out = apply_prior(gap, [D2(18, (0, 0, 0.0))])
+    assert [d.number for d in out.discs] == [18, 19, 21, 22]
+    with pytest.raises(ValueError, match="no disc has SCT number"):  # renumbered past the last disc: an error
+        apply_prior(_numbered_chain([20, 21, 22]), [D2(29, (0, 0, 0.0))])
+    with pytest.raises(ValueError, match="disagree"):
+        apply_prior(_numbered_chain([20, 21, 22]), [D2(20, (0, 0, 0.0)), D2(20, (0, 0, -60.0))])
+
+
+def test_one_named_disc_fixes_the_numbering_on_a_scan_missing_its_top_discs(shared, tmp_path, capsys):
+    """The lower 60 % of a lumbar test scan (its top discs cut off): the bundled model misnames every disc;
+    one disc named by a person (the lowest, from the reference) fixes the names of the others, through
+    the API and through `label-discs --prior`."""
+    import warnings
+
+    from napari_medseg import api
+    from napari_medseg.cli import main
+
+    stem = "spine_vb3_02"
+    vol = io.read_nifti(shared / "spine-discs" / "images" / f"{stem}.nii.gz")
+    truth = io.read_points(shared / "spine-discs" / "labels" / f"{stem}_labels-disc.nii.gz")
+    start = int(vol.data.shape[0] * 0.4)  # axis 0 runs head to feet (data README)
+    shift = np.eye(4)
+    shift[0, 3] = start
+    crop = io.Volume(vol.data[start:], vol.affine @ shift, name=f"{stem}_lower")
+    inside = [d for d in truth.discs if (np.linalg.inv(crop.affine) @ np.r_[d.world, 1.0])[0] >= 0]
+    assert [d.name for d in inside] == ["L2/L3", "L3/L4", "L4/L5"]
+
+    def named_right(points):
+        got = 0
+        for d in inside:
+            k = int(np.argmin(np.linalg.norm(points.world - np.asarray(d.world), axis=1)))
+            got += points.discs[k].number == d.number and np.linalg.norm(points.world[k] - d.world) < 10
+        return got
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = api.label_discs(crop, model="hourglass-spine-discs", device="cpu", force=True)
+        marked = io.DiscPoints([inside[-1]], crop.affine)
+        fixed = api.label_discs(crop, model="hourglass-spine-discs", device="cpu", force=True, prior=marked)
+    assert named_right(plain) == 0
+    assert named_right(fixed) >= 2
+    # the same through the CLI, with the named disc in a points file
+    io.write_nifti(tmp_path / f"{stem}_lower.nii.gz", crop.data, reference=crop)
+    io.write_points(tmp_path / "named.csv", marked)
+    assert main(["label-discs", str(tmp_path / f"{stem}_lower.nii.gz"), "--out", str(tmp_path / "out"), "--force",
+                 "--prior", str(tmp_path / "named.csv")]) == 0
+    cli = io.read_points(tmp_path / "out" / f"{stem}_lower_discs.csv")
+    assert [d.name for d in cli.discs] == [d.name for d in fixed.discs]
+    io.write_nifti(tmp_path / "another.nii.gz", crop.data, reference=crop)
+    # a named disc belongs to one scan, not a folder: refused with the reason, exit 2, nothing written
+    assert main(["label-discs", str(tmp_path / f"{stem}_lower.nii.gz"), str(tmp_path / "another.nii.gz"),
+                 "--out", str(tmp_path / "out2"), "--prior", str(tmp_path / "named.csv")]) == 2
+    assert "belong to one scan" in capsys.readouterr().err and not (tmp_path / "out2").exists()

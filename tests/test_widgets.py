@@ -153,6 +153,20 @@ def test_newcomer_labels_lumbar_discs_from_the_menus(make_napari_viewer, qtbot):
     errors = [np.linalg.norm(found[n] - expected[n]) for n in common]  # world mm
     assert np.median(errors) < 3.0, errors
 
+    # "prior points": the user names one disc (here deliberately one level lower than the truth says, so
+    # the effect is visible): the prediction nearest to it takes that name and all others follow in order
+    top = int(np.argmin(truth.features["sct_number"]))
+    named = viewer.add_points(truth.data[top:top + 1], name="my disc",
+                              features={"name": [io.disc_name(int(truth.features["sct_number"][top]) + 1)]})
+    w.prior.value = named.name
+    w.last_layer = None
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w.last_layer is not None, timeout=120_000)
+    renamed = dict(zip(w.last_layer.features["name"], w.last_layer.data))
+    for n in common:  # every disc one level lower, same place
+        lower = io.disc_name(io.disc_number(n) + 1)
+        assert np.linalg.norm(renamed[lower] - found[n]) < 1e-3 or io.disc_number(n) == truth.features["sct_number"][top]
+
 
 def test_train_on_the_ct_sample_then_segment_it(make_napari_viewer, qtbot, tmp_path):
     """The done-when path for the CT: File > Open Sample > abdominal CT (+ its segmentation), Layers > Segment >

@@ -54,7 +54,13 @@ class LabelDiscsWidget(Container):
         if picked is None:
             return
         layer, source = picked
-        prior = None if self.prior.value in (None, NO_PRIOR) else self.viewer.layers[self.prior.value]
+        try:  # read in the GUI thread: the user may keep editing the layer while the network runs
+            from .. import api
+
+            prior = None if self.prior.value in (None, NO_PRIOR) else api.as_disc_points(self.viewer.layers[self.prior.value])
+        except (ValueError, OSError) as err:
+            notify_error(err)
+            return
         self.controls.busy(True, "labeling discs...", cancellable=False)  # one forward pass
         min_conf, device, force = float(self.min_conf.value), self.device.value, self.force.value
 
@@ -63,48 +69,21 @@ class LabelDiscsWidget(Container):
         def work():
             from .. import api
 
-            points = api.label_discs(layer, device=device, min_confidence=min_conf, force=force, **source)
-            return points
+            return api.label_discs(layer, device=device, min_confidence=min_conf, force=force, prior=prior, **source)
 
         worker = work()
-        worker.returned.connect(lambda pts: self._done(pts, layer, prior))
+        worker.returned.connect(lambda pts: self._done(pts, layer))
         worker.errored.connect(lambda err: setattr(self.controls.status, "value", notify_error(err)))
         worker.finished.connect(lambda: self.controls.busy(False))
         self.worker = worker
         worker.start()
 
-    def _done(self, points, layer, prior):
+    def _done(self, points, layer):
         if isinstance(points, Failed):
             self.controls.status.value = notify_error(points.error)
             return
         data, kwargs, _ = points_layer_data(points, layer, f"{layer.name}_discs")
-        if prior is not None and len(prior.data) and len(data):
-            data, kwargs = apply_prior(data, kwargs, prior)
         self.last_layer = self.viewer.add_points(data, **kwargs)
         self.controls.status.value = (f"{len(data)} disc(s): " + ", ".join(kwargs["features"]["name"]) +
                                       f" | {points.verdict}" + (" (red rings; name one disc in 'prior points' to "
                                                                 "renumber)" if points.verdict != "ok" else ""))
-
-
-def apply_prior(data, kwargs, prior):
-    """``data`` are world coordinates (the new layer has no transform); the prior layer's first point is
-    taken to world through its own transform. A user-marked disc anchors the naming: shift every predicted name so that the prediction nearest to
-    the marked point takes the marked name (the rest follow in order)."""
-    import numpy as np
-
-    from ..io import disc_name, disc_number
-
-    marked = np.asarray(prior.data_to_world(np.asarray(prior.data[0], dtype=float)), dtype=float)  # world, like data
-    try:
-        marked_number = int(prior.features["sct_number"][0])
-    except (KeyError, IndexError, TypeError, ValueError):
-        marked_number = disc_number(str(prior.features["name"][0]))
-    nearest = int(np.argmin(np.linalg.norm(np.asarray(data) - marked, axis=1)))
-    shift = marked_number - int(kwargs["features"]["sct_number"][nearest])
-    if shift:
-        numbers = [int(n) + shift for n in kwargs["features"]["sct_number"]]
-        kwargs["features"]["sct_number"] = np.asarray(numbers)
-        kwargs["features"]["name"] = [disc_name(n) for n in numbers]
-    data = np.asarray(data, dtype=float).copy()
-    data[nearest] = marked  # the user's position wins
-    return data, kwargs

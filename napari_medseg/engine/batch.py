@@ -141,12 +141,17 @@ def stem_of(path: Path) -> str:
 
 
 def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = False, cleanup: bool = False,
-            force: bool = False) -> dict:
-    """Check, predict and write one input (already read). Returns the result row for the summary."""
+            force: bool = False, prior=None) -> dict:
+    """Check, predict and write one input (already read). Returns the result row for the summary.
+    ``prior``: discs a person named on this input (``io.DiscPoints``; see ``discs.apply_prior``)."""
     pred.check_input(vol, force)  # refused before anything is written
     stem = stem_of(path)
     if task == "keypoints":
         points = pred.label_discs(vol)
+        if prior is not None:
+            from .discs import apply_prior
+
+            points = apply_prior(points, prior)
         outs = [io.write_points(out / f"{stem}_discs.csv", points), io.write_points(out / f"{stem}_discs.json", points),
                 io.write_points(out / f"{stem}_labels-disc.nii.gz", points, reference=vol)]
         return {"file": str(path), "outputs": [str(p) for p in outs], "discs": len(points),
@@ -214,9 +219,11 @@ def dask_task(weights: str, device: str, path: str, out: str, task: str, tta: bo
 def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tta: bool = False,
               cleanup: bool = False, force: bool = False, resume: bool = False, prefetch: int = 2,
               client=None, workers: int | None = None, device: str = "cpu", callback=None,
-              cancel: CancelToken | None = None) -> dict:
+              cancel: CancelToken | None = None, prior=None) -> dict:
     """Run ``pred`` (loaded from ``weights``) over ``files`` into ``out``; see the module docstring.
     Returns ``{"written", "skipped", "results", "n_inputs", "manifest"}``."""
+    if prior is not None and (len(files) != 1 or client is not None or workers):
+        raise ValueError("named prior discs belong to one scan: give exactly one input (and no Dask workers)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     emit = callback or (lambda e: None)
@@ -257,13 +264,13 @@ def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tt
         if client is not None or workers:
             _run_dask(todo, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel)
         else:
-            _run_local(pred, todo, out, task, tta, cleanup, force, prefetch, record, cancel)
+            _run_local(pred, todo, out, task, tta, cleanup, force, prefetch, record, cancel, prior)
     finally:
         manifest.close()
     return summary
 
 
-def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, cancel):
+def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, cancel, prior=None):
     """One process: the next inputs are read by a background thread while the network runs."""
 
     def load(path):
@@ -286,7 +293,7 @@ def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, ca
             t0 = time.perf_counter()
             if err is None:
                 try:
-                    row = run_one(pred, path, vol, out, task, tta, cleanup, force)
+                    row = run_one(pred, path, vol, out, task, tta, cleanup, force, prior)
                     row.update(status="ok", reason="")
                 except EXPECTED_ERRORS as e:
                     err = e

@@ -136,3 +136,59 @@ def flag_discs(points):
     for d in discs:
         d.flag = "; ".join(reasons[id(d)])
     return points
+
+
+# ---------------------------------------------------------------- the user's named disc fixes the numbering
+
+
+def apply_prior(points, marked):
+    """Renumber ``points`` (``io.DiscPoints``) so that they agree with discs a person named.
+
+    ``marked``: ``io.DiscPoints`` (or a list of ``io.Disc``) in the same world space, e.g. one disc the
+    user placed and named. The predicted disc nearest to the first marked disc takes that disc's name and
+    the others are renumbered outward from it in their head-to-feet order, one level per typical disc
+    spacing (the median distance between neighbouring predictions; a gap of about two spacings skips a
+    level, where a disc was missed). On a scan outside its training levels the model finds the discs but
+    misnames them, sometimes skipping a level between neighbours; their order and spacing are what it gets
+    right (our choice). Each marked disc then replaces the prediction nearest to it (the person's position
+    and name win; confidence 1). Flags are recomputed (``flag_discs``). Returns a new ``DiscPoints``;
+    ``points`` is unchanged."""
+    from ..io.points import Disc, DiscPoints
+
+    marked = list(getattr(marked, "discs", marked))
+    discs = [Disc(d.number, tuple(d.world), d.confidence, d.voxel, d.flag) for d in points.discs]
+    if not marked or not discs:
+        return DiscPoints(discs, points.affine, points.shape, points.source)
+    xyz = np.array([d.world for d in discs], dtype=float)
+
+    def nearest(m) -> int:
+        return int(np.argmin(np.linalg.norm(xyz - np.asarray(m.world, dtype=float), axis=1)))
+
+    order = sorted(range(len(discs)), key=lambda i: discs[i].number)  # head to feet, as decoded
+    gaps = [float(np.linalg.norm(xyz[b] - xyz[a])) for a, b in zip(order, order[1:])]
+    typical = float(np.median(gaps)) if gaps else 1.0
+    steps = [max(1, int(round(g / typical))) for g in gaps]
+    anchor = order.index(nearest(marked[0]))
+    numbers = {order[anchor]: int(marked[0].number)}
+    for k in range(anchor + 1, len(order)):
+        numbers[order[k]] = numbers[order[k - 1]] + steps[k - 1]
+    for k in range(anchor - 1, -1, -1):
+        numbers[order[k]] = numbers[order[k + 1]] - steps[k]
+    for i, d in enumerate(discs):
+        d.number = numbers[i]
+    inv = None if points.affine is None else np.linalg.inv(np.asarray(points.affine, dtype=float))
+    for m in marked:
+        k = nearest(m)
+        vox = None if inv is None else tuple(float(v) for v in (inv @ np.r_[np.asarray(m.world, float), 1.0])[:3])
+        discs[k] = Disc(int(m.number), tuple(float(c) for c in m.world), 1.0, vox)
+        xyz[k] = m.world
+    numbers = [d.number for d in discs]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError("the named discs disagree with each other (two discs would get the same name); "
+                         "name one disc, or discs in their head-to-feet order")
+    from ..io.points import disc_name
+
+    for n in numbers:
+        disc_name(n)  # a shift past C1 or S1 is an error, not a silent wrong name
+    out = DiscPoints(sorted(discs, key=lambda d: d.number), points.affine, points.shape, points.source)
+    return flag_discs(out)
