@@ -331,6 +331,15 @@ def expand_inputs(inputs) -> list[Path]:
     return unique
 
 
+def batch_manifest(out: str | os.PathLike) -> list[dict]:
+    """What a batch run into ``out`` did so far: ``manifest.csv``'s latest row per input (input, outputs,
+    status ok/skipped/failed, reason, seconds, model, sha256), in the order the inputs first appeared;
+    ``[]`` when there is none. Safe to call while the run is writing (complete lines only)."""
+    from .engine.batch import latest_rows, read_manifest
+
+    return latest_rows(read_manifest(out))
+
+
 def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None, *, task: str | None = None,
           tta: bool = False, cleanup: bool = False, device: str = "auto", callback=None,
           cancel: CancelToken | None = None, force: bool = False, resume: bool = False, prefetch: int = 2,

@@ -52,12 +52,12 @@ class BatchWidget(Container):
 
     def show_manifest(self, results: dict | None = None, force: bool = False) -> None:
         """Show the output folder's manifest (latest row per input); cheap when it has not changed."""
-        from ..engine.batch import MANIFEST, latest_rows, read_manifest
+        from .. import api
 
         out = str(self.out.value)
         if out in ("", "."):
             return
-        path = Path(out) / MANIFEST
+        path = Path(out) / "manifest.csv"
         try:
             st = path.stat()
             key = (str(path), st.st_size, st.st_mtime_ns)
@@ -66,7 +66,7 @@ class BatchWidget(Container):
         if key == self._shown and results is None and not force:
             return
         self._shown = key
-        self.table.value = self._rows(latest_rows(read_manifest(out)), results)
+        self.table.value = self._rows(api.batch_manifest(out), results)
 
     def _task_changed(self, *_):
         self.weights.task = self.task.value
