@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 SAMPLE_KEYS = ("ct_dicom", "mr_lumbar", "endoscopy", "mr_cardiac")
 # the dataset a sample comes from: the bundled model trained on it (best test score) runs on the sample
 SAMPLE_DATASET = {"mr_lumbar": "spine-discs", "endoscopy": "kvasir-seg", "mr_cardiac": "acdc"}
@@ -129,20 +131,66 @@ def _run_model(viewer, key: str, model: str, out: Path) -> dict:
             truth.text.visible = False  # the sample's own points: unnamed green rings under the prediction
             truth.symbol, truth.size = "ring", 10
             truth.face_color = "lime"
-        points = api.label_discs(image, model=model)
+        import warnings
+
+        from ..engine.discs import DiscsFlagged
+
+        with warnings.catch_warnings():  # the verdict goes into the summary; flagged discs show red rings
+            warnings.simplefilter("ignore", DiscsFlagged)
+            points = api.label_discs(image, model=model)
         data, kwargs, _ = points_layer_data(points, image, f"{key}: discs ({model})")
         layer = viewer.add_points(data, **kwargs)
+        _overlay(viewer).text = f"named points: prediction ({model})\ngreen rings: reference"
+        _legend(viewer)
         path = out / f"{key}_discs.csv"
         layer.save(str(path), plugin="napari-medseg")
-        return {"model": model, "file": str(path), "discs": list(kwargs["features"]["name"])}
+        return {"model": model, "file": str(path), "discs": list(kwargs["features"]["name"]), "verdict": points.verdict}
     seg = api.segment(image, model=model)
     data, kwargs, _ = labels_layer_data(seg.labels, image, seg.class_names, f"{key}: segmentation ({model})")
     layer = viewer.add_labels(data, **kwargs)
+    layer.opacity = 0.55
+    if len(seg.class_names) == 2:  # one foreground class: a colour that stands out on tissue
+        from napari.utils.colormaps import DirectLabelColormap
+
+        layer.colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "cyan"})
+    _outline_references(viewer, key, layer)
+    _overlay(viewer).text = f"fill: prediction ({model})\ngreen outline: reference"
     path = out / (f"{key}_seg.png" if image.rgb or data.ndim == 2 else f"{key}_seg.nii.gz")
     layer.save(str(path), plugin="napari-medseg")
     counts = np.bincount(data.ravel(), minlength=len(seg.class_names))
     return {"model": model, "file": str(path),
             "voxels": {seg.class_names[i]: int(c) for i, c in enumerate(counts) if i > 0}}
+
+
+def _outline_references(viewer, key: str, prediction) -> None:
+    """The sample's own (reference) Labels layers as green outlines above the filled prediction, so the two
+    are told apart at a glance; the viewer's text overlay is the legend."""
+    from napari.layers import Labels
+    from napari.utils.colormaps import DirectLabelColormap
+
+    for ref in [lyr for lyr in viewer.layers if isinstance(lyr, Labels) and lyr is not prediction
+                and lyr.name.startswith(f"{key}:")]:
+        values = [int(v) for v in np.unique(np.asarray(ref.data)) if v != 0]
+        ref.colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent",
+                                                       **{v: "lime" for v in values}})
+        ref.contour = 2
+        ref.opacity = 1.0
+        viewer.layers.move(viewer.layers.index(ref), len(viewer.layers) - 1)  # drawn on top of the prediction
+    _legend(viewer)
+
+
+def _overlay(viewer):
+    """The canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9, ``viewer.text_overlay`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.overlays.text if canvas is not None and hasattr(canvas, "overlays") else viewer.text_overlay
+
+
+def _legend(viewer) -> None:
+    overlay = _overlay(viewer)
+    overlay.visible = True
+    overlay.font_size = 12
+    overlay.position = "bottom_left"
+    overlay.color = "white"
 
 
 def _add_sample(viewer, key: str) -> list[dict]:
@@ -188,3 +236,5 @@ def _focus(viewer, key: str) -> None:
     if key in ("mr_spine", "mr_lumbar") and viewer.dims.ndim == 3:
         viewer.dims.order = (2, 0, 1)  # sagittal, head up and anterior on the left (napari_medseg.geometry)
     viewer.reset_view()
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari 0.9 renamed it
+    camera.zoom *= 0.85  # a margin, so that the names of the top and bottom discs are not cut off
