@@ -7,14 +7,15 @@ ISIC 2016 crops (dermoscopy from another source than PH2) with the bundled ``une
 2. round r: the Segment widget segments test image r with the current model, its Labels layer is replaced
    by the reference mask (standing in for the user's brush corrections), and the Train widget fine-tunes
    from the current model ("start from") on that image and corrected layer, the widget's defaults except
-   ``--epochs`` and input size 128 (``unet-ph2``'s); the new checkpoint becomes the current model;
+   ``--epochs`` and input size 128 (``unet-ph2``'s); the new checkpoint becomes the current model; with
+   ``--accumulate`` every image corrected so far trains (the widget's "also train on"), not only this one;
 3. after each round the Segment widget segments the held-out images again: Dice "after r rounds".
 
 Only the held-out images are scored, never the corrected ones. Needs a display (``xvfb-run -a``):
 
     NAPARI_MEDSEG_DATA_DIR=../shared/data xvfb-run -a .venv/bin/python benchmarks/correction_loop.py [--rounds 5]
 
-Writes benchmarks/results/correction_loop.json.
+Writes benchmarks/results/correction_loop.json (``--out`` to change).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--accumulate", action="store_true",
+                    help="each round trains on every image corrected so far (the Train widget's 'also train on')")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "correction_loop.json"))
     args = ap.parse_args()
     import napari
@@ -92,6 +95,7 @@ def main():
                 "per_image": dice}
 
     t0 = time.time()
+    kept = []  # the corrected Labels layers, in the order they were corrected
     current = "unet-ph2"
     rows = [{"round": 0, "model": current, **score(current)}]
     print(f"round 0 ({current}): held-out Dice {rows[-1]['mean_dice']:.3f}", flush=True)
@@ -101,7 +105,10 @@ def main():
             layer = segment(stem)
             before = segmentation_metrics(np.asarray(layer.data), truths[stem], 2)["dice"][1]
             layer.data = truths[stem].astype(layer.data.dtype)  # the user's corrections
+            layer.name = f"{stem}_corrected"
+            kept.append(layer)
             trainer.image.value, trainer.labels_layer.value = stem, layer.name
+            trainer.more.value = [lyr.name for lyr in kept[:-1]] if args.accumulate else []
             trainer.network.value = "unet"
             if Path(current).is_dir():
                 trainer.start_from.choice.value = CHECKPOINT_CHOICE
@@ -117,13 +124,13 @@ def main():
                 raise RuntimeError(trainer.controls.status.value)
             train_s = time.time() - t_train
             current = trainer.result["best_checkpoint"]
-            viewer.layers.remove(layer)
             rows.append({"round": r, "corrected": stem, "its_dice_before_correction": before, "train_s": train_s,
                          **score(current)})
             print(f"round {r} (corrected {stem}, its Dice before {before:.3f}, fine-tune {train_s:.0f} s): "
                   f"held-out Dice {rows[-1]['mean_dice']:.3f}", flush=True)
         viewer.close()  # before its checkpoints' folder goes
     result = {"dataset": "isic2016-crops", "start": "unet-ph2", "rounds": args.rounds, "epochs_per_round": args.epochs,
+              "accumulate": args.accumulate,
               "held_out": len(held_out), "rows": rows, "wall_s": time.time() - t0}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -208,22 +208,12 @@ def train_in_background(model: str, data: str | None, out: str, *, prepared=None
     return TrainingProcess(TrainOptions(model=model, data=data, out=out, **options), prepared).start()
 
 
-def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size: int = 128,
-                              val_fraction: float = 0.2, at=None, model: str | None = None):
-    """(train, val, summary) for :func:`train` / :func:`train_in_background` from one image and its labels
-    held in memory (napari layers, arrays, or volumes), prepared by exactly the steps a dataset folder
-    and inference use (:mod:`napari_medseg.geometry`, then ``engine.data.from_volumes``), so that the
-    slices the network trains on are the slices Segment, Batch and the CLI give it.
-
-    A volume is sliced along the through-plane axis; only labelled slices train; the slice through
-    ``at`` (a napari world point, e.g. ``viewer.dims.point``) and every ``1/val_fraction``-th labelled
-    slice validate. A single 2D image trains and validates on itself (``summary["validation"]`` says so).
-    ``model`` picks the network's own input normalisation (e.g. BCDU-Net's)."""
-    from . import models
+def _prepared_pair(image, labels, rules: dict, size: tuple[int, int], vol=None):
+    """(volume, labels volume, Prepared, slice axis) for one image and its labels (one rule for every pair);
+    ``vol``: ``as_volume(image)`` when the caller has it already."""
     from .engine import data as D
-    from .engine.train import input_rules
 
-    vol = as_volume(image)
+    vol = as_volume(image) if vol is None else vol
     if hasattr(labels, "data_to_world") and hasattr(image, "data_to_world"):
         lab = geometry.volume_of_labels_on(labels, image)  # also a layer made with napari's new-labels button
     else:
@@ -234,20 +224,50 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
                          f"{np.shape(vol.data)}: draw them on the image (same shape and placement)")
     if np.ndim(vol.data) - int(vol.rgb) > 3:
         raise ValueError(f"{vol.name}: 4-D training data are not supported; train on one frame")
-    if model is not None and model not in models.REGISTRY:
-        raise ValueError(f"unknown network {model!r}; choose from {sorted(models.REGISTRY)}")
-    rules = input_rules(model, "seg2d" if _is_2d(vol) else "seg3d") if model else {"context": 0, "normalize": None}
-    size = (int(input_size),) * 2
     channels = 3 if vol.rgb else 1
     prepared, ax = D.from_volumes(vol, np.asarray(lab.data), size=size, channels=channels, **rules)
+    return vol, lab, prepared, ax
+
+
+def _labelled(lab, ax, n: int) -> list[int]:
+    """Indices of the samples that carry any label (a 2D image: its one sample if labelled)."""
+    if ax is None:
+        return [0] if np.asarray(lab.data).any() else []
+    lab_data = np.moveaxis(np.asarray(lab.data), ax, 0)
+    return [k for k in range(n) if lab_data[k].any()]
+
+
+def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size: int = 128,
+                              val_fraction: float = 0.2, at=None, model: str | None = None, more=()):
+    """(train, val, summary) for :func:`train` / :func:`train_in_background` from one image and its labels
+    held in memory (napari layers, arrays, or volumes), prepared by exactly the steps a dataset folder
+    and inference use (:mod:`napari_medseg.geometry`, then ``engine.data.from_volumes``), so that the
+    slices the network trains on are the slices Segment, Batch and the CLI give it.
+
+    A volume is sliced along the through-plane axis; only labelled slices train; the slice through
+    ``at`` (a napari world point, e.g. ``viewer.dims.point``) and every ``1/val_fraction``-th labelled
+    slice validate. A single 2D image trains and validates on itself (``summary["validation"]`` says so).
+    ``more``: further ``(image, labels)`` pairs of the same kind (e.g. every image the user corrected so
+    far); all their labelled samples join the training set, prepared by the same rules.
+    ``model`` picks the network's own input normalisation (e.g. BCDU-Net's)."""
+    from . import models
+    from .engine import data as D
+    from .engine.train import input_rules
+
+    if model is not None and model not in models.REGISTRY:
+        raise ValueError(f"unknown network {model!r}; choose from {sorted(models.REGISTRY)}")
+    more = list(more)
+    first = as_volume(image)
+    rules = input_rules(model, "seg2d" if _is_2d(first) else "seg3d") if model else {"context": 0, "normalize": None}
+    size = (int(input_size),) * 2
+    vol, lab, prepared, ax = _prepared_pair(image, labels, rules, size, vol=first)
     n = len(prepared.images)
     preview, validation = None, "the current slice and every k-th labelled slice"
     if ax is None:
         val_idx, train_idx = [0], [0]
         validation = "the training image itself (one image: there is nothing to hold out)"
     else:
-        lab_data = np.moveaxis(np.asarray(lab.data), ax, 0)
-        labelled = [k for k in range(n) if lab_data[k].any()]
+        labelled = _labelled(lab, ax, n)
         if not labelled:
             raise ValueError(f"labels {lab.name} are empty: label at least one slice")
         cur = labelled[len(labelled) // 2]
@@ -261,15 +281,29 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
             validation = "the training slices themselves (too few labelled slices to hold any out)"
         preview = cur
 
-    def subset(idx):
-        return D.Prepared("segmentation", prepared.images[idx], prepared.targets[idx], None,
-                          [prepared.stems[i] for i in idx], prepared.num_classes, dict(prepared.preprocessing),
-                          list(prepared.profiles))
+    def subset(p, idx):
+        return D.Prepared("segmentation", p.images[idx], p.targets[idx], None, [p.stems[i] for i in idx],
+                          p.num_classes, dict(p.preprocessing), list(p.profiles))
 
+    train_parts = [subset(prepared, train_idx)]
+    for extra_image, extra_labels in more:
+        evol, elab, eprep, eax = _prepared_pair(extra_image, extra_labels, rules, size)
+        if eprep.preprocessing != prepared.preprocessing:
+            raise ValueError(f"{evol.name} is not the same kind of image as {vol.name} (prepared as "
+                             f"{eprep.preprocessing}, not {prepared.preprocessing}): train on images of one kind")
+        idx = _labelled(elab, eax, len(eprep.images))
+        if not idx:
+            raise ValueError(f"labels {elab.name} are empty: label it or leave it out")
+        train_parts.append(subset(eprep, idx))
+    train = train_parts[0] if len(train_parts) == 1 else D.Prepared(
+        "segmentation", np.concatenate([p.images for p in train_parts]),
+        np.concatenate([p.targets for p in train_parts]), None, [s for p in train_parts for s in p.stems],
+        max(p.num_classes for p in train_parts), dict(prepared.preprocessing),
+        [pr for p in train_parts for pr in p.profiles])
     summary = {"layout": "napari layers", "image": vol.name, "labels": lab.name, "slice_axis": ax,
-               "train_samples": len(train_idx), "val_samples": len(val_idx), "preview_slice": preview,
-               "validation": validation}
-    return subset(train_idx), subset(val_idx), summary
+               "train_samples": len(train.images), "val_samples": len(val_idx), "preview_slice": preview,
+               "validation": validation, "pairs": 1 + len(more)}
+    return train, subset(prepared, val_idx), summary
 
 
 def evaluate(data: str, model: str | None = None, weights=None, *, json_path: str | None = None,

@@ -176,3 +176,41 @@ def test_labels_from_napari_new_labels_button_train_on_the_plugin_image(make_nap
                                                  world_to_ras(image.data_to_world((7, 50, 70)))[0])).astype(int)
     assert summary["slice_axis"] == 2 and summary["preview_slice"] == file_idx[2]
     assert train.targets.any() or val.targets.any()
+
+
+def test_training_data_from_several_corrected_images(make_napari_viewer, shared):
+    """The correction loop trains on every image corrected so far: extra (image, labels) pairs join the
+    training set by the same preparation; the current image stays the validation sample; the Train widget
+    pairs each extra Labels layer with the image it was drawn on; images of another kind are refused."""
+    from napari_medseg._napari.train_widget import TrainWidget
+
+    viewer = make_napari_viewer()
+    stems = sorted(p.stem for p in (shared / "ph2" / "images").iterdir())[:3]
+    pairs = []
+    for stem in stems:
+        img = io.read_image2d(shared / "ph2" / "images" / f"{stem}.jpg")
+        mask = io.read_image2d(shared / "ph2" / "masks" / f"{stem}.png", kind="labels").data
+        image = viewer.add_image(img.data, rgb=True, name=stem)
+        labels = viewer.add_labels((np.asarray(mask) > 127).astype(np.uint8), name=f"{stem}_seg")
+        pairs.append((image, labels))
+    one, _, _ = api.training_data_from_layers(*pairs[0], input_size=64)
+    train, val, summary = api.training_data_from_layers(*pairs[0], input_size=64, more=pairs[1:])
+    assert len(train.images) == 3 and len(val.images) == 1 and summary["pairs"] == 3
+    np.testing.assert_array_equal(train.images[0], one.images[0])  # the same preparation for every pair
+    for k, (image, labels) in enumerate(pairs[1:], start=1):
+        alone, _, _ = api.training_data_from_layers(image, labels, input_size=64)
+        np.testing.assert_array_equal(train.images[k], alone.images[0])
+        np.testing.assert_array_equal(train.targets[k], alone.targets[0])
+    # a grey volume is not the same kind as RGB images
+    vol = io.read(shared / "volumes" / "ct-spleen-crop.nii.gz")[0]
+    seg = io.read(shared / "volumes" / "ct-spleen-crop_seg-manual.nii.gz")[0]
+    with pytest.raises(ValueError, match="not the same kind"):
+        api.training_data_from_layers(*pairs[0], input_size=64, more=[(vol, seg)])
+    # the widget: labels layers chosen under "also train on" find their images
+    w = TrainWidget(viewer)
+    assert all(w.image_of(lab) is img for img, lab in pairs)
+    w.image.value, w.labels_layer.value = pairs[0][0].name, pairs[0][1].name
+    w.more.value = [pairs[1][1].name, pairs[2][1].name]
+    w.input_size.value = 64
+    t2, _, s2 = w._layer_data()
+    assert s2["pairs"] == 3 and len(t2.images) == 3

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Select, SpinBox
 from napari.layers import Image, Labels
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen
@@ -104,6 +104,8 @@ class TrainWidget(Container):
         self.source = ComboBox(label="train on", choices=[LAYERS, FOLDER], value=LAYERS)
         self.image = ComboBox(label="image", choices=self._images)
         self.labels_layer = ComboBox(label="labels", choices=self._labels)
+        # the correct-and-retrain loop: every image corrected so far trains, not only the current one
+        self.more = Select(label="also train on", choices=self._labels, allow_multiple=True, value=[])
         self.folder = FileEdit(label="dataset folder", mode="d", visible=False)
         self.network = ComboBox(label="network", choices=[n for n, i in models.REGISTRY.items()
                                                            if i.task == "segmentation"] + ["hourglass"], value="unet")
@@ -122,7 +124,7 @@ class TrainWidget(Container):
         self.resume = CheckBox(text="resume the run in the output folder", value=False)
         self.overwrite = CheckBox(text="replace the run in the output folder", value=False)
         self.controls = RunControls("Train")
-        super().__init__(widgets=[self.source, self.image, self.labels_layer, self.folder, self.network, self.size,
+        super().__init__(widgets=[self.source, self.image, self.labels_layer, self.more, self.folder, self.network, self.size,
                                   self.start_from, self.freeze, self.epochs, self.batch, self.lr, self.input_size, self.val_fraction, self.device,
                                   self.out, self.resume, self.overwrite, self.controls])
         self.plot = CurvePlot()
@@ -155,6 +157,30 @@ class TrainWidget(Container):
     def _refresh(self, *_):
         self.image.reset_choices()
         self.labels_layer.reset_choices()
+        self.more.reset_choices()
+
+    def image_of(self, labels) -> Image:
+        """The Image layer a Labels layer was drawn on: same spatial shape and world placement, and (if
+        several qualify) the one whose name starts its name (Segment names its result '<image>_seg')."""
+        def spatial(layer):
+            shape = np.shape(layer.data)
+            return shape[:-1] if isinstance(layer, Image) and layer.rgb else shape
+
+        def placed(layer):
+            from ..geometry import world_matrix_of
+
+            return world_matrix_of(layer, len(spatial(layer)))
+
+        fits = [lyr for lyr in self.viewer.layers if isinstance(lyr, Image) and spatial(lyr) == spatial(labels)
+                and np.allclose(placed(lyr), placed(labels), atol=1e-4)]
+        named = [lyr for lyr in fits if labels.name.startswith(lyr.name)]
+        longest = max((len(lyr.name) for lyr in named), default=0)
+        named = [lyr for lyr in named if len(lyr.name) == longest]  # 'scan_01' over 'scan_0' for 'scan_01_seg'
+        pick = named if len(named) == 1 else fits
+        if len(pick) != 1:
+            raise ValueError(f"cannot tell which image the labels layer {labels.name!r} was drawn on "
+                             f"({len(pick)} candidates): name it '<image name>_...'")
+        return pick[0]
 
     def _network_changed(self, *_):
         self.start_from.task = "keypoints" if self.network.value == "hourglass" else "segmentation"
@@ -162,7 +188,7 @@ class TrainWidget(Container):
 
     def _source_changed(self, *_):
         layers = self.source.value == LAYERS
-        self.image.visible = self.labels_layer.visible = self.val_fraction.visible = layers
+        self.image.visible = self.labels_layer.visible = self.more.visible = self.val_fraction.visible = layers
         self.folder.visible = not layers
 
     def _layer_data(self):
@@ -173,9 +199,11 @@ class TrainWidget(Container):
 
         img_layer, lab_layer = self.viewer.layers[self.image.value], self.viewer.layers[self.labels_layer.value]
         at = tuple(float(v) for v in self.viewer.dims.point)
+        extra = [self.viewer.layers[name] for name in (self.more.value or []) if name != lab_layer.name]
+        more = [(self.image_of(lyr), lyr) for lyr in extra]
         train, val, summary = api.training_data_from_layers(
             img_layer, lab_layer, input_size=int(self.input_size.value), val_fraction=float(self.val_fraction.value),
-            at=at, model=self.network.value)
+            at=at, model=self.network.value, more=more)
         self._preview = (api.as_volume(img_layer), summary.get("slice_axis"), summary.get("preview_slice"))
         return train, val, summary
 
