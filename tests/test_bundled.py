@@ -1,11 +1,13 @@
 """Every bundled model loads in a fresh install and gives a sensible result on one real test case."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 
 from napari_medseg import api, io
+from napari_medseg.engine.discs import DiscsFlagged
 from napari_medseg.engine import checkpoint as ckpt
 from napari_medseg.engine import data as D
 from napari_medseg.engine import preprocess as pp
@@ -32,7 +34,9 @@ def test_bundled_model_on_a_real_test_case(name, shared):
     img_path, tgt_path = layout.pairs[stem]
     if cfg["model"]["task"] == "keypoints":
         vol = io.read_nifti(img_path)
-        pred = api.label_discs(vol, model=name, device="cpu")
+        with warnings.catch_warnings():  # its top disc may be flagged for review; accuracy is what is tested
+            warnings.simplefilter("ignore", DiscsFlagged)
+            pred = api.label_discs(vol, model=name, device="cpu")
         truth = D.disc_points(tgt_path, vol)
         _, geo = pp.sagittal_view(np.zeros(vol.data.shape, np.float32), vol.affine, 1)
         t = dict(zip(truth.numbers, pp.voxel_to_view(truth.voxels(), geo)))
@@ -94,7 +98,11 @@ def test_wrong_kind_of_input_is_refused_unless_forced(model, what, message, shar
     with pytest.raises(InputMismatch, match=message) as err:
         run(str(path), model=model, device="cpu")
     assert "--force" in str(err.value) and "\n" not in str(err.value)
-    run(str(path), model=model, device="cpu", force=True)  # the explicit override runs
+    if model.startswith("hourglass"):  # forced onto a scan it was not made for: runs, and says it found no disc
+        with pytest.warns(DiscsFlagged, match="no disc found"):
+            run(str(path), model=model, device="cpu", force=True)
+    else:
+        run(str(path), model=model, device="cpu", force=True)  # the explicit override runs
 
 
 def test_batch_lists_refused_inputs_writes_nothing_for_them_and_goes_on(shared, tmp_path):

@@ -11,7 +11,14 @@ import pytest
 from napari_medseg import api, io
 from napari_medseg.geometry import WORLD_FROM_RAS, ras_to_world, world_to_ras
 
-pytestmark = pytest.mark.gui
+# These tests place oblique and rotated layers on purpose: napari says it draws them without the
+# out-of-plane rotation (its known display limit); what the tests check is where the data are, not the
+# picture. The oblique Philips DICOM holds magnitude and phase in one series: the reader says so and splits it.
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.filterwarnings("ignore:Non-orthogonal slicing is being requested:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*mixes image types:napari_medseg.io.errors.MedSegIOWarning"),
+]
 
 
 def _dock(viewer, name):

@@ -109,7 +109,9 @@ def _mean(cases: list[dict], kind: str) -> dict:
         vals = [c[f"{k}_mean"] for c in cases if np.isfinite(c[f"{k}_mean"])]
         out[k] = float(np.mean(vals)) if vals else float("nan")
         classes = sorted({cl for c in cases for cl in c[k]})
-        out[f"{k}_per_class"] = {str(cl): float(np.nanmean([c[k][cl] for c in cases])) for cl in classes}
+        per = {cl: [c[k][cl] for c in cases if np.isfinite(c[k][cl])] for cl in classes}
+        # a class no case could score (e.g. HD95 of a class never predicted) is NaN, said without a warning
+        out[f"{k}_per_class"] = {str(cl): float(np.mean(v)) if v else float("nan") for cl, v in per.items()}
     out["cases"] = len(cases)
     out["seconds_per_case"] = float(np.mean([c["seconds"] for c in cases]))
     return out
