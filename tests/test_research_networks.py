@@ -157,7 +157,7 @@ def test_bcdunet_reference_initialisation():
     fan_in = conv.weight.shape[1] * 9
     assert float(conv.weight.detach().std()) == pytest.approx((2 / fan_in) ** 0.5, rel=0.01)
     assert float(conv.weight.detach().abs().max()) <= 2 * (2 / fan_in) ** 0.5 / 0.8796 + 1e-6  # truncated at 2 std
-    assert float(conv.bias.abs().max()) == 0.0
+    assert float(conv.bias.detach().abs().max()) == 0.0
     cell = net.up3.lstm.cell
     hc = cell.hidden_channels
     assert torch.all(cell.gates.bias[hc: 2 * hc] == 1) and torch.all(cell.gates.bias[:hc] == 0)
