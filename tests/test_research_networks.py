@@ -231,7 +231,7 @@ def test_the_trainer_uses_the_loss_it_records(tiny, tmp_path, loss):
     sampler.set_epoch(0)  # the trainer's sampling rule (the same for 1 and N processes)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, drop_last=True)))
     torch.manual_seed(1 * 100_003)
-    expected = float(build_loss(loss, "segmentation")(net.train()(batch["image"]), batch["target"]))
+    expected = float(build_loss(loss, "segmentation")(net.train()(batch["image"]), batch["target"]).detach())
     assert res["history"][0]["train_loss"] == pytest.approx(expected, rel=1e-5)
 
 
