@@ -8,7 +8,14 @@ Sun, Sui, Liang, Hu, Du, "Bilateral spatial attention network for medical image 
   BN, projection shortcut) at widths 24, 48, 96, 192, 192 and strides 1, 2, 4, 8, 16, with 2, 3, 4, 6,
   3 blocks per stage (the ResNeXt-50 pattern) **(our choice)**. The last BN scale of every block starts
   at zero (``zero_init_residual``, as torchvision's ResNeXt) **(our choice)**: it makes the 18-block
-  stack stable at init, which bf16 training needs.
+  stack stable at init, which bf16 training needs. ``residual="preact"`` swaps in pre-activation
+  bottlenecks (He et al. ECCV 2016, "Identity mappings": BN-ReLU before each conv, nothing after the
+  addition), the other stable init the research-network issue names **(our choice of wiring)**: the
+  stem-less first block of a stage convolves its input directly (the image, or the previous stage's
+  normalised output) with a projection shortcut, the other blocks are full pre-activation units with
+  identity shortcuts, and each stage ends with BN-ReLU (the pre-activation of the next stage, moved
+  so that the skip features the decoder, ISAM and the point head read are normalised, as in the
+  post-activation network).
 * ISAM, image space attention (Fig. 2): 6 Swin Transformer blocks (alternating window / shifted
   window, window 8; MONAI's ``BasicLayer``) -> conv3x3-BN-ReLU -> + input: ``f = Conv(STB(f0)) + f0``.
   Swin weights can be initialised from a local ImageNet Swin-T checkpoint converted to safetensors
@@ -90,6 +97,57 @@ class ResNeXtBlock(nn.Module):
     def forward(self, x):
         skip = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
         return F.relu(self.body(x) + self.shortcut(skip))
+
+
+class PreActResNeXtBlock(nn.Module):
+    """Pre-activation ResNeXt bottleneck (He et al. ECCV 2016, Fig. 4e): BN-ReLU-1x1 -> BN-ReLU-grouped
+    3x3 -> BN-ReLU-1x1, identity shortcut, no activation after the addition.
+
+    Args:
+        cin, cout: channels in and out.
+        stride: stride of the grouped 3x3 conv (and subsampling of the shortcut).
+        cardinality: groups of the 3x3 conv.
+        first: the stage's first block, whose input is already normalised (the image or the previous
+            stage's BN-ReLU output): no pre-activation of its own, and a projection shortcut where the
+            shape changes **(our choice)**.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, cardinality: int = CARDINALITY,
+                 first: bool = False):
+        super().__init__()
+        width = max(cardinality, (cout // 2) // cardinality * cardinality)
+        pre = [] if first else [nn.BatchNorm2d(cin), nn.ReLU(inplace=False)]
+        self.body = nn.Sequential(
+            *pre, nn.Conv2d(cin, width, 1, bias=False),
+            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=cardinality, bias=False),
+            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, cout, 1, bias=False),
+        )
+        self.stride = stride
+        # subsample then 1x1 conv, as ResNeXtBlock (avoids the strided-1x1 channels_last crash)
+        self.shortcut = nn.Identity() if (cin == cout and stride == 1) else nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x):
+        skip = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+        return self.body(x) + self.shortcut(skip)
+
+
+def encoder_stage(cin: int, cout: int, blocks: int, stride: int, residual: str) -> nn.Sequential:
+    """One encoder stage of ``blocks`` bottlenecks; ``residual`` is ``"zero_init"`` (post-activation,
+    last BN scale 0), ``"plain"`` (post-activation, default init: unstable in bf16, kept for the
+    ablation) or ``"preact"`` (pre-activation units, then BN-ReLU)."""
+    if residual == "preact":
+        units = [PreActResNeXtBlock(cin, cout, stride=stride, first=True)]
+        units += [PreActResNeXtBlock(cout, cout) for _ in range(blocks - 1)]
+        return nn.Sequential(*units, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    zero = residual == "zero_init"
+    units = [ResNeXtBlock(cin, cout, stride=stride, zero_init_residual=zero)]
+    units += [ResNeXtBlock(cout, cout, zero_init_residual=zero) for _ in range(blocks - 1)]
+    return nn.Sequential(*units)
+
+
+RESIDUALS = ("zero_init", "plain", "preact")
 
 
 class ISAM(nn.Module):
@@ -176,8 +234,13 @@ class BilateralAttentionNet(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 1, size: str = "small", render: bool = True,
                  swin_weights: str | Path | None = None, train_points: int = 1024, oversample: int = 3,
                  importance: float = 0.75, subdivision_points: int = 4096, subdivision_steps: int = 2,
-                 zero_init_residual: bool = True):
+                 zero_init_residual: bool = True, residual: str | None = None):
         super().__init__()
+        # ``residual`` names the block type; ``zero_init_residual=False`` is the older spelling of "plain"
+        residual = residual or ("zero_init" if zero_init_residual else "plain")
+        if residual not in RESIDUALS:
+            raise ValueError(f"bilateral: residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
+        self.residual = residual
         cfg = SIZES[size]
         w0, w1, w2, w3, w4 = cfg["widths"]
         self.in_channels, self.num_classes, self.render = in_channels, num_classes, render
@@ -185,9 +248,7 @@ class BilateralAttentionNet(nn.Module):
         self.subdivision_points, self.subdivision_steps = subdivision_points, subdivision_steps
         stages, cin = [], in_channels
         for i, (w, n) in enumerate(zip(cfg["widths"], cfg["blocks"])):
-            blocks = [ResNeXtBlock(cin, w, stride=1 if i == 0 else 2, zero_init_residual=zero_init_residual)]
-            blocks += [ResNeXtBlock(w, w, zero_init_residual=zero_init_residual) for _ in range(n - 1)]
-            stages.append(nn.Sequential(*blocks))
+            stages.append(encoder_stage(cin, w, n, stride=1 if i == 0 else 2, residual=residual))
             cin = w
         self.encoder = nn.ModuleList(stages)
         self.isam = ISAM(w4, cfg["heads"])
