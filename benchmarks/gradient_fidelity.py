@@ -1,7 +1,7 @@
 """Is bf16 training faithful for each network? The cosine between the bf16 + channels_last training
 gradient and the fp64 gradient, on a real batch of the recipe's size at 128 px, at initialisation and
 after 3 fp32 Adam steps (napari_medseg.engine.fidelity). Also measures the variants tried on the way
-(bilateral without zero-initialised residual BN scales; hourglass with zero-initialised residual branches).
+(bilateral with default-init post-activation blocks, and with pre-activation blocks).
 
     NAPARI_MEDSEG_DATA_DIR=../shared/data .venv/bin/python benchmarks/gradient_fidelity.py
 
@@ -22,7 +22,7 @@ from napari_medseg.engine.fidelity import THRESHOLD, fidelity, real_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [(name, {}) for name in models.REGISTRY] + [
-    ("bilateral", {"zero_init_residual": False}),
+    ("bilateral", {"residual": "plain"}), ("bilateral", {"residual": "preact"}),
 ]
 
 
@@ -35,7 +35,7 @@ def main():
         t = time.perf_counter()
         res = fidelity(name, real_batch(name, data, n=bs, input_size=128), model_options=options)
         res.update(options=options, batch=bs, seconds=round(time.perf_counter() - t, 1),
-                   policy="bf16" if models.REGISTRY[name].bf16_training else "fp32")
+                   policy="bf16" if models.REGISTRY[name].bf16_ok(options) else "fp32")
         rows.append(res)
         print(json.dumps(res), flush=True)
     out = ROOT / "benchmarks" / "results" / "gradient_fidelity.json"
@@ -46,7 +46,7 @@ def main():
     for r in rows:
         variant = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "as shipped"
         print(f"| {r['network']} | {variant} | {r['batch']} | {r['loss']} | {r['init']:.4f} | {r['trained']:.4f} | "
-              f"{'yes' if r['passes'] else 'no'} | {r['policy'] if not r['options'] else '-'} |")
+              f"{'yes' if r['passes'] else 'no'} | {r['policy']} |")
 
 
 if __name__ == "__main__":

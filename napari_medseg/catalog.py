@@ -16,6 +16,15 @@ TASKS = {
 }
 
 
+def _policy(info: dict) -> str:
+    """The training precision rule of a network card, in words (variants kept in fp32 named)."""
+    if not info["bf16_training"]:
+        return "fp32 (its bf16 gradient disagrees with fp64)"
+    kept = ", ".join(f"{k}={v}" for k, values in info["fp32_options"].items() for v in values
+                     if not isinstance(v, bool))
+    return "bf16 where the hardware has it, else fp32" + (f"; fp32 for {kept}" if kept else "")
+
+
 def bundled_weights() -> dict[str, Path]:
     """Weights shipped inside the package (``napari_medseg/weights/<name>/``)."""
     root = resources.files("napari_medseg") / "weights"
@@ -45,8 +54,7 @@ def list_models() -> list[dict]:
         rows.append({"name": info["name"], "network": info["name"], "size": "small|paper", "task": info["task"],
                      "dataset": None, "weights": False, "metrics": {}, "parameters": info["parameters"],
                      "title": info["title"], "memory_format": info["memory_format"],
-                     "precision": "bf16 where the hardware has it, else fp32" if info["bf16_training"] else
-                                  "fp32 (its bf16 gradient disagrees with fp64)",
+                     "precision": _policy(info),
                      "loss": "heatmap_mse" if info["task"] == "keypoints" else recipe.get("loss", "dice_ce")})
     for name, path in bundled_weights().items():
         cfg = read_config(path)

@@ -42,11 +42,14 @@ def test_bf16_gradient_matches_fp64_where_the_policy_allows_bf16(name, batches, 
             assert min(result["init"], result["trained"]) < THRESHOLD, (layout, result)
 
 
-def test_bilateral_without_zero_init_residual_is_chaotic_in_bf16(batches, shared):
-    """The fix is what makes bilateral pass: the same network without zero-initialised residual BN
-    scales gives a bf16 gradient far from fp64 (the check can fail)."""
+@pytest.mark.parametrize("residual", ["plain", "preact"])
+def test_bilateral_variants_kept_in_fp32_fail_the_check(residual, batches, shared):
+    """The fix is what makes bilateral pass: the same network with default-init post-activation blocks
+    ("plain"), or with pre-activation blocks, gives a bf16 gradient far from fp64 (the check can fail),
+    which is why the policy keeps these variants in fp32 (``ModelInfo.fp32_options``)."""
+    assert residual in models.REGISTRY["bilateral"].fp32_options["residual"]
     result = fidelity("bilateral", _batch(batches, shared, "bilateral"), steps=0,
-                      model_options={"zero_init_residual": False})
+                      model_options={"residual": residual})
     assert result["init"] < 0.9, result
 
 
@@ -59,6 +62,11 @@ def test_auto_precision_follows_the_policy(monkeypatch):
         assert select_precision(cpu, "fp32", network=name).dtype is None
         assert select_precision(cpu, "bf16", network=name).dtype == torch.bfloat16  # asked for: honoured
     assert not models.REGISTRY["hourglass"].bf16_training
+    for options, expected in [({"residual": "preact"}, None), ({"residual": "plain"}, None),
+                              ({"zero_init_residual": False}, None), ({"residual": "zero_init"}, torch.bfloat16),
+                              ({"render": False}, torch.bfloat16)]:
+        assert select_precision(cpu, "auto", network="bilateral", options=options).dtype == expected, options
+        assert select_precision(cpu, "bf16", network="bilateral", options=options).dtype == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert select_precision(torch.device("cuda"), "auto", network="hourglass").dtype is None
     assert select_precision(torch.device("cuda"), "auto", network="unet").dtype == torch.float16

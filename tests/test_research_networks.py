@@ -65,6 +65,29 @@ def test_zero_init_residual_makes_every_block_start_as_its_shortcut():
     assert all(float(b.body[-1].weight.detach().abs().min()) == 1.0 for b in plain.modules() if isinstance(b, B.ResNeXtBlock))
 
 
+def test_preact_residual_blocks_are_identity_mappings():
+    """residual="preact": 18 pre-activation units (He et al. 2016), nothing after the addition, so a
+    unit whose branch is silenced passes its input through unchanged; each stage ends with BN-ReLU and
+    the stage's first unit reads that normalised input without a pre-activation of its own."""
+    torch.manual_seed(0)
+    net = B.BilateralAttentionNet(size="small", residual="preact").eval()
+    stages = list(net.encoder)
+    units = [m for m in net.modules() if isinstance(m, B.PreActResNeXtBlock)]
+    assert len(units) == 18 and not any(isinstance(m, B.ResNeXtBlock) for m in net.modules())
+    for stage in stages:
+        assert isinstance(stage[-2], nn.BatchNorm2d) and isinstance(stage[-1], nn.ReLU)
+        assert isinstance(stage[0].body[0], nn.Conv2d)  # first unit: no pre-activation
+        assert all(isinstance(u.body[0], nn.BatchNorm2d) for u in stage[1:-2])
+    unit = stages[1][1]
+    nn.init.zeros_(unit.body[-1].weight)
+    x = torch.randn(2, 16, 8, 8) - 1.0  # negative values would not survive a ReLU after the addition
+    assert torch.equal(unit(x), x)
+    with pytest.raises(ValueError, match="residual must be one of"):
+        B.BilateralAttentionNet(size="small", residual="fixup")
+    # the older spelling still builds the plain post-activation network
+    assert B.BilateralAttentionNet(size="small", zero_init_residual=False).residual == "plain"
+
+
 def _swin_t_state() -> dict[str, torch.Tensor]:
     """Random tensors with the key names and shapes of an ImageNet Swin-T checkpoint (window 7)."""
     g = torch.Generator().manual_seed(0)

@@ -263,7 +263,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         raise ValueError(f"{opts.model} segments: it needs images/ + masks/ or imagesTr/ + labelsTr/")
     out = Path(opts.out)
     device = select_device(opts.device)
-    precision = select_precision(device, opts.precision, network=opts.model)
+    precision = select_precision(device, opts.precision, network=opts.model, options=opts.model_options)
     channels = train_data.images.shape[-3]
     num_classes = train_data.num_classes
 

@@ -28,6 +28,9 @@ class ModelInfo:
     # gradient agrees with fp64 (cosine >= 0.99 on a real batch, at init and after a few steps;
     # tests/test_precision.py); elsewhere "auto" trains in fp32
     bf16_training: bool = True
+    # network options whose variant fails that check although the shipped network passes it: with any of
+    # these values "auto" trains in fp32 ({option: (value, ...)}; measured in benchmarks/gradient_fidelity.py)
+    fp32_options: dict = field(default_factory=dict)
     # 2D image normalisation the network was designed for (engine.preprocess.normalize); None: rgb01
     # for 8-bit images, minmax otherwise
     input_norm: str | None = None
@@ -36,6 +39,11 @@ class ModelInfo:
     # training memory format per size, measured (benchmarks/engine.py --memory-format, docs/benchmarks.md):
     # the faster of channels_last and contiguous for a train step in the network's training precision
     memory_format: dict = field(default_factory=lambda: {"paper": "channels_last", "small": "channels_last"})
+
+    def bf16_ok(self, options: dict | None = None) -> bool:
+        """Whether bf16 is a faithful training precision for this network built with ``options``."""
+        options = options or {}
+        return self.bf16_training and not any(options.get(k, object()) in bad for k, bad in self.fp32_options.items())
 
     def describe(self) -> dict[str, Any]:
         """The network's card, without building it (parameter counts from :data:`PARAMETERS`)."""
@@ -88,7 +96,9 @@ REGISTRY: dict[str, ModelInfo] = {
         "bilateral", "Bilateral spatial attention network", "segmentation", "2d", 3, 1, "logits", 16,
         "Sun, Sui, Liang, Hu, Du", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
                                     "loss": "dice_ce", "augment": False},
-        encoder_prefixes=("encoder.",)),
+        encoder_prefixes=("encoder.",),
+        # residual="preact": cosine 0.64 at init; default-init post-activation blocks ("plain"): 0.06
+        fp32_options={"residual": ("preact", "plain"), "zero_init_residual": (False,)}),
     "bcdunet": ModelInfo(
         "bcdunet", "BCDU-Net (bi-directional ConvLSTM U-Net, dense bottleneck)", "segmentation", "2d", 3, 1,
         "logits", 8, "Azad et al., ICCVW 2019", {"optimizer": "adam", "lr": 1e-4, "schedule": "plateau0.1p7",
