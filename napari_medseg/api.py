@@ -48,8 +48,9 @@ def list_models() -> list[dict]:
 
 
 def load(model: str | None = None, weights: str | os.PathLike | None = None, *, device: str = "auto",
-         precision: str = "auto", batch_size: int = 8) -> Predictor:
-    """A :class:`Predictor` from a checkpoint folder (``weights``) or a bundled name (``model``)."""
+         precision: str = "auto", batch_size: int | str = "auto") -> Predictor:
+    """A :class:`Predictor` from a checkpoint folder (``weights``) or a bundled name (``model``).
+    ``batch_size``: slices per forward pass, or ``"auto"`` to fit the device's free memory."""
     if weights is None and model is None:
         raise ValueError("give weights=<checkpoint folder> or model=<bundled weights name>")
     if weights is None:

@@ -346,8 +346,80 @@ def test_out_of_memory_message(trained, monkeypatch):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99999999999 bytes")
 
     monkeypatch.setattr(pred.model, "forward", oom)
-    with pytest.raises(MemoryError, match="use a smaller batch size or tile size"):
+    with pytest.raises(MemoryError, match="out of memory predicting one sample at .*smaller tile size"):
         pred.segment_image(np.zeros((64, 64, 3), np.uint8))
+
+
+def _acdc_volume(shared):
+    from napari_medseg.engine import data as D
+
+    layout = D.discover(shared / "acdc")
+    return io.read_nifti(layout.pairs[D.split(layout)["test"][0]][0])
+
+
+def test_slice_batches_give_the_same_labels_and_fit_the_memory_budget(trained, shared, monkeypatch):
+    from napari_medseg.engine import memory
+
+    vol = _acdc_volume(shared)
+    one = api.load(weights=trained["vol"], device="cpu", batch_size=1)
+    ref = one.segment_volume(vol, probabilities=True)
+    auto = api.load(weights=trained["vol"], device="cpu")  # "auto" is the default
+    assert auto.batch_size == "auto"
+    got = auto.segment_volume(vol, probabilities=True)
+    assert np.array_equal(got[0], ref[0]) and np.allclose(got[1], ref[1], atol=1e-5)
+    assert auto.last_batch_size == memory.CAPS["cpu"]  # plenty of memory: the CPU cap
+    # a tight budget: the batch shrinks to what fits (measured cost per slice x batch <= half the memory)
+    shape = next(iter(auto._auto_batch))
+    cost = memory.per_sample_bytes(auto.model, torch.zeros(shape), auto.device, auto.precision.autocast)
+    tight = api.load(weights=trained["vol"], device="cpu")
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * cost)
+    got = tight.segment_volume(vol)
+    assert tight.last_batch_size == 2 and np.array_equal(got, ref[0])
+    # only some slices: exactly the full run's labels there, background (probability 1) elsewhere
+    part, (labels, probs) = [1, 3], auto.segment_volume(vol, probabilities=True, only_slices=[3, 1])
+    ax = int(np.argmin(vol.data.shape))  # ACDC: the through-plane axis is the short one
+    keep = np.take(labels, part, axis=ax)
+    assert np.array_equal(keep, np.take(ref[0], part, axis=ax)) and keep.any()
+    others = [k for k in range(vol.data.shape[ax]) if k not in part]
+    assert not np.take(labels, others, axis=ax).any()
+    assert np.all(np.take(probs[0], others, axis=ax) == 1.0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer or 'auto'"):
+        api.load(weights=trained["vol"], device="cpu", batch_size=0)
+
+
+def test_a_batch_that_runs_out_of_memory_is_halved_and_retried(trained, shared, monkeypatch):
+    vol = _acdc_volume(shared)
+    ref = api.load(weights=trained["vol"], device="cpu", batch_size=1).segment_volume(vol)
+    pred = api.load(weights=trained["vol"], device="cpu", batch_size=8)
+    forward, sizes = pred.model.forward, []
+
+    def small_memory(x):
+        sizes.append(x.shape[0])
+        if x.shape[0] > 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(x)
+
+    monkeypatch.setattr(pred.model, "forward", small_memory)
+    assert np.array_equal(pred.segment_volume(vol), ref)
+    assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) <= {2} and pred.last_batch_size == 2
+    assert sum(sizes[2:]) == vol.data.shape[2]  # every slice predicted exactly once
+
+
+def test_memory_budget_rules():
+    from torch import nn
+
+    from napari_medseg.engine import memory
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()).eval()
+    # input 1x8x8 + conv 4x8x8 + relu 4x8x8, float32
+    nbytes = memory.per_sample_bytes(net, torch.zeros(1, 8, 8), torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False))
+    assert nbytes == (64 + 256 + 256) * 4
+    assert memory.batch_for_budget(100, 1000, "cuda") == 5
+    assert memory.batch_for_budget(100, 1000, "cpu") == 4
+    assert memory.batch_for_budget(100, 150, "cuda") == 1  # never below one
+    assert memory.batch_for_budget(1, 10**12, "cuda") == 64
+    with pytest.raises(ValueError):
+        memory.batch_for_budget(0, 1000, "cpu")
 
 
 def test_label_discs_cli_outputs(trained, shared, tmp_path):

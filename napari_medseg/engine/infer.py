@@ -20,7 +20,11 @@ class Predictor:
     """A trained network plus the preprocessing it was trained with."""
 
     def __init__(self, model: torch.nn.Module, config: dict, device: str = "auto", precision: str = "auto",
-                 batch_size: int = 8):
+                 batch_size: int | str = "auto"):
+        """``batch_size``: slices (or images, windows) per forward pass; ``"auto"`` fits the batch to the
+        device's free memory (:mod:`.memory`), and a batch that runs out of memory is halved and retried."""
+        if not (batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1)):
+            raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.device = select_device(device)
         self.precision = select_precision(self.device, precision)
         self.model = model.to(self.device).eval()
@@ -32,6 +36,8 @@ class Predictor:
         self.num_classes = int(config["model"]["num_classes"])
         self.task = config["model"].get("task", "segmentation")
         self.batch_size = batch_size
+        self._auto_batch: dict[tuple, int] = {}  # input shape -> batch chosen for it
+        self.last_batch_size: int | None = None  # the batch the last prediction ran with
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw) -> "Predictor":
@@ -74,23 +80,49 @@ class Predictor:
             acc = prob if acc is None else acc + prob
         return (acc / len(flips)).cpu()
 
+    def batch_for(self, shape: tuple[int, ...]) -> int:
+        """Samples of ``shape`` (C, H, W) per forward pass: the fixed ``batch_size``, or under ``"auto"``
+        the largest batch that fits the memory budget (measured once per shape, :mod:`.memory`)."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        shape = tuple(int(v) for v in shape)
+        if shape not in self._auto_batch:
+            from . import memory
+
+            cost = memory.per_sample_bytes(self.model, torch.zeros(shape), self.device, self.precision.autocast)
+            self._auto_batch[shape] = memory.batch_for_budget(cost, memory.available_bytes(self.device),
+                                                              self.device.type)
+        return self._auto_batch[shape]
+
     def _batched(self, samples: list[np.ndarray], tta: bool, cancel: CancelToken | None = None, progress=None):
-        outs = []
-        for i in range(0, len(samples), self.batch_size):
+        outs, i = [], 0
+        # one sample (a 2D image, a disc view) needs no measurement
+        batch = 1 if len(samples) == 1 else min(len(samples), self.batch_for(np.shape(samples[0])))
+        while i < len(samples):
             if cancel is not None and cancel.cancelled:
                 raise InterruptedError("prediction cancelled")
-            x = torch.as_tensor(np.stack(samples[i: i + self.batch_size]), dtype=torch.float32)
+            x = torch.as_tensor(np.stack(samples[i: i + batch]), dtype=torch.float32)
             try:
                 outs.append(self._forward(x, tta))
-            except RuntimeError as err:
-                if "out of memory" in str(err).lower() or "can't allocate" in str(err).lower():
-                    raise MemoryError(
-                        f"out of memory predicting a batch of {x.shape[0]} at {tuple(x.shape[-2:])}: "
-                        "use a smaller batch size or tile size") from err
-                raise
+            except (RuntimeError, MemoryError) as err:
+                if not _out_of_memory(err):
+                    raise
+                if batch == 1:
+                    raise MemoryError(f"out of memory predicting one sample at {tuple(x.shape[-2:])}: "
+                                      "use a smaller tile size or another device") from err
+                batch = max(1, batch // 2)  # halve and retry this chunk; later chunks keep the smaller batch
+                self._release()
+                continue
+            i += x.shape[0]
             if progress:
-                progress(min(i + self.batch_size, len(samples)), len(samples))
+                progress(i, len(samples))
+        self.last_batch_size = batch
         return torch.cat(outs)
+
+    def _release(self):
+        from .devices import release_memory
+
+        release_memory()
 
     # ------------------------------------------------------------ 2D
 
@@ -110,13 +142,13 @@ class Predictor:
 
             t = torch.as_tensor(self.prep.image2d_full(image, rgb))[None]
             with torch.no_grad():
-                prob = sliding_window_inference(t, self.size, sw_batch_size=self.batch_size,
+                prob = sliding_window_inference(t, self.size, sw_batch_size=self.batch_for((t.shape[1], *self.size)),
                                                 predictor=lambda b: self._forward(b, tta), overlap=0.25,
                                                 mode="gaussian", padding_mode="reflect")[0]
         else:
             prob = self._batched([self.prep.image2d(image, rgb)], tta)[0]
             prob = pp.resize(prob, (h, w), "bilinear")
-        labels = prob.argmax(0).numpy().astype(np.uint8)
+        labels = class_argmax(prob)
         if cleanup:
             labels = largest_components(labels)
         return (labels, prob.numpy()) if probabilities else labels
@@ -150,12 +182,16 @@ class Predictor:
         emit = callback or (lambda e: None)
         out = self._batched(samples, tta, cancel,
                             progress=lambda d, t: emit(Progress(done=d, total=t, item=vol.name, status="slices")))
-        probs = torch.zeros((n, out.shape[1], h, w))
-        if only_slices is not None:
-            probs[:, 0] = 1.0  # slices not predicted are background
+        # slice by slice: labels need no (n, K, h, w) volume of probabilities unless asked for
+        labels = np.zeros((n, h, w), np.uint8)  # slices not predicted (only_slices) are background
+        probs = torch.zeros((n, out.shape[1], h, w)) if probabilities else None
+        if probs is not None and only_slices is not None:
+            probs[:, 0] = 1.0
         for k, p in zip(todo, out):
-            probs[k] = pp.resize(p, (h, w))
-        labels = probs.argmax(1).numpy().astype(np.uint8)
+            full = pp.resize(p, (h, w))
+            labels[k] = class_argmax(full)
+            if probs is not None:
+                probs[k] = full
         labels = np.moveaxis(labels, 0, ax)
         if cleanup:
             labels = largest_components(labels)
@@ -189,6 +225,27 @@ class Predictor:
         points = io.DiscPoints.from_voxels(vox, [f["number"] for f in found], vol.affine, vol.data.shape[:3],
                                            confidences=[f["confidence"] for f in found], source=vol.path)
         return flag_discs(points)  # no output without its flags
+
+
+def class_argmax(prob: torch.Tensor) -> np.ndarray:
+    """``prob.argmax(0)`` as uint8 labels for class scores (K, H, W), the first class winning ties, as
+    argmax does; a running maximum over the K contiguous planes: 2.4x faster than argmax over the
+    strided class axis for 100 slices of 4 x 512 x 512 (that argmax took as long as the U-Net itself on a
+    512x512 CT, benchmarks/inference.py)."""
+    best = prob[0].clone()
+    labels = torch.zeros(prob.shape[1:], dtype=torch.uint8)
+    for c in range(1, prob.shape[0]):
+        win = prob[c] > best
+        labels[win] = c
+        torch.maximum(best, prob[c], out=best)
+    return labels.numpy()
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, MemoryError) or isinstance(err, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate" in text or "cannot allocate" in text
 
 
 def largest_components(labels: np.ndarray) -> np.ndarray:
