@@ -8,8 +8,10 @@ in a fraction of the memory the device has free, capped per device kind:
   up (an upper bound: without autograd most of them are freed before the pass ends) **(our choice)**;
 * free memory: ``torch.cuda.mem_get_info`` on CUDA, the system's available memory (``psutil``) on the CPU
   and on Apple silicon (unified memory);
-* caps: 64 on CUDA / MPS; 4 on the CPU, where larger batches do not run faster per slice and can run
-  slower (measured in ``benchmarks/inference.py``, docs/benchmarks.md).
+* caps: 64 on CUDA / MPS; 2 on the CPU, where larger batches do not run faster per slice: at one thread
+  the best batch was 1 (U-Net), 2 (LSTMSA) or 4 (bilateral, BCDU-Net), and 2 stays within 9 % of each
+  network's best where 4 was up to 26 % and 8 up to 59 % slower (``benchmarks/inference.py``,
+  docs/benchmarks.md) **(our choice)**.
 
 A batch that still runs out of memory is halved and retried by the Predictor, down to one slice.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import torch
 
 BUDGET_FRACTION = 0.5
-CAPS = {"cuda": 64, "mps": 64, "cpu": 4}
+CAPS = {"cuda": 64, "mps": 64, "cpu": 2}
 
 
 def available_bytes(device: torch.device) -> int:
