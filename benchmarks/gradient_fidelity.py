@@ -20,6 +20,11 @@ import torch
 from napari_medseg import models
 from napari_medseg.engine.fidelity import THRESHOLD, fidelity, real_batch
 
+try:
+    from _report import print_table, save_json
+except ImportError:  # run as a module
+    from benchmarks._report import print_table, save_json
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = [(name, {}) for name in models.REGISTRY] + [
     ("bilateral", {"residual": "plain"}), ("bilateral", {"residual": "preact"}),
@@ -38,15 +43,12 @@ def main():
                    policy="bf16" if models.REGISTRY[name].bf16_ok(options) else "fp32")
         rows.append(res)
         print(json.dumps(res), flush=True)
-    out = ROOT / "benchmarks" / "results" / "gradient_fidelity.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threshold": THRESHOLD, "input_size": 128, "rows": rows}, indent=1) + "\n")
-    print("\n| network | variant | batch | loss | cosine at init | after 3 steps | passes | auto precision |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        variant = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "as shipped"
-        print(f"| {r['network']} | {variant} | {r['batch']} | {r['loss']} | {r['init']:.4f} | {r['trained']:.4f} | "
-              f"{'yes' if r['passes'] else 'no'} | {r['policy']} |")
+    save_json(ROOT / "benchmarks" / "results" / "gradient_fidelity.json",
+              {"threshold": THRESHOLD, "input_size": 128, "rows": rows})
+    print_table(["network", "variant", "batch", "loss", "cosine at init", "after 3 steps", "passes", "auto precision"],
+                [[r["network"], ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "as shipped", r["batch"],
+                  r["loss"], f"{r['init']:.4f}", f"{r['trained']:.4f}", "yes" if r["passes"] else "no", r["policy"]]
+                 for r in rows])
 
 
 if __name__ == "__main__":

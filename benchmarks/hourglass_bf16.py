@@ -24,6 +24,11 @@ from napari_medseg import models
 from napari_medseg.engine.fidelity import THRESHOLD, gradient_cosine, real_batch
 from napari_medseg.models import hourglass as H
 
+try:
+    from _report import print_table, save_json
+except ImportError:  # run as a module
+    from benchmarks._report import print_table, save_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -117,14 +122,10 @@ def main():
         row["seconds"] = round(time.perf_counter() - t, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    out = ROOT / "benchmarks" / "results" / "hourglass_bf16.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threshold": THRESHOLD, "batch": 3, "rows": rows}, indent=1) + "\n")
-    print("\n| hourglass (small, batch 3, at init) | input | cosine to fp64, seed 0 | seed 1 | passes |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        ok = min(r["seed0"], r["seed1"]) >= THRESHOLD
-        print(f"| {r['variant']} | {r['input_size']} px | {r['seed0']:.4f} | {r['seed1']:.4f} | {'yes' if ok else 'no'} |")
+    save_json(ROOT / "benchmarks" / "results" / "hourglass_bf16.json", {"threshold": THRESHOLD, "batch": 3, "rows": rows})
+    print_table(["hourglass (small, batch 3, at init)", "input", "cosine to fp64, seed 0", "seed 1", "passes"],
+                [[r["variant"], f"{r['input_size']} px", f"{r['seed0']:.4f}", f"{r['seed1']:.4f}",
+                  "yes" if min(r["seed0"], r["seed1"]) >= THRESHOLD else "no"] for r in rows])
 
 
 if __name__ == "__main__":

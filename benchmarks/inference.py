@@ -33,6 +33,11 @@ from napari_medseg import api, io, models
 from napari_medseg.engine.config import read_config
 from napari_medseg.engine.infer import Predictor
 
+try:
+    from _report import print_table, save_json
+except ImportError:  # run as a module
+    from benchmarks._report import print_table, save_json
+
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = ("unet", "bilateral", "bcdunet", "lstmsa")
 BATCHES = (1, 2, 4, 8, 16, "auto")
@@ -100,21 +105,14 @@ def main():
             row[f"batch_{label}"] = auto.last_batch_size
         rows.append(row)
         print(json.dumps(row), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threads": args.threads, "repeats": args.repeats, "rows": rows}, indent=1) + "\n")
-    print("\n| network | precision | " + " | ".join(f"batch {b}" for b in BATCHES) + " | best / batch 1 |")
-    print("|---|---|" + "---|" * len(BATCHES) + "---|")
-    for r in rows:
-        ms = r["ms_per_slice"]
-        best = min(ms.values())
-        print(f"| {r['network']} | {r['precision']} | " + " | ".join(f"{ms[str(b)]:.0f}" for b in BATCHES)
-              + f" | {best / ms['1']:.2f} |")
-    print("\n| network | auto batch | CT sample, 112 slices (s) | synthetic CT, 300 slices 512x512 (s) | s per 100 slices (300-slice CT) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['network']} | {r['auto_batch']} | {r['s_ct_112']:.1f} | {r['s_synthetic_300']:.1f} | "
-              f"{r['s_synthetic_300'] / 3:.1f} |")
+    save_json(args.out, {"threads": args.threads, "repeats": args.repeats, "rows": rows})
+    print_table(["network", "precision", *(f"batch {b}" for b in BATCHES), "best / batch 1"],
+                [[r["network"], r["precision"], *(f"{r['ms_per_slice'][str(b)]:.0f}" for b in BATCHES),
+                  f"{min(r['ms_per_slice'].values()) / r['ms_per_slice']['1']:.2f}"] for r in rows])
+    print_table(["network", "auto batch", "CT sample, 112 slices (s)", "synthetic CT, 300 slices 512x512 (s)",
+                 "s per 100 slices (300-slice CT)"],
+                [[r["network"], r["auto_batch"], f"{r['s_ct_112']:.1f}", f"{r['s_synthetic_300']:.1f}",
+                  f"{r['s_synthetic_300'] / 3:.1f}"] for r in rows])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 from .. import io
 from . import checkpoint as ckpt
 from . import preprocess as pp
-from .devices import select_device, select_precision
+from .devices import release_memory, select_device, select_precision
 from .discs import decode_discs, flag_discs
 from .events import CancelToken, Progress
 
@@ -111,18 +111,13 @@ class Predictor:
                     raise MemoryError(f"out of memory predicting one sample at {tuple(x.shape[-2:])}: "
                                       "use a smaller tile size or another device") from err
                 batch = max(1, batch // 2)  # halve and retry this chunk; later chunks keep the smaller batch
-                self._release()
+                release_memory()
                 continue
             i += x.shape[0]
             if progress:
                 progress(i, len(samples))
         self.last_batch_size = batch
         return torch.cat(outs)
-
-    def _release(self):
-        from .devices import release_memory
-
-        release_memory()
 
     # ------------------------------------------------------------ 2D
 
@@ -230,8 +225,8 @@ class Predictor:
 def class_argmax(prob: torch.Tensor) -> np.ndarray:
     """``prob.argmax(0)`` as uint8 labels for class scores (K, H, W), the first class winning ties, as
     argmax does; a running maximum over the K contiguous planes: 2.4x faster than argmax over the
-    strided class axis for 100 slices of 4 x 512 x 512 (that argmax took as long as the U-Net itself on a
-    512x512 CT, benchmarks/inference.py)."""
+    strided class axis for 100 slices of 4 x 512 x 512 (one timing; a profile found that argmax taking as
+    long as the U-Net itself on a 512x512 CT, docs/benchmarks.md)."""
     best = prob[0].clone()
     labels = torch.zeros(prob.shape[1:], dtype=torch.uint8)
     for c in range(1, prob.shape[0]):
