@@ -127,7 +127,7 @@ def _cmd_train(args) -> int:
             input_size=args.input_size, patience=args.patience, num_workers=args.workers, compile=args.compile,
             memory_format=args.memory_format,
             recipe=args.recipe, max_cases=args.max_cases, max_steps_per_epoch=args.max_steps,
-            augment=args.augment, loss=args.loss, model_options=_parse_options(args.options),
+            augment=args.augment, balance_levels=args.balance_levels, loss=args.loss, model_options=_parse_options(args.options),
             extra_train=args.extra_train, init=args.init, freeze=args.freeze, callback=_TqdmEvents(), cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, old)
@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="flips/rotation/intensity augmentation (default: the recipe's; the bilateral paper trains "
                         "without)")
+    p.add_argument("--balance-levels", action=argparse.BooleanOptionalAction, default=None,
+                   help="disc labeling: draw the cases that label rare levels (L5/S1 ...) more often "
+                        "(default: the recipe's, on for the hourglass)")
     p.add_argument("--loss", default=None, choices=["dice_ce", "ce", "bce", "heatmap_mse"],
                    help="default: the recipe's (BCDU-Net bce, hourglass heatmap_mse, others dice_ce)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",

@@ -138,6 +138,9 @@ class Prepared:
     num_classes: int = 2
     preprocessing: dict = field(default_factory=dict)
     profiles: list = field(default_factory=list)  # engine.expectations.input_profile of each case
+    # discs: other sagittal views of each case (N, V, H, W), one channel in [0, 1], for the augmentation's
+    # choice of slices (VIEW_CHOICES); images[i] is the view inference sees
+    views: np.ndarray | None = None
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -238,9 +241,19 @@ def disc_points(path: Path, vol: io.Volume) -> io.DiscPoints:
     return pts
 
 
+# The sagittal slices a disc view averages, as (offset of the window from the middle slice, slices
+# averaged): inference takes (0, 7), the paper's; training draws one per step (our choice: a user's scan
+# is not centred on the spine to the slice, and thick-slice protocols average fewer slices of anatomy).
+VIEW_CHOICES = ((0, 7), (-2, 7), (2, 7), (-1, 5), (1, 5), (0, 3), (-1, 3), (1, 3), (0, 1))
+
+
 def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_numbers: list[int] | None,
                   sigma: float = 5**0.5, n_average: int = 7, cancel=None) -> Prepared:
-    views, pts_all, profiles = [], [], []
+    """One sagittal view per volume with a Gaussian heatmap per disc level. ``visible[i, k]`` is True only
+    where case ``i`` *labels* level ``k``: a level a case does not label is unknown there (its disc may
+    well be in the image), so it gets no target and no loss, and it is left out of the prior and of
+    every validation metric."""
+    views, alts, pts_all, profiles = [], [], [], []
     for s in stems:
         _check_cancel(cancel, s)
         img_path, lab_path = layout.pairs[s]
@@ -251,6 +264,8 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
         rc = pp.voxel_to_view(pts.voxels(), geo)
         scale = np.array(size) / np.array(view.shape)
         views.append(disc_view_input(view, size))
+        alts.append(np.stack([disc_view_input(pp.sagittal_view(vol.data, vol.affine, n, off)[0], size)[0]
+                              for off, n in VIEW_CHOICES]))
         pts_all.append((pts.numbers, rc * scale + (scale - 1) / 2))
     numbers = sorted(disc_numbers or {n for nums, _ in pts_all for n in nums})
     heat, vis = [], []
@@ -267,7 +282,25 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
     return Prepared("keypoints", np.stack(views), np.stack(heat), np.stack(vis), list(stems), len(numbers),
                     {"input_size": list(size), "channels": 3, "normalize": "zscore+minmax", "layout": "discs",
                      "disc_numbers": numbers, "sigma": sigma, "n_average": n_average, "prior": prior},
-                    profiles=profiles)
+                    profiles=profiles, views=np.stack(alts).astype(np.float32))
+
+
+def level_repeats(visible: np.ndarray, max_repeat: int = 4) -> np.ndarray:
+    """How often each training case is drawn per epoch so that rarely labelled levels count (our choice):
+    a case is repeated round(sqrt(most labelled count / count of its rarest labelled level)) times, at
+    most ``max_repeat``. With spine-discs' 41 training cases, the 6 that label L5/S1 (and T10/T11) are
+    drawn 3 times, the others once. ``visible``: (N, K) labelled levels. Returns (N,) ints >= 1."""
+    visible = np.asarray(visible, bool)
+    counts = visible.sum(0)
+    if not counts.any():
+        return np.ones(len(visible), int)
+    top = counts.max()
+    out = np.ones(len(visible), int)
+    for i, row in enumerate(visible):
+        if row.any():
+            rarest = counts[row].min()
+            out[i] = int(min(max_repeat, max(1, round(float(np.sqrt(top / rarest))))))
+    return out
 
 
 def disc_view_input(view: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -335,13 +368,30 @@ def vol_is_2d(vol: io.Volume) -> bool:
 # ---------------------------------------------------------------- torch dataset with MONAI augmentation
 
 
+def _invert(img):
+    """x -> max + min - x: T1 against T2 and TIRM contrast, where fluid and fat swap brightness."""
+    return img.max() + img.min() - img
+
+
 def augmentations(task: str):
-    from monai.transforms import Compose, RandFlipd, RandRotated, RandScaleIntensityd, RandShiftIntensityd
+    from monai.transforms import (Compose, RandAdjustContrastd, RandBiasFieldd, RandFlipd, RandHistogramShiftd,
+                                  RandLambdad, RandRotated, RandScaleIntensityd, RandShiftIntensityd, RandZoomd,
+                                  ScaleIntensityd)
 
     if task == "keypoints":  # no flips: superior-inferior order and anterior-posterior side carry meaning
+        # our choice, for scans of other sites and contrasts (T1, T2, TIRM, Dixon water): in-plane rotation
+        # and scale (the heatmaps move with the image), then a bias field, gamma, a histogram shift and
+        # inversion on the one-channel view, back to [0, 1] as inference sees it, then small scale/shift
         return Compose([
-            RandRotated(keys=["image", "target"], range_x=0.17, prob=0.5, mode=("bilinear", "bilinear"),
+            RandRotated(keys=["image", "target"], range_x=0.26, prob=0.5, mode=("bilinear", "bilinear"),
                         padding_mode="zeros"),
+            RandZoomd(keys=["image", "target"], min_zoom=0.8, max_zoom=1.25, prob=0.5,
+                      mode=("bilinear", "bilinear"), padding_mode="constant", keep_size=True),
+            RandBiasFieldd(keys="image", degree=3, coeff_range=(0.0, 0.3), prob=0.3),
+            RandAdjustContrastd(keys="image", gamma=(0.6, 1.7), prob=0.4),
+            RandHistogramShiftd(keys="image", num_control_points=(5, 10), prob=0.3),
+            RandLambdad(keys="image", func=_invert, prob=0.25),
+            ScaleIntensityd(keys="image", minv=0.0, maxv=1.0),
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
         ])
@@ -356,10 +406,17 @@ def augmentations(task: str):
 
 
 class TrainDataset(torch.utils.data.Dataset):
-    def __init__(self, data: Prepared, augment: bool = True, seed: int = 0):
+    """Training samples with per-step augmentation. ``repeats`` (N,) draws case ``i`` that many times per
+    epoch (:func:`level_repeats`); ``item["index"]`` is always the case's own index."""
+
+    def __init__(self, data: Prepared, augment: bool = True, seed: int = 0, repeats=None):
         self.data, self.augment, self.seed = data, augment, seed
         self.transform = augmentations(data.task) if augment else None
         self.epoch = 0
+        reps = np.ones(len(data.images), int) if repeats is None else np.asarray(repeats, int)
+        if reps.shape != (len(data.images),) or reps.min() < 1:
+            raise ValueError(f"repeats must give every one of the {len(data.images)} cases a count >= 1")
+        self.order = np.repeat(np.arange(len(data.images)), reps)
 
     def set_epoch(self, epoch: int, worker: int = 0):
         """Reseed the augmentation so an epoch draws the same numbers whether or not training was resumed."""
@@ -368,27 +425,41 @@ class TrainDataset(torch.utils.data.Dataset):
             self.transform.set_random_state(seed=(self.seed * 1_000_003 + epoch * 1009 + worker) % (2**32))
 
     def __len__(self):
-        return len(self.data.images)
+        return len(self.order)
 
-    def __getitem__(self, i):
-        img = np.asarray(self.data.images[i], dtype=np.float32)
+    def _disc_view(self, i: int, j: int) -> np.ndarray:
+        """Case ``i``'s view for sample ``j`` of the epoch: one of its VIEW_CHOICES when augmenting (drawn
+        from (seed, epoch, j), so a resumed run draws the same), one channel."""
+        if self.transform is None or self.data.views is None:
+            return np.asarray(self.data.images[i][:1], dtype=np.float32)
+        pick = np.random.default_rng([self.seed, self.epoch, j]).integers(len(self.data.views[i]))
+        return np.asarray(self.data.views[i][pick][None], dtype=np.float32)
+
+    def __getitem__(self, j):
+        i = int(self.order[j])
         tgt = self.data.targets[i]
+        if self.data.task == "keypoints":
+            img = self._disc_view(i, j)
+            tgt_arr = tgt.astype(np.float32)
+            if self.transform is not None:
+                out = self.transform({"image": img, "target": tgt_arr})
+                img, tgt_arr = np.asarray(out["image"]), np.asarray(out["target"])
+            img = np.repeat(img, self.data.images.shape[1], axis=0)  # the network's 3 identical channels
+            return {"image": torch.as_tensor(img, dtype=torch.float32), "index": i,
+                    "target": torch.as_tensor(tgt_arr, dtype=torch.float32),
+                    "visible": torch.as_tensor(self.data.visible[i])}
+        img = np.asarray(self.data.images[i], dtype=np.float32)
         shape5 = img.shape if img.ndim == 4 else None
         if shape5 is not None:
             img = img.reshape(-1, *img.shape[-2:])
-        tgt_arr = tgt[None].astype(np.float32) if tgt.ndim == 2 else tgt.astype(np.float32)
+        tgt_arr = tgt[None].astype(np.float32)
         if self.transform is not None:
             out = self.transform({"image": img, "target": tgt_arr})
             img, tgt_arr = np.asarray(out["image"]), np.asarray(out["target"])
         if shape5 is not None:
             img = img.reshape(shape5)
-        item = {"image": torch.as_tensor(img, dtype=torch.float32), "index": i}
-        if self.data.task == "segmentation":
-            item["target"] = torch.as_tensor(np.rint(tgt_arr[0]), dtype=torch.long)
-        else:
-            item["target"] = torch.as_tensor(tgt_arr, dtype=torch.float32)
-            item["visible"] = torch.as_tensor(self.data.visible[i])
-        return item
+        return {"image": torch.as_tensor(img, dtype=torch.float32), "index": i,
+                "target": torch.as_tensor(np.rint(tgt_arr[0]), dtype=torch.long)}
 
 
 def worker_init(worker_id: int):

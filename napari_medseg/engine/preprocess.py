@@ -110,11 +110,13 @@ def sagittal_axes(affine: np.ndarray) -> tuple[int, int, int, bool, bool]:
     return lr, si, ap, codes[si] == "S", codes[ap] == "A"
 
 
-def sagittal_view(data: np.ndarray, affine: np.ndarray, n_average: int = 7) -> tuple[np.ndarray, dict]:
+def sagittal_view(data: np.ndarray, affine: np.ndarray, n_average: int = 7, offset: int = 0) -> tuple[np.ndarray, dict]:
     """Average ``n_average`` sagittal slices around the middle (as the disc-labeling paper) into a 2D
-    image (rows superior -> inferior, columns anterior -> posterior) and say how to map back."""
+    image (rows superior -> inferior, columns anterior -> posterior) and say how to map back.
+    ``offset`` moves the window that many slices off the middle (training augmentation: the choice of
+    slices; inference always uses 0)."""
     lr, si, ap, flip_si, flip_ap = sagittal_axes(affine)
-    mid = data.shape[lr] // 2
+    mid = min(max(data.shape[lr] // 2 + int(offset), 0), data.shape[lr] - 1)
     lo, hi = max(0, mid - n_average // 2), min(data.shape[lr], mid + (n_average + 1) // 2)
     view = np.take(data, range(lo, hi), axis=lr).astype(np.float32).mean(axis=lr)
     # remaining axes keep their order; put SI first

@@ -42,6 +42,9 @@ class TrainOptions:
     num_workers: int = 0
     compile: bool = False
     augment: bool | None = None  # default: the recipe's (the bilateral paper trains without), else True
+    # disc labeling: draw cases that label rarely labelled levels (L5/S1 ...) more often (data.level_repeats);
+    # default: the recipe's (on for the hourglass)
+    balance_levels: bool | None = None
     loss: str | None = None  # dice_ce | ce | bce | heatmap_mse; default: the recipe's
     recipe: str | None = None  # train with another network's recipe (for baselines)
     max_steps_per_epoch: int | None = None
@@ -97,7 +100,9 @@ def resolve(opts: TrainOptions) -> dict:
                 "milestones" if "milestones" in recipe else "constant"),
             "optimizer": recipe.get("optimizer", "adam"), "batch_size": int(opts.batch_size or recipe.get("batch_size", 8)),
             "lr": lr, "input_size": int(opts.input_size or recipe.get("input_size", 256)),
-            "weight_decay": recipe.get("weight_decay", 0.0), "finetune": finetune}
+            "weight_decay": recipe.get("weight_decay", 0.0), "finetune": finetune,
+            "balance_levels": bool(info.task == "keypoints" and (
+                recipe.get("balance_levels", False) if opts.balance_levels is None else opts.balance_levels))}
 
 
 # our choice, measured (benchmarks/finetune.py, ISIC 2016 crops from unet-ph2): 1e-4 beat a tenth of the
@@ -332,7 +337,10 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     elif opts.resume:
         raise ckpt.CheckpointError(out, "nothing to resume: no 'last' checkpoint in this folder")
 
-    dataset = D.TrainDataset(train_data, augment=plan["augment"], seed=opts.seed)
+    repeats = D.level_repeats(train_data.visible) if plan["balance_levels"] else None
+    if repeats is not None:
+        config["training"]["repeats"] = {s: int(r) for s, r in zip(train_data.stems, repeats) if r > 1}
+    dataset = D.TrainDataset(train_data, augment=plan["augment"], seed=opts.seed, repeats=repeats)
     bs = plan["batch_size"]
     bs = max(1, min(bs, len(dataset)))
     # one sampling rule for 1 and N processes: a permutation seeded by (seed, epoch), of which rank r takes

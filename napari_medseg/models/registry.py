@@ -108,7 +108,7 @@ REGISTRY: dict[str, ModelInfo] = {
         "hourglass", "Stacked hourglass with multi-level attention (disc labeling)", "keypoints", "2d", 3, 11,
         "heatmaps", 64, "Azad et al., MLMI 2021", {"optimizer": "rmsprop", "lr": 2.5e-4, "milestones": [60, 90],
                                                     "gamma": 0.1, "epochs": 120, "batch_size": 3, "input_size": 256,
-                                                    "loss": "heatmap_mse"},
+                                                    "loss": "heatmap_mse", "balance_levels": True},
         bf16_training=False, encoder_prefixes=("stem.",)),  # bf16 gradient cosine to fp64 0.82-0.84 at init, 0.79-0.92 after 3 steps (batch 3)
     "unet": ModelInfo(
         "unet", "U-Net baseline (MONAI BasicUNet)", "segmentation", "2d", 3, 1, "logits", 16,
