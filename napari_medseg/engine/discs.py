@@ -6,6 +6,12 @@ one candidate per disc so that discs run strictly from superior to inferior in c
 each pick by its heat and its agreement with the mean disc positions of the training data (the prior).
 The number of discs is never taken from the ground truth: a disc is left out when its channel has no
 candidate above ``min_confidence`` or when leaving it out gives the better sequence.
+
+Numbering that holds (our choice; the paper numbers by channel alone): the lumbosacral junction is the
+landmark a radiologist counts from. When the model's L5/S1 channel finds its disc (:func:`anchor_numbering`),
+the decoded chain is renumbered upward from it by order and spacing, and a renaming is said in the flags;
+when it does not, the names rest on the other channels and the position prior only, and every disc is
+flagged so that a person checks the levels (or names one disc: :func:`apply_prior`).
 """
 
 from __future__ import annotations
@@ -72,6 +78,86 @@ def decode_discs(heatmaps: np.ndarray, numbers: list[int], prior: dict, *, min_c
     return best[1]
 
 
+# ---------------------------------------------------------------- numbering from a landmark
+
+
+ANCHOR = 25  # L5/S1, the lumbosacral junction
+ANCHOR_CONFIDENCE = 0.5  # our choice: half the trained peak height, as LOW_CONFIDENCE below
+STEP_GAP = 1.6  # a gap of this many typical spacings (GAP_RANGE's upper end) or more counts as a missed level
+
+
+def level_steps(positions) -> list[int]:
+    """Levels between neighbours of a head-to-feet chain of disc positions ((n, d) array, any unit): one per
+    gap, two where a gap is at least ``STEP_GAP`` typical (median) spacings (a disc was missed), and so on.
+    The one rule by which both a landmark and a disc named by a person renumber a chain."""
+    pos = np.asarray(positions, dtype=float).reshape(len(positions), -1)
+    gaps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+    if not len(gaps):
+        return []
+    typical = max(float(np.median(gaps)), 1e-9)
+    return [1 + max(0, int(np.floor(g / typical - STEP_GAP + 1.0))) for g in gaps]
+
+
+def renumber_chain(positions, anchor: int, number: int) -> list[int]:
+    """Numbers for a head-to-feet chain when its disc ``anchor`` is ``number``: outward by
+    :func:`level_steps`."""
+    steps = level_steps(positions)
+    out = [0] * len(positions)
+    out[anchor] = int(number)
+    for k in range(anchor + 1, len(out)):
+        out[k] = out[k - 1] + steps[k - 1]
+    for k in range(anchor - 1, -1, -1):
+        out[k] = out[k + 1] - steps[k]
+    return out
+
+
+NOT_ANCHORED = ("numbering not anchored: L5/S1 not found (does the scan reach the sacrum?), so the levels rest "
+                "on the heatmaps and the position prior: check them or name one disc")
+
+
+def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int],
+                     min_confidence: float = ANCHOR_CONFIDENCE) -> tuple[list[dict], str]:
+    """Renumber decoded discs (``decode_discs``'s picks, head to feet) from the L5/S1 disc.
+
+    The strongest candidate of the L5/S1 channel at or above ``min_confidence`` is the anchor. The decoded
+    disc within half a typical spacing of it becomes L5/S1 (otherwise the anchor joins the chain as a new
+    disc), discs more than half a spacing below it are dropped (sacral segments, not lumbar discs), and the
+    rest are renumbered upward by :func:`renumber_chain`. Returns (discs, numbering note): the note is
+    ``NOT_ANCHORED`` when no anchor is found, a sentence saying so when the anchoring renamed discs the
+    heatmaps had named otherwise, else "". A model without an L5/S1 channel is returned unchanged, with
+    no note (it cannot be anchored; its card says which levels it names)."""
+    if ANCHOR not in numbers:
+        return found, ""
+    cands = candidates(heatmaps[numbers.index(ANCHOR)], min_confidence)
+    if not cands:
+        return found, NOT_ANCHORED
+    a = max(cands, key=lambda c: c["confidence"])
+    chain = sorted(found, key=lambda f: f["row"])
+    rows = np.array([f["row"] for f in chain], dtype=float)
+    gaps = np.diff(rows)
+    typical = float(np.median(gaps)) if len(gaps) else float("inf")
+    near = int(np.argmin(np.abs(rows - a["row"]))) if len(rows) else -1
+    if near >= 0 and abs(rows[near] - a["row"]) <= typical / 2:
+        chain[near] = {**chain[near], **{k: a[k] for k in ("row", "col", "confidence")}} \
+            if chain[near]["number"] != ANCHOR else chain[near]
+        idx = near
+    else:
+        chain.append({**a, "number": ANCHOR})
+        chain.sort(key=lambda f: f["row"])
+        idx = next(i for i, f in enumerate(chain) if f["row"] == a["row"] and f["col"] == a["col"])
+    chain = chain[: idx + 1]  # nothing below the lumbosacral junction
+    new = renumber_chain([[f["row"], f["col"]] for f in chain], idx, ANCHOR)
+    keep = [i for i, n in enumerate(new) if n >= min(numbers)]  # above the model's top level: unnamed
+    moved = [chain[i]["number"] - new[i] for i in keep if chain[i]["number"] != new[i]]
+    out = [{**chain[i], "number": new[i]} for i in keep]
+    note = ""
+    if moved:
+        shift = int(np.median(moved))
+        note = (f"numbering anchored at L5/S1 renamed {len(moved)} disc(s) the heatmaps had named "
+                f"{abs(shift)} level(s) {'lower' if shift > 0 else 'higher'}: check the levels")
+    return out, note
+
+
 # ---------------------------------------------------------------- flags: what a person should check
 
 
@@ -90,15 +176,17 @@ def _off_segment(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(p - (a + t * ab)))
 
 
-def flag_discs(points):
+def flag_discs(points, numbering: str = ""):
     """Set each disc's ``flag`` (and so the scan's ``verdict``): low confidence, a gap to a neighbouring
     disc unlike the scan's typical spacing per level, or a position off the line through its neighbours
     (e.g. a 'disc' in posterior soft tissue). Our rules, from the failure cases we saw on scans of another
-    protocol; they flag for review, they do not remove anything. Returns ``points`` (flags set in place)."""
+    protocol; they flag for review, they do not remove anything. ``numbering``: a reason to doubt every
+    name of the scan (:func:`anchor_numbering`'s note), given to every disc first. Returns ``points``
+    (flags set in place)."""
     discs = sorted(points.discs, key=lambda d: d.number)
     for d in discs:
         d.flag = ""
-    reasons: dict[int, list[str]] = {id(d): [] for d in discs}
+    reasons: dict[int, list[str]] = {id(d): ([numbering] if numbering else []) for d in discs}
     for d in discs:
         if d.confidence < LOW_CONFIDENCE:
             reasons[id(d)].append(f"low confidence {d.confidence:.2f}")
@@ -147,8 +235,8 @@ def apply_prior(points, marked):
     ``marked``: ``io.DiscPoints`` (or a list of ``io.Disc``) in the same world space, e.g. one disc the
     user placed and named. The predicted disc nearest to the first marked disc takes that disc's name and
     the others are renumbered outward from it in their head-to-feet order, one level per typical disc
-    spacing (the median distance between neighbouring predictions; a gap of about two spacings skips a
-    level, where a disc was missed). On a scan outside its training levels the model finds the discs but
+    spacing (:func:`renumber_chain`: a gap of ``STEP_GAP`` spacings or more skips a level, where a disc
+    was missed). On a scan outside its training levels the model finds the discs but
     misnames them, sometimes skipping a level between neighbours; their order and spacing are what it gets
     right (our choice). Each marked disc then replaces the prediction nearest to it (the person's position
     and name win; confidence 1). Flags are recomputed (``flag_discs``). Returns a new ``DiscPoints``;
@@ -165,17 +253,9 @@ def apply_prior(points, marked):
         return int(np.argmin(np.linalg.norm(xyz - np.asarray(m.world, dtype=float), axis=1)))
 
     order = sorted(range(len(discs)), key=lambda i: discs[i].number)  # head to feet, as decoded
-    gaps = [float(np.linalg.norm(xyz[b] - xyz[a])) for a, b in zip(order, order[1:])]
-    typical = float(np.median(gaps)) if gaps else 1.0
-    steps = [max(1, int(round(g / typical))) for g in gaps]
-    anchor = order.index(nearest(marked[0]))
-    numbers = {order[anchor]: int(marked[0].number)}
-    for k in range(anchor + 1, len(order)):
-        numbers[order[k]] = numbers[order[k - 1]] + steps[k - 1]
-    for k in range(anchor - 1, -1, -1):
-        numbers[order[k]] = numbers[order[k + 1]] - steps[k]
-    for i, d in enumerate(discs):
-        d.number = numbers[i]
+    chain = renumber_chain(xyz[order], order.index(nearest(marked[0])), int(marked[0].number))
+    for k, i in enumerate(order):
+        discs[i].number = chain[k]
     inv = None if points.affine is None else np.linalg.inv(np.asarray(points.affine, dtype=float))
     for m in marked:
         k = nearest(m)

@@ -78,7 +78,7 @@ def evaluate(predictor: Predictor, data_dir: str, *, subset: str = "test", max_c
             from .events import Progress
 
             callback(Progress(done=i + 1, total=len(stems), item=stem, status="evaluated"))
-    return {"subset": subset, "split": where, "cases": [_jsonable(c) for c in cases], "mean": _mean(cases, layout.kind),
+    return {"subset": subset, "split": where, "cases": [_jsonable(c) for c in cases], "mean": _jsonable(_mean(cases, layout.kind)),
             "model": predictor.config.get("model"), "data": str(layout.root)}
 
 
@@ -92,18 +92,49 @@ def _eval_discs(predictor: Predictor, img_path, tgt_path) -> dict:
     t_rc = dict(zip(truth.numbers, pp.voxel_to_view(truth.voxels(), geo)))
     p_rc = dict(zip(pred.numbers, pp.voxel_to_view(pred.voxels(), geo))) if len(pred) else {}
     out = disc_metrics(p_rc, t_rc, sp_rc)
-    out["predicted"] = [{"name": d.name, "confidence": d.confidence} for d in pred.discs]
+    out["predicted"] = [{"name": d.name, "confidence": d.confidence, "flag": d.flag} for d in pred.discs]
+    out["verdict"] = pred.verdict
     return out
+
+
+def source_of(stem: str) -> str:
+    """The source a case comes from, by its name: the stem without its last ``_part``
+    (``spine_vb1_07`` -> ``spine_vb1``)."""
+    return stem.rsplit("_", 1)[0] if "_" in stem else stem
+
+
+def _disc_summary(cases: list[dict]) -> dict:
+    all_d = [d for c in cases for d in c["l2_all_mm"]]
+    n_true = sum(c["n_true"] for c in cases)
+    shifted = [c for c in cases if c.get("shift")]
+    return {"l2_mm": float(np.median(all_d)) if all_d else float("nan"),
+            "fnr": sum(c["fn"] for c in cases) / max(1, n_true),
+            "fpr": sum(c["fp"] for c in cases) / max(1, n_true), "n_true": n_true,
+            "misses": sum(c["fn"] for c in cases), "false_positives": sum(c["fp"] for c in cases),
+            "unscored": sum(c.get("unscored", 0) for c in cases), "cases": len(cases),
+            # scans whose predictions sit on labelled discs a level (or more) off their names
+            "off_by_levels": len(shifted), "off_by_levels_rate": len(shifted) / max(1, len(cases)),
+            "flagged": sum(c.get("verdict", "ok") != "ok" for c in cases)}
 
 
 def _mean(cases: list[dict], kind: str) -> dict:
     if kind == "discs":
-        all_d = [d for c in cases for d in c["l2_all_mm"]]
-        n_true = sum(c["n_true"] for c in cases)
-        return {"l2_mm": float(np.median(all_d)) if all_d else float("nan"),
-                "fnr": sum(c["fn"] for c in cases) / max(1, n_true),
-                "fpr": sum(c["fp"] for c in cases) / max(1, n_true), "cases": len(cases),
-                "seconds_per_case": float(np.mean([c["seconds"] for c in cases]))}
+        from ..io import disc_name
+
+        out = {**_disc_summary(cases), "seconds_per_case": float(np.mean([c["seconds"] for c in cases]))}
+        levels: dict[int, list] = {}
+        for c in cases:
+            for n, r in c["per_level"].items():
+                levels.setdefault(int(n), []).append(r)
+        out["per_level"] = {disc_name(n): {"l2_mm": float(np.median([r["l2_mm"] for r in rs if r["l2_mm"] is not None]))
+                                           if any(r["l2_mm"] is not None for r in rs) else float("nan"),
+                                           "misses": sum(r["miss"] for r in rs), "n": len(rs)}
+                            for n, rs in sorted(levels.items())}
+        sources: dict[str, list] = {}
+        for c in cases:
+            sources.setdefault(source_of(c["stem"]), []).append(c)
+        out["per_source"] = {k: _disc_summary(v) for k, v in sorted(sources.items())}
+        return out
     out = {}
     for k in ("dice", "iou", "hd95"):
         vals = [c[f"{k}_mean"] for c in cases if np.isfinite(c[f"{k}_mean"])]

@@ -12,7 +12,7 @@ from .. import io
 from . import checkpoint as ckpt
 from . import preprocess as pp
 from .devices import release_memory, select_device, select_precision
-from .discs import decode_discs, flag_discs
+from .discs import anchor_numbering, decode_discs, flag_discs
 from .events import CancelToken, Progress
 
 
@@ -210,6 +210,7 @@ class Predictor:
         heat = self._batched([x], tta=False)[0].numpy()
         numbers = list(self.pre["disc_numbers"])
         found = decode_discs(heat, numbers, self.pre.get("prior", {}), min_confidence=min_confidence)
+        found, numbering = anchor_numbering(found, heat, numbers)
         if not found:
             return io.DiscPoints([], vol.affine, vol.data.shape[:3], vol.path)
         rows = np.array([f["row"] for f in found])
@@ -219,7 +220,7 @@ class Predictor:
         vox = pp.view_to_voxel((rows + 0.5) * sr - 0.5, (cols + 0.5) * sc - 0.5, geo)
         points = io.DiscPoints.from_voxels(vox, [f["number"] for f in found], vol.affine, vol.data.shape[:3],
                                            confidences=[f["confidence"] for f in found], source=vol.path)
-        return flag_discs(points)  # no output without its flags
+        return flag_discs(points, numbering)  # no output without its flags
 
 
 def class_argmax(prob: torch.Tensor) -> np.ndarray:

@@ -43,22 +43,42 @@ def disc_metrics(pred_rc: dict[int, np.ndarray], true_rc: dict[int, np.ndarray],
     """Disc positions in the sagittal plane, keyed by SCT number, as (row = along the spine, col) pixels.
 
     * L2: distance between a true disc and the prediction with the same number, in mm.
-    * false negative: a true disc with no prediction of its number within ``fn_px`` along the spine axis.
-    * false positive: a prediction whose nearest true disc is more than ``fp_px`` away.
+    * false negative (a miss): a true disc with no prediction of its number within ``fn_px`` along the
+      spine axis.
+    * false positive: a prediction whose nearest true disc is more than ``fp_px`` away. Only the levels the
+      case labels are known (ours: a case labelled L1/L2 ... L4/L5 still shows its L5/S1 disc), so a
+      prediction at a level the case does not label counts as a false positive only when it sits on a
+      labelled disc (within ``fp_px``: a wrong name); otherwise it is ``unscored``.
+    * ``shift``: the median level difference between predictions and the labelled disc each sits on
+      (within ``fp_px``): 0 when the numbering holds, +-1 when the scan is numbered a level off.
+    * ``per_level``: number -> {"l2_mm", "miss"} for each true disc.
     Rates are over the number of true discs."""
     sp = np.asarray(spacing_rc, dtype=float)
-    dists, fn, fp = [], 0, 0
+    dists, fn, fp, unscored, per_level = [], 0, 0, 0, {}
     for n, t in true_rc.items():
         p = pred_rc.get(n)
-        if p is None or abs(p[0] - t[0]) > fn_px:
-            fn += 1
-        if p is not None:
-            dists.append(float(np.linalg.norm((np.asarray(p) - np.asarray(t)) * sp)))
-    truths = np.array(list(true_rc.values())) if true_rc else np.zeros((0, 2))
+        miss = bool(p is None or abs(p[0] - t[0]) > fn_px)
+        fn += miss
+        d = None if p is None else float(np.linalg.norm((np.asarray(p) - np.asarray(t)) * sp))
+        if d is not None:
+            dists.append(d)
+        per_level[int(n)] = {"l2_mm": d, "miss": bool(miss)}
+    numbers = list(true_rc)
+    truths = np.array(list(true_rc.values()), dtype=float).reshape(-1, 2)
+    diffs = []
     for n, p in pred_rc.items():
-        if len(truths) == 0 or np.min(np.linalg.norm(truths - np.asarray(p), axis=1)) > fp_px:
-            fp += 1
+        dist = np.linalg.norm(truths - np.asarray(p, dtype=float), axis=1) if len(truths) else np.zeros(0)
+        on = int(np.argmin(dist)) if len(dist) and dist.min() <= fp_px else None
+        if on is not None:
+            diffs.append(int(n) - int(numbers[on]))
+        if n in true_rc:
+            fp += int(on is None)
+        elif on is not None:
+            fp += 1  # an unlabelled level's name on a labelled disc
+        else:
+            unscored += 1
     n_true = max(1, len(true_rc))
     return {"l2_mm": float(np.median(dists)) if dists else float("nan"), "l2_all_mm": dists,
-            "fn": fn, "fp": fp, "n_true": len(true_rc), "n_pred": len(pred_rc),
-            "fnr": fn / n_true, "fpr": fp / n_true}
+            "fn": fn, "fp": fp, "unscored": unscored, "n_true": len(true_rc), "n_pred": len(pred_rc),
+            "fnr": fn / n_true, "fpr": fp / n_true, "shift": int(np.median(diffs)) if diffs else None,
+            "per_level": per_level}

@@ -104,10 +104,18 @@ class DiscPoints:
     @property
     def verdict(self) -> str:
         """``ok`` or ``check: ...`` naming the flagged discs (engine.discs.flag_discs sets the flags)."""
-        flagged = [f"{d.name} ({d.flag})" for d in self.discs if d.flag]
         if not self.discs:
             return "check: no disc found"
-        return "ok" if not flagged else "check: " + "; ".join(flagged)
+        groups: dict[str, list[str]] = {}  # one line per reason, naming the discs it applies to
+        for d in self.discs:
+            for reason in filter(None, (r.strip() for r in d.flag.split("; "))):
+                groups.setdefault(reason, []).append(d.name)
+        if not groups:
+            return "ok"
+        every = len(self.discs) > 1
+        return "check: " + "; ".join(
+            f"{'all discs' if every and len(names) == len(self.discs) else ', '.join(names)} ({reason})"
+            for reason, names in groups.items())
 
     def voxels(self) -> np.ndarray:
         """Voxel coordinates (float) in the source volume; needs ``affine``."""

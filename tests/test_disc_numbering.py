@@ -1,0 +1,197 @@
+"""Disc labeling over every labelled level: what "labelled" means in data, loss and metrics, the level
+balancing, and numbering anchored at the lumbosacral junction (engine/discs.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medseg import io
+from napari_medseg.engine import data as D
+from napari_medseg.engine import preprocess as pp
+from napari_medseg.engine.discs import (ANCHOR, NOT_ANCHORED, anchor_numbering, decode_discs, flag_discs, level_steps,
+                                        renumber_chain)
+from napari_medseg.engine.losses import HeatmapLoss
+from napari_medseg.engine.metrics import disc_metrics
+
+NUMBERS = list(range(18, 26))  # T10/T11 ... L5/S1
+SIZE = (128, 128)
+
+
+def _heat(peaks: dict[int, list[tuple[float, float, float]]]) -> np.ndarray:
+    """(K, H, W) heatmaps with Gaussian peaks (row, col, height) per SCT number."""
+    maps = np.zeros((len(NUMBERS), *SIZE), np.float32)
+    for n, ps in peaks.items():
+        for r, c, h in ps:
+            maps[NUMBERS.index(n)] = np.maximum(maps[NUMBERS.index(n)],
+                                                h * pp.gaussian_heatmaps(np.array([[r, c]]), [True], SIZE, 2.2)[0])
+    return maps
+
+
+ROWS = [20.0, 38.0, 56.0, 74.0, 92.0, 108.0]  # six discs, T12/L1 ... L5/S1 (20 ... 25), head to feet
+
+
+def test_level_steps_count_a_missed_disc_only_from_1_6_spacings():
+    assert level_steps([[0], [30], [60], [90]]) == [1, 1, 1]
+    assert level_steps([[0], [30], [60], [107], [137]]) == [1, 1, 1, 1]  # 47 mm: 1.57 spacings, one level
+    assert level_steps([[0], [30], [60], [109], [139]]) == [1, 1, 2, 1]  # 49 mm: 1.63 spacings, a level missed
+    assert level_steps([[0], [30], [60], [140], [170]]) == [1, 1, 3, 1]  # 80 mm: 2.7 spacings, two missed
+    assert renumber_chain([[0], [30], [60], [109]], 3, 25) == [21, 22, 23, 25]
+    assert renumber_chain([[0], [30]], 0, 20) == [20, 21]
+
+
+def test_a_chain_the_heatmaps_named_one_level_off_is_anchored_at_l5_s1_and_says_so():
+    # every channel fires one disc too low (T11/T12 on T12/L1 ...), as the old model did on other sites,
+    # but the L5/S1 channel sits on the last disc: the anchor renumbers the chain from it
+    heat = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(19, 25), ROWS)} | {25: [(ROWS[-1], 60.0, 0.8)]})
+    found = decode_discs(heat, NUMBERS, {})
+    assert [f["number"] for f in found][:5] == [19, 20, 21, 22, 23]  # the heatmaps' own names: a level off
+    out, note = anchor_numbering(found, heat, NUMBERS)
+    assert [f["number"] for f in out] == [20, 21, 22, 23, 24, 25]
+    np.testing.assert_allclose([f["row"] for f in out], ROWS, atol=0.5)
+    assert note.startswith("numbering anchored at L5/S1 renamed") and "1 level(s) higher" in note
+    # the same chain named right by the heatmaps: anchoring changes nothing and says nothing
+    right = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(20, 26), ROWS)})
+    found = decode_discs(right, NUMBERS, {})
+    out, note = anchor_numbering(found, right, NUMBERS)
+    assert [f["number"] for f in out] == [20, 21, 22, 23, 24, 25] and note == ""
+
+
+def test_no_l5_s1_means_the_numbering_is_flagged_on_every_disc():
+    heat = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(20, 25), ROWS)})  # cut above the sacrum
+    found = decode_discs(heat, NUMBERS, {})
+    out, note = anchor_numbering(found, heat, NUMBERS)
+    assert note == NOT_ANCHORED and [f["number"] for f in out] == [20, 21, 22, 23, 24]
+    vox = np.array([[f["row"], f["col"], 8.0] for f in out])
+    pts = flag_discs(io.DiscPoints.from_voxels(vox, [f["number"] for f in out], np.eye(4),
+                                               confidences=[f["confidence"] for f in out]), note)
+    assert all(NOT_ANCHORED in f for f in pts.flags)
+    assert pts.verdict == f"check: all discs ({NOT_ANCHORED})"
+    # a weak L5/S1 response (below the anchor confidence) does not anchor either
+    weak = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(20, 25), ROWS)} | {25: [(ROWS[-1], 60.0, 0.35)]})
+    assert anchor_numbering(decode_discs(weak, NUMBERS, {}), weak, NUMBERS)[1] == NOT_ANCHORED
+
+
+def test_the_anchor_joins_the_chain_and_discs_below_it_are_dropped():
+    # L5/S1 found by its channel only (the chain stops at L4/L5), and a sacral 'disc' below it
+    heat = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(20, 25), ROWS)})
+    found = decode_discs(heat, NUMBERS, {}) + [{"row": 126.0, "col": 58.0, "confidence": 0.6, "number": 25}]
+    heat[NUMBERS.index(25)] = _heat({25: [(ROWS[-1], 60.0, 0.7)]})[NUMBERS.index(25)]
+    out, _ = anchor_numbering(found, heat, NUMBERS)
+    assert [f["number"] for f in out] == [20, 21, 22, 23, 24, 25]
+    assert out[-1]["row"] == pytest.approx(ROWS[-1], abs=0.5)
+
+
+def test_a_model_without_an_l5_s1_channel_is_left_as_decoded():
+    numbers = list(range(19, 25))
+    heat = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(19, 25), ROWS)})[1:7]
+    found = decode_discs(heat, numbers, {})
+    assert anchor_numbering(found, heat, numbers) == (found, "")
+    assert ANCHOR == io.disc_number("L5/S1")
+
+
+def test_metrics_know_only_the_levels_a_case_labels():
+    truth = {21: np.array([40.0, 60]), 22: np.array([75.0, 60]), 23: np.array([110.0, 60]), 24: np.array([145.0, 60])}
+    # right names and an L5/S1 below the last labelled disc: L5/S1 is unknown there, not a false positive
+    pred = {**{n: p + [1.0, 0.0] for n, p in truth.items()}, 25: np.array([178.0, 58])}
+    m = disc_metrics(pred, truth, (1.0, 1.0))
+    assert (m["fn"], m["fp"], m["unscored"], m["shift"]) == (0, 0, 1, 0)
+    assert m["per_level"][21] == {"l2_mm": pytest.approx(1.0), "miss": False}
+    # the same chain named one level low (each disc carries the next level's name): all missed, a shift of +1, and
+    # the unlabelled L5/S1 name on the labelled L4/L5 disc is a false positive
+    off = {n + 1: p for n, p in truth.items()}
+    m = disc_metrics(off, truth, (1.0, 1.0))
+    assert m["shift"] == 1 and m["fn"] == 4 and m["fp"] == 1 and m["unscored"] == 0
+    assert m["per_level"][21] == {"l2_mm": None, "miss": True}
+
+
+def test_level_repeats_draw_the_rare_levels_more_often():
+    vis = np.zeros((41, 8), bool)
+    vis[:, 3:7] = True  # L1/L2 ... L4/L5 in every case
+    vis[28:, 1:3] = True  # T11/T12, T12/L1 in 13 cases
+    vis[35:, 7] = True  # L5/S1 in 6
+    vis[37:, 0] = True  # T10/T11 in 4
+    reps = D.level_repeats(vis)
+    assert reps[:28].tolist() == [1] * 28
+    assert reps[28:35].tolist() == [2] * 7  # sqrt(41 / 13) = 1.8
+    assert reps[35:].tolist() == [3] * 6  # sqrt(41 / 6) = 2.6 and sqrt(41 / 4) = 3.2
+    assert D.level_repeats(vis, max_repeat=2)[35:].tolist() == [2] * 6
+    ds = D.TrainDataset(_tiny_discs(), augment=False, repeats=[1, 3])
+    assert len(ds) == 4 and [ds[j]["index"] for j in range(4)] == [0, 1, 1, 1]
+    with pytest.raises(ValueError, match="count >= 1"):
+        D.TrainDataset(_tiny_discs(), repeats=[1, 0])
+
+
+def _tiny_discs() -> D.Prepared:
+    rng = np.random.default_rng(0)
+    views = rng.random((2, len(D.VIEW_CHOICES), *SIZE), dtype=np.float32)
+    vis = np.array([[False] * 3 + [True] * 4 + [False], [False] + [True] * 7])
+    pos = np.array([[10.0 + 14 * k, 60.0] for k in range(8)])
+    heat = np.stack([pp.gaussian_heatmaps(pos, v, SIZE, 2.2) for v in vis])
+    return D.Prepared("keypoints", np.repeat(views[:, :1], 3, 1), heat, vis, ["a_1", "b_1"], 8, views=views)
+
+
+def test_keypoint_augmentation_is_reproducible_keeps_the_input_range_and_moves_targets_with_the_image():
+    data = _tiny_discs()
+    ds = D.TrainDataset(data, augment=True, seed=3)
+    draws = []
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        draws.append([ds[j] for j in range(2)])
+    ds.set_epoch(4)  # an epoch redone (a resumed run) draws the same numbers in the same order
+    again = [ds[j] for j in range(2)][1]
+    assert torch.equal(again["image"], draws[4][1]["image"]) and torch.equal(again["target"], draws[4][1]["target"])
+    for items in draws:
+        for it in items:
+            assert it["image"].shape == (3, *SIZE) and torch.equal(it["image"][0], it["image"][2])
+            assert -0.15 <= float(it["image"].min()) and float(it["image"].max()) <= 1.15  # [0, 1] +- 10 %
+            # a level the case does not label keeps a zero target whatever the augmentation does
+            assert float(it["target"][~data.visible[it["index"]]].abs().max()) == 0.0
+    # the augmentation changes the image and the target together (rotation / scale move the peaks)
+    moved = [it for items in draws for it in items if not torch.equal(it["target"], torch.as_tensor(data.targets[it["index"]]))]
+    assert moved
+    # without augmentation: the inference view, the target unchanged
+    plain = D.TrainDataset(data, augment=False)[0]
+    np.testing.assert_array_equal(plain["image"].numpy(), data.images[0])
+    np.testing.assert_array_equal(plain["target"].numpy(), data.targets[0])
+
+
+def test_an_unlabelled_level_teaches_nothing():
+    """The loss ignores a channel the case does not label: whatever the network predicts for the unlabelled
+    L5/S1 of a vb3-like case, neither the loss nor its gradient changes."""
+    data = _tiny_discs()
+    target = torch.as_tensor(data.targets[:1])
+    visible = torch.as_tensor(data.visible[:1])
+    pred = torch.rand(1, 2, 8, *SIZE, requires_grad=True)
+    loss = HeatmapLoss()({"stack_heatmaps": pred}, target, visible)
+    loss.backward()
+    assert float(pred.grad[0, :, 7].abs().max()) == 0.0 and float(pred.grad[0, :, 0].abs().max()) == 0.0
+    assert float(pred.grad[0, :, 4].abs().max()) > 0
+    other = pred.detach().clone()
+    other[0, :, 7] = 1.0  # a confident L5/S1 where the case labels none
+    assert float(HeatmapLoss()({"stack_heatmaps": other}, target, visible)) == pytest.approx(float(loss.detach()))
+
+
+def test_prepared_spine_discs_mark_only_labelled_levels(shared):
+    layout = D.discover(shared / "spine-discs")
+    stems = ["spine_vb3_01", "spine_vb2_02", "spine_vb1_03", "spine_vb1_15"]
+    prep = D.prepare(layout, stems, size=SIZE, channels=3)
+    assert prep.preprocessing["disc_numbers"] == NUMBERS
+    l5s1 = NUMBERS.index(25)
+    assert prep.visible[:, l5s1].tolist() == [False, False, True, True]
+    assert prep.visible[0].tolist() == [False, False, False, True, True, True, True, False]  # vb3: L1/L2 ... L4/L5
+    assert float(prep.targets[0, l5s1].max()) == 0.0 and float(prep.targets[2, l5s1].max()) == pytest.approx(1.0, abs=0.05)
+    # the prior of L5/S1 comes from the two cases that label it, nothing else
+    truth = [D.disc_points(layout.pairs[s][1], io.read_nifti(layout.pairs[s][0])) for s in stems[2:]]
+    rows = []
+    for s, pts in zip(stems[2:], truth):
+        vol = io.read_nifti(layout.pairs[s][0])
+        view, geo = pp.sagittal_view(vol.data, vol.affine, 7)
+        rc = pp.voxel_to_view(pts.voxels()[[pts.numbers.index(25)]], geo)[0]
+        scale = SIZE[0] / view.shape[0]
+        rows.append(rc[0] * scale + (scale - 1) / 2)
+    assert prep.preprocessing["prior"]["25"]["row"] == pytest.approx(float(np.mean(rows)))
+    # the slice-choice views: one per VIEW_CHOICES, the first is the inference view
+    assert prep.views.shape == (4, len(D.VIEW_CHOICES), *SIZE)
+    np.testing.assert_allclose(prep.views[:, 0], prep.images[:, 0], atol=1e-6)
