@@ -121,6 +121,8 @@ def main() -> int:
         raise SystemExit("action must be train, bundle or expects")
     from napari_medseg import api
     from napari_medseg.engine import checkpoint as ckpt
+    from napari_medseg.engine.data import AUGMENTATION
+    from napari_medseg.io import disc_name
 
     which = extra[0] if extra else choose_on_val(api, data, run)
     history = json.loads((run / "history.json").read_text())
@@ -138,7 +140,8 @@ def main() -> int:
         "split": "split.json of the dataset (train / val / test stems)",
         "extra_train": [f"{d} (its train split)" for d in recipe.get("extra_train", [])], "recipe": recipe["train"],
         "loss": cfg["training"].get("loss_used", cfg["training"].get("loss")),
-        "augmentation": "flips, rotation, intensity (MONAI)" if cfg["training"].get("augment") else "none",
+        "augmentation": AUGMENTATION[cfg["model"].get("task", "segmentation")] if cfg["training"].get("augment") else "none",
+        "level_balancing": cfg["training"].get("repeats"),
         "training_precision": cfg["training"].get("precision"), "optimizer": cfg["training"].get("optimizer"),
         "learning_rate": cfg["training"].get("lr"), "schedule": cfg["training"].get("schedule"),
         "batch_size": cfg["training"].get("batch_size"), "input_size": cfg["training"].get("input_size"),
@@ -148,6 +151,9 @@ def main() -> int:
         "test_metrics": result["mean"], "test_precision": result["precision"], "weights_stored_as": stored,
         "licence": recipe["licence"],
         "expects": _describe(cfg),
+        **({"accepts": recipe["accepts"]} if recipe.get("accepts") else {}),
+        **({"names": [disc_name(n) for n in cfg["preprocessing"]["disc_numbers"]]}
+           if cfg["preprocessing"].get("disc_numbers") else {}),
         "reproduce": f"NAPARI_MEDSEG_DATA_DIR=../shared/data napari-medseg evaluate --model {recipe['name']} "
                      f"--data ../shared/data/{recipe['dataset']}",
     }

@@ -24,8 +24,9 @@ def mr_spine_discs():
 
 
 def mr_lumbar_discs():
-    """A sagittal lumbar T2 MRI (spine-discs test case, T11-S1) with its 6 disc points: what the bundled
-    ``hourglass-spine-discs`` model was trained for. A curated file: read from $NAPARI_MEDSEG_DATA_DIR."""
+    """A sagittal lumbar MRI of the multi-site set (spine-discs test case spine_vb1_07) with its 8 disc points,
+    T10/T11 ... L5/S1: what the bundled ``hourglass-spine-discs`` model was trained for. A curated file: read
+    from $NAPARI_MEDSEG_DATA_DIR."""
     return read_layers(str(datasets.fetch("mr_lumbar"))) + read_layers(str(datasets.fetch("mr_lumbar_discs")))
 
 

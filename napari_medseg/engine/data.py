@@ -373,6 +373,13 @@ def _invert(img):
     return img.max() + img.min() - img
 
 
+AUGMENTATION = {  # in words, for model cards: what augmentations(task) does
+    "keypoints": "choice of sagittal slices (VIEW_CHOICES), rotation +-15 deg, scale 0.8-1.25, bias field, gamma "
+                 "0.6-1.7, histogram shift, intensity inversion, intensity scale/shift +-10 % (MONAI); no flips",
+    "segmentation": "flips, rotation +-15 deg, intensity scale/shift +-10 % (MONAI)",
+}
+
+
 def augmentations(task: str):
     from monai.transforms import (Compose, RandAdjustContrastd, RandBiasFieldd, RandFlipd, RandHistogramShiftd,
                                   RandLambdad, RandRotated, RandScaleIntensityd, RandShiftIntensityd, RandZoomd,
