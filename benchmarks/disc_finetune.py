@@ -68,7 +68,7 @@ def main() -> int:
     ap.add_argument("--init-commit", default="d26f655", help="commit whose bundled disc model never saw the new site")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "disc_finetune.json"))
     args = ap.parse_args()
-    shared = Path(os.environ.get("NAPARI_MEDSEG_DATA_DIR", ROOT.parent / "shared" / "data"))
+    shared = Path(os.environ.get("NAPARI_MEDSEG_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
     split = json.loads((shared / "spine-discs" / "split.json").read_text())
     site_train = [s for s in split["train"] if s.startswith("spine_vb1_")]
     held_out = [s for s in split["val"] + split["test"] if s.startswith("spine_vb1_")]

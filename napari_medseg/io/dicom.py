@@ -115,14 +115,22 @@ def read_dicom(path: str | os.PathLike, *, max_bytes: int | None = None) -> list
 
 
 def _volumes_from(path: Path, datasets, max_bytes) -> list[Volume]:
+    from .dicom_enhanced import SEG_SOP_CLASS, is_multiframe, read_multiframe
+
     images = [(f, ds) for f, ds in datasets if "PixelData" in ds or "FloatPixelData" in ds]
     if not images:
         raise MedSegIOError(path, f"{len(datasets)} DICOM file(s) but none holds image pixel data")
+    segs = [(f, ds) for f, ds in images if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS]
+    multi = [(f, ds) for f, ds in images if is_multiframe(ds) and str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS]
+    special = {id(ds) for _, ds in segs + multi}
     series: dict[str, list] = defaultdict(list)
     for f, ds in images:
-        series[str(ds.get("SeriesInstanceUID", "unknown-series"))].append((f, ds))
+        if id(ds) not in special:
+            series[str(ds.get("SeriesInstanceUID", "unknown-series"))].append((f, ds))
 
     volumes = []
+    for f, ds in multi:
+        volumes.extend(read_multiframe(f, ds, max_bytes))
     for uid, members in series.items():
         groups, differing, suffixes = _split_series(members)
         if len(groups) > 1:
@@ -137,6 +145,10 @@ def _volumes_from(path: Path, datasets, max_bytes) -> list[Volume]:
                 vol.name = f"{vol.name}_{suffix}"
             volumes.append(vol)
     volumes.sort(key=lambda v: (str(v.metadata.get("SeriesNumber", "")), v.name))
+    if segs:  # segmentations last, each placed on its referenced series when that series is among them
+        from .dicom_seg import read_seg
+
+        volumes.extend(read_seg(f, ds, volumes) for f, ds in segs)
     return volumes
 
 
@@ -313,12 +325,43 @@ def _in_plane(ds):
     return row_cos, col_cos, spacing  # spacing = (between rows, between columns)
 
 
+def slice_order(positions: np.ndarray, normal: np.ndarray, name: str, where, files=None) -> tuple[np.ndarray, float]:
+    """The order of slices (or frames) by their ``positions`` (LPS, (n, 3)) projected on the slice
+    ``normal``, and the slice step in mm. The one rule for classic series, multi-frame images and the
+    DICOM SEG writer: slices sharing a position, or an uneven step (a missing slice), are an error naming
+    the series."""
+    proj = np.asarray(positions, dtype=np.float64) @ np.asarray(normal, dtype=np.float64)
+    order = np.argsort(proj, kind="stable")
+    proj = proj[order]
+    steps = np.diff(proj)
+    if not len(steps):
+        return order, 0.0
+    if np.any(np.abs(steps) < _STEP_ATOL):
+        n_dup = int(np.sum(np.abs(steps) < _STEP_ATOL))
+        raise MedSegIOError(
+            where,
+            f"series {name}: {n_dup} slice(s) share a position with another (several echoes or time points "
+            "in one series, or a duplicated slice?); cannot build one volume",
+        )
+    step = float(np.median(steps))
+    uneven = np.abs(steps - step) > _STEP_RTOL * step + _STEP_ATOL
+    if np.any(uneven):
+        k = int(np.argmax(uneven))
+        missing = steps[k] / step - 1
+        hint = f" (about {missing:.0f} missing slice(s))" if missing > 0.5 else ""
+        at = files[order[k + 1]] if files is not None else where
+        raise MedSegIOError(
+            at,
+            f"series {name}: uneven slice step, {steps[k]:.3f} mm between slices {k} and {k + 1} where the series "
+            f"step is {step:.3f} mm{hint}",
+        )
+    return order, step
+
+
 def _build_volume(path: Path, members, max_bytes) -> Volume:
     f0, ds0 = members[0]
     name = _series_name(ds0, path.name)
     meta = _metadata(ds0, members)
-    if int(ds0.get("NumberOfFrames", 1) or 1) > 1:
-        raise MedSegIOError(f0, "multi-frame (enhanced) DICOM is not supported yet; export it as single-frame files")
     has_geometry = all("ImageOrientationPatient" in ds and "ImagePositionPatient" in ds for _, ds in members)
     rows, cols = int(ds0.Rows), int(ds0.Columns)
 
@@ -347,29 +390,9 @@ def _build_volume(path: Path, members, max_bytes) -> Volume:
     row_cos, col_cos, sp = _in_plane(ds0)
     normal = np.cross(row_cos, col_cos)
     positions = np.array([np.asarray(ds.ImagePositionPatient, dtype=np.float64) for _, ds in members])
-    proj = positions @ normal
-    order = np.argsort(proj, kind="stable")
+    order, step = slice_order(positions, normal, name, path, [f for f, _ in members])
     members = [members[i] for i in order]
-    positions, proj = positions[order], proj[order]
-    steps = np.diff(proj)
-    if np.any(np.abs(steps) < _STEP_ATOL):
-        n_dup = int(np.sum(np.abs(steps) < _STEP_ATOL))
-        raise MedSegIOError(
-            path,
-            f"series {name}: {n_dup} slice(s) share a position with another (several echoes or time points "
-            "in one series?); cannot build one volume",
-        )
-    step = float(np.median(steps))
-    uneven = np.abs(steps - step) > _STEP_RTOL * step + _STEP_ATOL
-    if np.any(uneven):
-        k = int(np.argmax(uneven))
-        missing = steps[k] / step - 1
-        hint = f" (about {missing:.0f} missing slice(s))" if missing > 0.5 else ""
-        raise MedSegIOError(
-            members[k + 1][0],
-            f"series {name}: uneven slice step, {steps[k]:.3f} mm between slices {k} and {k + 1} where the series "
-            f"step is {step:.3f} mm{hint}",
-        )
+    positions = positions[order]
     n = len(members)
     nbytes = rows * cols * n * 4
     check_allocation(path, nbytes, f"series {name} of {n} slices of {rows}x{cols}", max_bytes)
