@@ -138,9 +138,7 @@ def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: i
         if from_layer:  # back to the layer's order
             labels = geometry.volume_to_layer_order(labels, vol)
             probs = None if probs is None else geometry.volume_to_layer_order(probs, vol)
-    names = pred.config.get("preprocessing", {}).get("label_names") or (
-        ["background"] + [f"class {i}" for i in range(1, pred.num_classes)])
-    return Segmentation(labels, None if from_layer else vol.affine, vol.name, list(names), probs, vol.path)
+    return Segmentation(labels, None if from_layer else vol.affine, vol.name, pred.class_names(), probs, vol.path)
 
 
 def as_disc_points(points) -> io.DiscPoints:
@@ -378,7 +376,7 @@ def batch_manifest(out: str | os.PathLike) -> list[dict]:
 def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None, *, task: str | None = None,
           tta: bool = False, cleanup: bool = False, device: str = "auto", callback=None,
           cancel: CancelToken | None = None, force: bool = False, resume: bool = False, prefetch: int = 2,
-          client=None, workers: int | None = None, prior=None) -> dict:
+          client=None, workers: int | None = None, prior=None, format: str | None = None) -> dict:
     """Run a model over many files; a bad file is reported and skipped, the rest are written.
 
     Writes ``<stem>_seg.nii.gz`` (volumes, source geometry) or ``<stem>_seg.png`` (2D images), or for disc
@@ -388,6 +386,9 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     ``client`` (a ``dask.distributed.Client``) or ``workers=N`` (a local Dask cluster) spread the inputs
     over processes or machines (see ``engine/batch.py``); under torchrun the files are split across ranks.
     ``prior`` (disc labeling of one scan): discs a person named, see :func:`label_discs`.
+    ``format``: ``"dicom-seg"`` writes ``<stem>_seg.dcm`` (a DICOM SEG referencing each input series)
+    instead of NIfTI, ``"dicom-sr"`` writes ``<stem>_discs.dcm`` (a DICOM SR) instead of the points files;
+    inputs that are not DICOM series are then skipped with the reason.
     Returns ``{"written": [...], "skipped": [...], "results": [...], "n_inputs": N, "manifest": path}``."""
     from .engine.batch import run_batch
 
@@ -403,4 +404,5 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     path = str(bundled_weights()[model]) if weights is None else str(weights)
     return run_batch(pred, files, Path(out), weights=path, task=task, tta=tta, cleanup=cleanup, force=force,
                      resume=resume, prefetch=prefetch, client=client, workers=workers, device=str(pred.device),
-                     callback=callback, cancel=cancel, prior=None if prior is None else as_disc_points(prior))
+                     callback=callback, cancel=cancel, prior=None if prior is None else as_disc_points(prior),
+                     fmt=format)

@@ -181,7 +181,8 @@ def _cmd_predict(args, task=None) -> int:
         summary = api.batch(args.inputs, args.out, model=args.model, weights=args.weights, task=task,
                             tta=getattr(args, "tta", False), cleanup=getattr(args, "cleanup", False),
                             device=args.device, callback=_BatchBar(), force=args.force, resume=args.resume,
-                            client=client, workers=args.workers, prior=getattr(args, "prior", None))
+                            client=client, workers=args.workers, prior=getattr(args, "prior", None),
+                            format=getattr(args, "format", None))
     finally:
         if client is not None:
             client.close()
@@ -288,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--tta", action="store_true", help="average over flips")
     p.add_argument("--cleanup", action="store_true", help="keep the largest component of each class")
+    p.add_argument("--format", default="nifti", choices=["nifti", "dicom-seg"],
+                   help="nifti: <stem>_seg.nii.gz (PNG for 2-D images); dicom-seg: <stem>_seg.dcm, a DICOM SEG "
+                        "referencing each input DICOM series (for PACS, OHIF, 3D Slicer)")
     p.add_argument("--force", action="store_true",
                    help="run on inputs unlike the model's training data (otherwise refused and listed as skipped)")
     _batch_args(p)
@@ -302,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", default=None, metavar="POINTS_FILE",
                    help="discs you named on this one scan (_discs.csv / .json / disc-label NIfTI; one named disc is "
                         "enough): the nearest prediction takes its name and the rest are renumbered in order")
+    p.add_argument("--format", default="files", choices=["files", "dicom-sr"],
+                   help="files: _discs.csv, _discs.json and _labels-disc.nii.gz; dicom-sr: <stem>_discs.dcm, a DICOM "
+                        "structured report (TID 1500) referencing each input DICOM series")
     _batch_args(p)
     p.set_defaults(func=lambda a: _cmd_predict(_default_disc_model(a), task="keypoints"))
 

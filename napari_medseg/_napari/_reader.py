@@ -42,7 +42,7 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
         return [_layer(v) for v in io.read_dicom_files(paths)]
     out: list[LayerData] = []
     for p in map(Path, paths):
-        if io.is_points_path(p) or _is_disc_label_nifti(p):
+        if io.is_points_path(p) or _is_disc_label_nifti(p) or (p.is_file() and io.is_sr_file(p)):
             points = io.read_points(p)
             data, kwargs = points_to_layer_data(points, name=io.file_stem(p))
             out.append((data, kwargs, "points"))

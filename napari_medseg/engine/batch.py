@@ -140,11 +140,33 @@ def stem_of(path: Path) -> str:
     return io.file_stem(path) if path.is_file() else path.name
 
 
+FORMATS = {"segmentation": ("nifti", "dicom-seg"), "keypoints": ("files", "dicom-sr")}
+
+
+def check_format(task: str, fmt: str) -> None:
+    if fmt not in FORMATS[task]:
+        raise ValueError(f"output format {fmt!r} is not one of {', '.join(FORMATS[task])} for "
+                         f"{'disc labeling' if task == 'keypoints' else 'segmentation'}")
+
+
+def _require_dicom(vol: io.Volume, path: Path, fmt: str) -> None:
+    """A DICOM SEG / SR references the series it was made from: refuse other inputs before predicting."""
+    if (vol.metadata or {}).get("source_format") != "dicom":
+        raise MedSegIOError(path, f"--format {fmt} needs a DICOM series as input (a SEG/SR references the series it "
+                                  "lies on); this is not one: use the default format")
+
+
 def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = False, cleanup: bool = False,
-            force: bool = False, prior=None) -> dict:
+            force: bool = False, prior=None, fmt: str | None = None) -> dict:
     """Check, predict and write one input (already read). Returns the result row for the summary.
-    ``prior``: discs a person named on this input (``io.DiscPoints``; see ``discs.apply_prior``)."""
+    ``prior``: discs a person named on this input (``io.DiscPoints``; see ``discs.apply_prior``).
+    ``fmt``: ``nifti`` (default; PNG for 2D images) or ``dicom-seg`` for segmentation, ``files`` (default:
+    CSV, JSON and a disc-label NIfTI) or ``dicom-sr`` for disc labeling."""
+    fmt = fmt or FORMATS[task][0]
+    check_format(task, fmt)
     pred.check_input(vol, force)  # refused before anything is written
+    if fmt.startswith("dicom"):
+        _require_dicom(vol, path, fmt)
     stem = stem_of(path)
     if task == "keypoints":
         points = pred.label_discs(vol)
@@ -152,22 +174,33 @@ def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = 
             from .discs import apply_prior
 
             points = apply_prior(points, prior)
-        outs = [io.write_points(out / f"{stem}_discs.csv", points), io.write_points(out / f"{stem}_discs.json", points),
-                io.write_points(out / f"{stem}_labels-disc.nii.gz", points, reference=vol)]
+        if fmt == "dicom-sr":
+            outs = [io.write_points(out / f"{stem}_discs.dcm", points, reference=vol, algorithm=pred.identity())]
+        else:
+            outs = [io.write_points(out / f"{stem}_discs.csv", points), io.write_points(out / f"{stem}_discs.json", points),
+                    io.write_points(out / f"{stem}_labels-disc.nii.gz", points, reference=vol)]
         return {"file": str(path), "outputs": [str(p) for p in outs], "discs": len(points),
                 "names": [d.name for d in points.discs], "verdict": points.verdict}
+    names = pred.class_names()
     if is_2d(vol):
+        if fmt == "dicom-seg":
+            raise MedSegIOError(path, "--format dicom-seg needs a 3-D DICOM series; this is a 2-D image")
         labels = pred.segment_image(vol.data, rgb=vol.rgb, tta=tta, cleanup=cleanup)
         target = io.write_image2d(out / f"{stem}_seg.png", labels)
         voxel = 1.0
     else:
         labels = pred.segment_volume(vol, tta=tta, cleanup=cleanup)
-        target = io.write_nifti(out / f"{stem}_seg.nii.gz", labels, reference=vol, kind="labels")
+        if fmt == "dicom-seg":
+            from ..io.dicom_seg import write_seg
+
+            target, _notes = write_seg(out / f"{stem}_seg.dcm", labels, vol, class_names=names,
+                                       dataset=(pred.config.get("card") or {}).get("dataset"),
+                                       algorithm=pred.identity())
+        else:
+            target = io.write_nifti(out / f"{stem}_seg.nii.gz", labels, reference=vol, kind="labels")
         voxel = float(np.prod(vol.spacing))
     counts = np.bincount(labels.ravel(), minlength=pred.num_classes)
     unit = "px" if is_2d(vol) else "mm3"
-    names = pred.config.get("preprocessing", {}).get("label_names") or []
-    names = [names[c] if c < len(names) else f"class{c}" for c in range(pred.num_classes)]
     return {"file": str(path), "outputs": [str(target)],
             "volumes": {f"{names[c]}_{unit}": float(counts[c] * voxel) for c in range(1, pred.num_classes)}}
 
@@ -198,13 +231,14 @@ def _set_threads(n: int) -> None:
 
 
 def dask_task(weights: str, device: str, path: str, out: str, task: str, tta: bool, cleanup: bool,
-              force: bool) -> dict:
+              force: bool, fmt: str | None = None) -> dict:
     """Read, check, predict and write one input on a Dask worker; expected errors come back as a row."""
     t0 = time.perf_counter()
     p = Path(path)
     digest = checksum(p)
     try:
-        row = run_one(_worker_predictor(weights, device), p, read_input(p), Path(out), task, tta, cleanup, force)
+        row = run_one(_worker_predictor(weights, device), p, read_input(p), Path(out), task, tta, cleanup, force,
+                      fmt=fmt)
         row.update(status="ok", reason="")
     except EXPECTED_ERRORS as err:
         row = {"file": path, "outputs": [], "status": _status_of(err), "reason": str(err).splitlines()[0]}
@@ -219,9 +253,12 @@ def dask_task(weights: str, device: str, path: str, out: str, task: str, tta: bo
 def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tta: bool = False,
               cleanup: bool = False, force: bool = False, resume: bool = False, prefetch: int = 2,
               client=None, workers: int | None = None, device: str = "cpu", callback=None,
-              cancel: CancelToken | None = None, prior=None) -> dict:
+              cancel: CancelToken | None = None, prior=None, fmt: str | None = None) -> dict:
     """Run ``pred`` (loaded from ``weights``) over ``files`` into ``out``; see the module docstring.
-    Returns ``{"written", "skipped", "results", "n_inputs", "manifest"}``."""
+    ``fmt``: the output format (:func:`run_one`). Returns ``{"written", "skipped", "results", "n_inputs",
+    "manifest"}``."""
+    if fmt is not None:
+        check_format(task, fmt)
     if prior is not None and (len(files) != 1 or client is not None or workers):
         raise ValueError("named prior discs belong to one scan: give exactly one input (and no Dask workers)")
     out = Path(out)
@@ -262,15 +299,15 @@ def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tt
 
     try:
         if client is not None or workers:
-            _run_dask(todo, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel)
+            _run_dask(todo, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel, fmt)
         else:
-            _run_local(pred, todo, out, task, tta, cleanup, force, prefetch, record, cancel, prior)
+            _run_local(pred, todo, out, task, tta, cleanup, force, prefetch, record, cancel, prior, fmt)
     finally:
         manifest.close()
     return summary
 
 
-def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, cancel, prior=None):
+def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, cancel, prior=None, fmt=None):
     """One process: the next inputs are read by a background thread while the network runs."""
 
     def load(path):
@@ -293,7 +330,7 @@ def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, ca
             t0 = time.perf_counter()
             if err is None:
                 try:
-                    row = run_one(pred, path, vol, out, task, tta, cleanup, force, prior)
+                    row = run_one(pred, path, vol, out, task, tta, cleanup, force, prior, fmt)
                     row.update(status="ok", reason="")
                 except EXPECTED_ERRORS as e:
                     err = e
@@ -306,7 +343,7 @@ def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, ca
             f.cancel()
 
 
-def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel):
+def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel, fmt=None):
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError as err:  # pragma: no cover - the dask extra is not installed
@@ -319,7 +356,7 @@ def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, wo
         # the local workers share this machine's cores: one torch thread pool each of cores / workers
         client.run(_set_threads, max(1, (os.cpu_count() or 1) // int(workers)))
     try:
-        futures = {client.submit(dask_task, weights, device, str(p), str(out), task, tta, cleanup, force,
+        futures = {client.submit(dask_task, weights, device, str(p), str(out), task, tta, cleanup, force, fmt,
                                  pure=False, retries=1): p for p in files}
         for fut in as_completed(futures):
             path = futures[fut]

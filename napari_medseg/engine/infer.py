@@ -42,7 +42,29 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw) -> "Predictor":
         model, cfg = ckpt.load_model(path)
-        return cls(model, cfg, **kw)
+        pred = cls(model, cfg, **kw)
+        pred.source = Path(path)
+        return pred
+
+    source: Path | None = None  # the checkpoint folder, when loaded from one
+
+    def class_names(self) -> list[str]:
+        """A name per output class: the training data's (``label_names``), else ``background``, ``class 1`` ..."""
+        names = list(self.pre.get("label_names") or ["background"])
+        return names + [f"class {i}" for i in range(len(names), self.num_classes)]
+
+    def identity(self) -> dict:
+        """Who made a result, for DICOM outputs: the model's name (the bundled weights' or the network's),
+        the package version and the SHA-256 of the weights file."""
+        import hashlib
+
+        from .. import __version__
+
+        digest = None
+        if self.source is not None and (self.source / "model.safetensors").is_file():
+            digest = hashlib.sha256((self.source / "model.safetensors").read_bytes()).hexdigest()
+        name = (self.config.get("card") or {}).get("name") or self.config["model"]["name"]
+        return {"name": name, "version": __version__, "weights_sha256": digest}
 
     @property
     def expects(self) -> dict:

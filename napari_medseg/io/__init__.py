@@ -18,6 +18,7 @@ from .points import (
     disc_name,
     disc_number,
     is_points_path,
+    is_sr_file,
     points_from_label_volume,
     read_points,
     write_points,
@@ -27,7 +28,7 @@ from .volume import Volume
 __all__ = [
     "Disc", "DiscPoints", "IMAGE2D_SUFFIXES", "MedSegIOError", "MedSegIOWarning", "Volume", "disc_name",
     "disc_number", "find_dicom_files", "folder_has_dicom", "is_dicom_file", "is_image2d_path", "is_nifti_path",
-    "is_points_path", "points_from_label_volume", "read", "read_dicom", "read_dicom_files", "read_image2d", "read_nifti",
+    "is_points_path", "is_sr_file", "points_from_label_volume", "read", "read_dicom", "read_dicom_files", "read_image2d", "read_nifti",
     "read_points", "strip_nifti_suffix", "write_image2d", "write_nifti", "write_points", "file_stem",
 ]
 

@@ -119,6 +119,9 @@ def _volumes_from(path: Path, datasets, max_bytes) -> list[Volume]:
 
     images = [(f, ds) for f, ds in datasets if "PixelData" in ds or "FloatPixelData" in ds]
     if not images:
+        if datasets and all(str(ds.get("Modality", "")) == "SR" for _, ds in datasets):
+            raise MedSegIOError(path, "a DICOM structured report (SR), not an image: it holds points (read it with "
+                                      "io.read_points; napari opens it as a Points layer)")
         raise MedSegIOError(path, f"{len(datasets)} DICOM file(s) but none holds image pixel data")
     segs = [(f, ds) for f, ds in images if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS]
     multi = [(f, ds) for f, ds in images if is_multiframe(ds) and str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS]

@@ -159,7 +159,25 @@ def read_points(path: str | os.PathLike) -> DiscPoints:
         from .nifti import read_nifti
 
         return points_from_label_volume(read_nifti(path, kind="labels"))
-    raise MedSegIOError(path, "not a points file (expected .csv, .json or a disc-label NIfTI)")
+    if is_sr_file(path):
+        from .dicom_sr import read_sr
+
+        return read_sr(path)
+    raise MedSegIOError(path, "not a points file (expected .csv, .json, a disc-label NIfTI or a DICOM SR)")
+
+
+def is_sr_file(path: str | os.PathLike) -> bool:
+    """A DICOM structured report (by content), e.g. disc points written by ``label-discs --format dicom-sr``."""
+    from .dicom import is_dicom_file
+
+    if not is_dicom_file(path):
+        return False
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True, force=True).get("Modality", "")) == "SR"
+    except Exception:  # noqa: BLE001 - not readable: not ours to claim
+        return False
 
 
 def _number_from(path, row) -> int:
@@ -295,13 +313,22 @@ def write_disc_label_nifti(path: str | os.PathLike, points: DiscPoints, referenc
     return write_nifti(path, out, affine, kind="labels")
 
 
-def write_points(path: str | os.PathLike, points: DiscPoints, reference: Volume | None = None) -> Path:
-    """Write by extension: ``.csv``, ``.json``, or ``.nii(.gz)`` (single-voxel labels)."""
+def write_points(path: str | os.PathLike, points: DiscPoints, reference: Volume | None = None,
+                 algorithm: dict | None = None) -> Path:
+    """Write by extension: ``.csv``, ``.json``, ``.nii(.gz)`` (single-voxel labels) or ``.dcm`` (a DICOM SR
+    referencing ``reference``, which must be the DICOM series the points lie on)."""
     low = os.fspath(path).lower()
+    if low.endswith(".dcm"):
+        if reference is None:
+            raise MedSegIOError(path, "a DICOM SR must reference the DICOM series the discs lie on; none was given "
+                                      "(save as .csv, .json or .nii.gz instead)")
+        from .dicom_sr import write_sr
+
+        return write_sr(path, points, reference, algorithm=algorithm)
     if low.endswith(".csv"):
         return write_points_csv(path, points)
     if low.endswith(".json"):
         return write_points_json(path, points)
     if low.endswith((".nii", ".nii.gz")):
         return write_disc_label_nifti(path, points, reference)
-    raise MedSegIOError(path, "points are written as .csv, .json or .nii.gz")
+    raise MedSegIOError(path, "points are written as .csv, .json, .nii.gz or .dcm (DICOM SR)")
