@@ -36,6 +36,7 @@ class Segmentation:
     class_names: list[str] = field(default_factory=list)
     probabilities: np.ndarray | None = None
     source: str | None = None
+    model: dict = field(default_factory=dict)  # who made it: Predictor.identity() + the training dataset
 
 
 # ---------------------------------------------------------------- weights
@@ -138,7 +139,8 @@ def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: i
         if from_layer:  # back to the layer's order
             labels = geometry.volume_to_layer_order(labels, vol)
             probs = None if probs is None else geometry.volume_to_layer_order(probs, vol)
-    return Segmentation(labels, None if from_layer else vol.affine, vol.name, pred.class_names(), probs, vol.path)
+    return Segmentation(labels, None if from_layer else vol.affine, vol.name, pred.class_names(), probs, vol.path,
+                        {**pred.identity(), "dataset": (pred.config.get("card") or {}).get("dataset")})
 
 
 def as_disc_points(points) -> io.DiscPoints:

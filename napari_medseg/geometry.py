@@ -35,6 +35,7 @@ from .io import DiscPoints, Volume
 from .io.errors import MedSegIOError
 
 META_KEY = "medseg"
+RESULT_KEY = "medseg_result"  # layer metadata: which model made a result (name, version, weights checksum, dataset)
 LAYER_AXCODES = ("L", "P", "I")  # file-order axis codes of a layer array, before its axes are reversed
 _REV = np.eye(4)[[2, 1, 0, 3]]  # reverses the first three coordinates
 WORLD_FROM_RAS = _REV @ np.diag([-1.0, -1.0, -1.0, 1.0])  # (R, A, S) -> (-S, -A, -R); an involution

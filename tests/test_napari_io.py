@@ -214,3 +214,50 @@ def test_reader_returns_none_unless_sure(volumes, shared, tmp_path):
     manifest = yaml.safe_load((Path(__file__).parents[1] / "napari.yaml").read_text())
     patterns = [p for r in manifest["contributions"]["readers"] for p in r["filename_patterns"]]
     assert "*" not in patterns
+
+
+def test_labels_on_a_dicom_series_saved_as_seg_and_points_as_sr(make_napari_viewer, volumes, tmp_path):
+    """Save Layers with .dcm: a Labels layer drawn on a DICOM series becomes a DICOM SEG referencing it, a
+    Points layer a DICOM SR; both reopen in napari where they were."""
+    import shutil
+
+    from napari_medseg import api
+    from napari_medseg.geometry import RESULT_KEY
+    from napari_medseg.io.errors import MedSegIOError
+
+    series = tmp_path / "series"
+    shutil.copytree(volumes / "mr-dicom-series-siemens", series)
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(series), plugin="napari-medseg")
+    seg = api.segment(image, model="unet-acdc-300", device="cpu", force=True)
+    from napari_medseg._napari._layers import labels_layer_data
+
+    data, kwargs, _ = labels_layer_data(seg.labels, image, seg.class_names, "seg", seg.model)
+    labels = viewer.add_labels(data, **kwargs)
+    assert labels.metadata[RESULT_KEY]["name"] == "unet-acdc-300"
+    out = tmp_path / "result_seg.dcm"
+    labels.save(str(out), plugin="napari-medseg")
+    [back] = viewer.open(str(out), plugin="napari-medseg")
+    assert back._type_string == "labels"
+    names = list(back.features["class"]) if "class" in back.features else back.metadata["info"]["label_names"]
+    expected = np.zeros_like(labels.data)
+    for n, name in enumerate(names[1:], start=1):
+        expected[labels.data == seg.class_names.index(name)] = n
+    np.testing.assert_array_equal(back.data, expected)
+    np.testing.assert_allclose(back.data_to_world((1, 2, 3)), labels.data_to_world((1, 2, 3)), atol=1e-4)
+    # points on the series -> a DICOM SR -> a Points layer at the same place
+    pts = viewer.add_points(np.array([labels.data_to_world((1, 100, 120)), labels.data_to_world((2, 110, 150))]),
+                            features={"name": ["L3/L4", "L4/L5"]}, metadata={"medseg": dict(image.metadata["medseg"])})
+    sr = tmp_path / "discs_sr.dcm"
+    pts.save(str(sr), plugin="napari-medseg")
+    [reopened] = viewer.open(str(sr), plugin="napari-medseg")
+    assert reopened._type_string == "points" and list(reopened.features["name"]) == ["L3/L4", "L4/L5"]
+    np.testing.assert_allclose(reopened.data_to_world(reopened.data[0]), pts.data[0], atol=1e-3)
+    # a Labels layer on a NIfTI image: one clear line, nothing written
+    [nii] = viewer.open(str(volumes / "pam50-small-t2.nii.gz"), plugin="napari-medseg")
+    drawn = viewer.add_labels(np.zeros(nii.data.shape, np.uint8), metadata=dict(nii.metadata), scale=nii.scale,
+                              affine=nii.affine)
+    drawn.data[10, 20, 30] = 1
+    with pytest.raises(MedSegIOError, match="not lie on a DICOM series"):
+        drawn.save(str(tmp_path / "nope.dcm"), plugin="napari-medseg")
+    assert not (tmp_path / "nope.dcm").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import META_KEY, points_to_layer_data
+from ..geometry import META_KEY, RESULT_KEY, points_to_layer_data
 from ..io import DiscPoints
 
 TRANSFORM_KEYS = ("scale", "translate", "rotate", "shear", "affine")
@@ -21,9 +21,12 @@ def transform_of(layer) -> dict:
     return kw
 
 
-def labels_layer_data(labels: np.ndarray, source, class_names: list[str], name: str) -> tuple:
-    """Labels already in ``source``'s layer order (``api.segment`` on a layer) -> a Labels layer on top of it."""
+def labels_layer_data(labels: np.ndarray, source, class_names: list[str], name: str, model: dict | None = None) -> tuple:
+    """Labels already in ``source``'s layer order (``api.segment`` on a layer) -> a Labels layer on top of it.
+    ``model``: who made them (``Segmentation.model``), kept for a DICOM SEG's algorithm identification."""
     meta = dict(getattr(source, "metadata", {}) or {})
+    if model:
+        meta[RESULT_KEY] = dict(model)
     kwargs = {"name": name, "metadata": meta, **transform_of(source)}
     n = int(max(labels.max() if labels.size else 0, len(class_names) - 1)) + 1
     names = list(class_names) + [f"class {i}" for i in range(len(class_names), n)]
@@ -31,11 +34,13 @@ def labels_layer_data(labels: np.ndarray, source, class_names: list[str], name: 
     return labels.astype(np.uint8 if n < 256 else np.uint16), kwargs, "labels"
 
 
-def points_layer_data(points: DiscPoints, source, name: str) -> tuple:
+def points_layer_data(points: DiscPoints, source, name: str, model: dict | None = None) -> tuple:
     """Disc points (RAS world coordinates from the engine) -> a Points layer in world coordinates that
     overlays ``source`` wherever it is placed (the engine saw ``source`` with its true affine)."""
     data, kwargs = points_to_layer_data(points, name=name)
     src_meta = (getattr(source, "metadata", {}) or {}).get(META_KEY) or {}
     kwargs["metadata"] = {META_KEY: {"affine": src_meta.get("affine"), "shape": src_meta.get("shape"),
-                                     "source": src_meta.get("source")}}
+                                     "source": src_meta.get("source"), "source_format": src_meta.get("source_format")}}
+    if model:
+        kwargs["metadata"][RESULT_KEY] = dict(model)
     return data, kwargs, "points"

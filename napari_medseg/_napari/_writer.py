@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .. import io
-from ..geometry import META_KEY, layer_shape, layer_to_volume, points_from_layer_data, reference_volume
+from ..geometry import META_KEY, RESULT_KEY, layer_shape, layer_to_volume, points_from_layer_data, reference_volume
 from ..io.errors import MedSegIOError
 
 
@@ -56,7 +56,37 @@ def _write_array(path: str, data: Any, attributes: dict, kind: str) -> list[str]
     return [str(io.write_nifti(target, vol.data, vol.affine, kind=kind))]
 
 
+def _dicom_source(target: Path, meta: dict | None):
+    """The DICOM series a layer was read from (re-read from where it was opened), for a SEG or an SR."""
+    from ..io.dicom_seg import find_source_series
+
+    if not meta or meta.get("source_format") not in (None, "dicom") or not meta.get("source"):
+        raise MedSegIOError(target, "this layer does not lie on a DICOM series: a DICOM SEG/SR must reference the "
+                                    "series it belongs to (save as .nii.gz or .csv instead)")
+    return find_source_series(meta["source"], meta["affine"], meta["shape"])
+
+
+def _result_of(attributes: dict) -> dict:
+    return dict((attributes.get("metadata") or {}).get(RESULT_KEY) or {})
+
+
 def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
+    if str(path).lower().endswith(".dcm"):  # a DICOM SEG referencing the layer's series
+        from ..io.dicom_seg import write_seg
+
+        target = Path(path)
+        meta = _medseg_meta(attributes)
+        source = _dicom_source(target, meta)
+        rgb = False
+        vol = layer_to_volume(np.asarray(data), matrix=world_matrix_from_state(attributes, np.ndim(data)),
+                              metadata=attributes.get("metadata"), rgb=rgb, name=str(attributes.get("name", "layer")))
+        features = attributes.get("features")
+        names = list(features["class"]) if features is not None and "class" in features else None
+        result = _result_of(attributes)
+        written, _notes = write_seg(target, vol.data, source, class_names=names, dataset=result.get("dataset"),
+                                    algorithm={k: result[k] for k in ("name", "version", "weights_sha256")
+                                               if k in result} or None)
+        return [str(written)]
     return _write_array(path, data, attributes, "labels")
 
 
@@ -73,6 +103,12 @@ def write_points(path: str, data: Any, attributes: dict) -> list[str]:
     points = points_from_layer_data(data, attributes.get("features"), _medseg_meta(attributes), matrix=matrix)
     target = Path(path)
     low = target.name.lower()
+    if low.endswith(".dcm"):  # a DICOM SR referencing the series the discs were labelled on
+        result = _result_of(attributes)
+        algorithm = {k: result[k] for k in ("name", "version") if k in result} or None
+        return [str(io.write_points(target, points, reference=_dicom_source(target, _medseg_meta(attributes)),
+                                    algorithm=algorithm))]
     if not low.endswith((".csv", ".json", ".nii", ".nii.gz")):
-        raise MedSegIOError(target, "points are saved as .csv, .json or .nii.gz (single-voxel disc labels)")
+        raise MedSegIOError(target, "points are saved as .csv, .json, .nii.gz (single-voxel disc labels) or .dcm "
+                                    "(DICOM SR)")
     return [str(io.write_points(target, points))]

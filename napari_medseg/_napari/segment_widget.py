@@ -83,7 +83,7 @@ class SegmentWidget(Container):
         if isinstance(seg, Failed):
             self._failed(seg.error)
             return
-        data, kwargs, _ = labels_layer_data(seg.labels, layer, seg.class_names, f"{layer.name}_seg")
+        data, kwargs, _ = labels_layer_data(seg.labels, layer, seg.class_names, f"{layer.name}_seg", seg.model)
         self.last_layer = self.viewer.add_labels(data, **kwargs)
         if seg.probabilities is not None:
             for k in range(1, seg.probabilities.shape[0]):

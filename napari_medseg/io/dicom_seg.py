@@ -55,6 +55,23 @@ def _derived_uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=["napari-medseg", *parts])
 
 
+def find_source_series(where, affine, shape) -> Volume:
+    """The DICOM series at ``where`` (a folder or file, as recorded when it was read) whose grid is
+    ``affine`` / ``shape``: what a napari layer's labels lie on. A one-line error when it is gone or when no
+    series there has that grid."""
+    from . import read
+
+    if not where or not Path(where).exists():
+        raise MedSegIOError(where, "the DICOM series these labels lie on is no longer there; cannot reference it "
+                                   "(save as NIfTI instead)")
+    for vol in read(where):
+        if vol.kind == "image" and tuple(np.shape(vol.data)[:3]) == tuple(shape)[:3] and np.allclose(
+                vol.affine, np.asarray(affine, float), atol=1e-4):
+            return vol
+    raise MedSegIOError(where, f"no DICOM series there has the labels' grid {tuple(shape)[:3]}: a SEG must lie on "
+                               "its series (save as NIfTI instead)")
+
+
 def source_datasets(source: Volume) -> tuple[list, list[str]]:
     """The source series' datasets (headers only) in the volume's slice order, with missing UIDs filled
     by derived ones (said in the returned notes). A one-line error when ``source`` is not a DICOM series
@@ -74,13 +91,12 @@ def source_datasets(source: Volume) -> tuple[list, list[str]]:
         raise MedSegIOError(missing[0], f"a file of the source series {name} is gone; cannot reference it")
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     notes = []
-    if meta.get("multiframe"):
-        return datasets, notes
-    normal = np.cross(*[np.asarray(datasets[0].ImageOrientationPatient, float)[s] for s in (slice(0, 3), slice(3, 6))])
-    positions = np.array([np.asarray(d.ImagePositionPatient, float) for d in datasets])
-    order, _ = slice_order(positions, normal, name, source.path, files)
-    datasets = [datasets[i] for i in order]
-    files = [files[i] for i in order]
+    if not meta.get("multiframe"):  # classic series: in the volume's slice order
+        normal = np.cross(*[np.asarray(datasets[0].ImageOrientationPatient, float)[s] for s in (slice(0, 3), slice(3, 6))])
+        positions = np.array([np.asarray(d.ImagePositionPatient, float) for d in datasets])
+        order, _ = slice_order(positions, normal, name, source.path, files)
+        datasets = [datasets[i] for i in order]
+        files = [files[i] for i in order]
     fills = {"StudyInstanceUID": "study", "SeriesInstanceUID": "series", "FrameOfReferenceUID": "frame of reference"}
     filled = set()
     series_key = str(datasets[0].get("SeriesInstanceUID") or "") or hashlib.sha256(
@@ -95,7 +111,7 @@ def source_datasets(source: Volume) -> tuple[list, list[str]]:
             if not ds.get(tag):
                 ds[tag] = pydicom.DataElement(tag, "UI", _derived_uid(what, series_key))
                 filled.add(what)
-        if not ds.get("SliceThickness"):  # the SEG's pixel measures need one: the slice step stands in
+        if not ds.get("SliceThickness") and not meta.get("multiframe"):  # the SEG's pixel measures need one
             ds.SliceThickness = round(float(meta.get("slice_step_mm") or 1.0), 6)
         for tag in ("PatientID", "PatientName", "StudyID", "AccessionNumber", "StudyDate", "StudyTime",
                     "ReferringPhysicianName", "PatientBirthDate", "PatientSex"):

@@ -1,0 +1,233 @@
+"""DICOM in and out: enhanced multi-frame images, DICOM SEG (written with highdicom, read back by highdicom,
+by dcmqi's segimage2itkimage and by us) and disc points as a DICOM SR, on the shared CT and MR series."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from napari_medseg import io
+from napari_medseg.io.dicom_seg import write_seg
+from napari_medseg.io.errors import MedSegIOError, MedSegIOWarning
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+CT = "volumes/ct-dicom-series-jpeg2000"
+PHILIPS = "volumes/mr-dicom-series-philips"  # oblique, magnitude and phase images in one series
+SIEMENS = "volumes/mr-dicom-series-siemens"
+
+
+def _series(shared, rel) -> io.Volume:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MedSegIOWarning)  # the Philips series is two images: said, expected
+        return io.read(shared / rel)[0]
+
+
+def _labels(shape) -> np.ndarray:
+    """Three classes, class 2 empty (so it is left out), blocks that touch the grid's edges."""
+    lab = np.zeros(shape, np.uint8)
+    i, j, k = shape
+    lab[i // 4:i // 2, j // 5:j // 2, : max(1, k // 2)] = 1
+    lab[i // 2:i // 2 + 30, j // 2:j - 1, k // 2:] = 3
+    lab[0:5, 0:7, 0] = 1
+    return lab
+
+
+def _on_our_grid(array: np.ndarray, affine_lps: np.ndarray, ours: io.Volume) -> np.ndarray:
+    """A (slice, row, col) array with an LPS affine (highdicom's volume) in our (i, j, k) order; the index
+    map between the two grids must be a signed permutation (exact), which the test asserts."""
+    m = np.linalg.inv(ours.affine) @ LPS_TO_RAS @ affine_lps
+    perm = np.round(m[:3, :3])
+    np.testing.assert_allclose(m[:3, :3], perm, atol=1e-4)
+    np.testing.assert_allclose(m[:3, 3], np.round(m[:3, 3]), atol=1e-3)
+    out = np.zeros(np.shape(ours.data)[:3], array.dtype)
+    idx = np.indices(array.shape).reshape(3, -1)
+    ijk = np.round(perm @ idx + m[:3, 3:4]).astype(int)
+    out[tuple(ijk)] = array.reshape(-1)
+    return out
+
+
+@pytest.mark.parametrize("rel", [CT, PHILIPS])
+def test_seg_reads_back_the_same_in_highdicom_dcmqi_and_us(shared, tmp_path, rel):
+    import highdicom as hd
+
+    vol = _series(shared, rel)
+    lab = _labels(np.shape(vol.data)[:3])
+    with pytest.warns(MedSegIOWarning, match="empty class"):
+        path, notes = write_seg(tmp_path / "seg.dcm", lab, vol, class_names=["background", "RV", "Myo", "LV"],
+                                dataset="acdc", algorithm={"name": "unet-acdc-300", "version": "0.1.0",
+                                                           "weights_sha256": "ab" * 32})
+    assert any("Myo" in n for n in notes)
+    expected = np.where(lab == 3, 2, lab)  # segments 1 ... n: RV, LV (the empty Myo left out)
+    ds = pydicom.dcmread(path)
+    assert ds.SegmentationType == "BINARY" and [s.SegmentLabel for s in ds.SegmentSequence] == ["RV", "LV"]
+    assert ds.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "87878005"  # left ventricle
+    algo = ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algo.AlgorithmName == "unet-acdc-300" and "ab" * 32 in str(algo.AlgorithmParameters)
+    # highdicom
+    seg = hd.seg.segread(path)
+    hv = seg.get_volume(combine_segments=True)
+    np.testing.assert_array_equal(_on_our_grid(np.asarray(hv.array), hv.affine, vol), expected)
+    # dcmqi: one NIfTI per segment, on the series' geometry
+    out = tmp_path / "dcmqi"
+    out.mkdir()
+    exe = Path(sys.executable).parent / "segimage2itkimage"
+    run = subprocess.run([str(exe), "--inputDICOM", str(path), "--outputDirectory", str(out), "-t", "nifti"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-500:]
+    ours_nifti = io.read_nifti(io.write_nifti(tmp_path / "seg.nii.gz", expected, reference=vol, kind="labels"))
+    for number in (1, 2):
+        img = nib.load(out / f"{number}.nii.gz")
+        np.testing.assert_allclose(img.affine, ours_nifti.affine, atol=1e-3)
+        np.testing.assert_array_equal(np.asarray(img.dataobj) > 0, np.asarray(ours_nifti.data) == number)
+    # us: alone (own geometry, with a warning), and beside its series (placed on it)
+    with pytest.warns(MedSegIOWarning, match="not open"):
+        alone = io.read(path)[0]
+    assert alone.kind == "labels" and alone.metadata["label_names"] == ["background", "RV", "LV"]
+    np.testing.assert_array_equal(alone.data, expected)
+    np.testing.assert_allclose(alone.affine, vol.affine, atol=1e-6)
+    both = tmp_path / "study"
+    shutil.copytree(shared / rel, both / "series")
+    shutil.copy(path, both / "seg.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MedSegIOWarning)
+        vols = io.read(both)
+    placed = [v for v in vols if v.kind == "labels"][0]
+    assert placed.metadata["placed_on"] == vol.name
+    np.testing.assert_array_equal(placed.data, expected)
+
+
+def _legacy_enhanced(shared, rel, tmp_path) -> Path:
+    """An enhanced multi-frame file made from a classic series by highdicom's legacy conversion (UIDs and
+    the SOP class filled in on copies where the anonymised series lacks them)."""
+    import highdicom as hd
+
+    files = sorted(p for p in (shared / rel).iterdir() if p.is_file())
+    dss = [pydicom.dcmread(f) for f in files]
+    if not dss[0].get("SOPClassUID"):
+        for f, d in zip(files, dss):
+            d.SOPClassUID = d.file_meta.MediaStorageSOPClassUID
+            d.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[f.name])
+            d.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["study"])
+            d.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["series"])
+            d.decompress()
+    cls = hd.legacy.LegacyConvertedEnhancedCTImage if dss[0].Modality == "CT" else hd.legacy.LegacyConvertedEnhancedMRImage
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enh = cls(dss, series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(), instance_number=1)
+    out = tmp_path / f"{Path(rel).name}-enhanced.dcm"
+    enh.save_as(out)
+    return out
+
+
+@pytest.mark.parametrize("rel", [CT, PHILIPS, SIEMENS])
+def test_an_enhanced_multiframe_file_opens_like_its_classic_series(shared, tmp_path, rel):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MedSegIOWarning)
+        classic = io.read(shared / rel)
+        enhanced = io.read(_legacy_enhanced(shared, rel, tmp_path))
+    assert len(enhanced) == len(classic)  # the Philips file holds magnitude and phase frames: two volumes
+    for c, e in zip(classic, enhanced):
+        assert e.metadata["multiframe"] and e.data.dtype == c.data.dtype
+        np.testing.assert_array_equal(np.asarray(e.data), np.asarray(c.data))
+        np.testing.assert_allclose(e.affine, c.affine, atol=1e-6)
+
+
+def test_a_seg_on_an_enhanced_image_references_its_frames(shared, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MedSegIOWarning)
+        src = io.read(_legacy_enhanced(shared, SIEMENS, tmp_path))[0]
+    lab = _labels(src.data.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MedSegIOWarning)
+        path, _ = write_seg(tmp_path / "seg.dcm", lab, src, class_names=["background", "a", "b", "c"])
+        back = io.read(path)[0]
+    np.testing.assert_array_equal(back.data, np.where(lab == 3, 2, lab))
+    np.testing.assert_allclose(back.affine, src.affine, atol=1e-6)
+
+
+def test_disc_points_round_trip_through_a_dicom_sr(shared, tmp_path):
+    vol = _series(shared, SIEMENS)
+    pts = io.DiscPoints.from_voxels(np.array([[100, 120, 1.0], [110, 150, 2.0], [120, 181, 3.0]]), [22, 23, 25],
+                                    vol.affine, vol.data.shape, confidences=[0.91, 0.45, 0.8])
+    pts.discs[1].flag = "low confidence 0.45"
+    path = io.write_points(tmp_path / "scan_discs.dcm", pts, reference=vol,
+                           algorithm={"name": "hourglass-spine-discs", "version": "0.1.0"})
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "SR" and ds.CurrentRequestedProcedureEvidenceSequence
+    assert io.is_sr_file(path)
+    back = io.read_points(path)
+    assert back.names == ["L2/L3", "L3/L4", "L5/S1"] and back.flags == pts.flags
+    np.testing.assert_allclose(back.confidences, pts.confidences, atol=1e-6)
+    np.testing.assert_allclose(back.world, pts.world, atol=1e-4)
+    with pytest.raises(MedSegIOError, match="structured report"):
+        io.read(path)  # points, not an image: the message says where to read it
+
+
+def test_bad_inputs_get_one_line_and_nothing_written(shared, tmp_path):
+    vol = _series(shared, SIEMENS)
+    lab = _labels(vol.data.shape)
+    nifti = io.read_nifti(shared / "volumes/ct-abdomen-small.nii.gz")
+    with pytest.raises(MedSegIOError, match="not a DICOM series"):
+        write_seg(tmp_path / "a.dcm", np.ones(nifti.data.shape, np.uint8), nifti)
+    with pytest.raises(MedSegIOError, match="not on the grid"):
+        write_seg(tmp_path / "b.dcm", lab[:, :, :3], vol)
+    with pytest.raises(MedSegIOError, match="empty"):
+        write_seg(tmp_path / "c.dcm", np.zeros_like(lab), vol)
+    assert not list(tmp_path.glob("*.dcm")) and not list(tmp_path.glob(".*"))
+    # a series with a missing or a duplicated slice is refused when it is read: no SEG can be placed on it
+    files = sorted((shared / CT).iterdir())
+    gap, dup = tmp_path / "gap", tmp_path / "dup"
+    gap.mkdir()
+    dup.mkdir()
+    for k, f in enumerate(files):
+        if k != 10:
+            shutil.copy(f, gap / f.name)
+        shutil.copy(f, dup / f.name)
+    shutil.copy(files[10], dup / "copy-of-slice-10.dcm")
+    with pytest.raises(MedSegIOError, match="missing slice"):
+        io.read(gap)
+    with pytest.raises(MedSegIOError, match="share a position"):
+        io.read(dup)
+
+
+def test_predict_and_label_discs_write_dicom(shared, tmp_path):
+    from napari_medseg.cli import main
+
+    series = tmp_path / "series"
+    shutil.copytree(shared / SIEMENS, series)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", "unet-acdc-300", str(series), str(shared / "volumes/ct-abdomen-small.nii.gz"),
+                 "--out", str(out), "--format", "dicom-seg", "--force"]) == 0
+    rows = {Path(r["input"]).name: r for r in __import__("napari_medseg.api", fromlist=["x"]).batch_manifest(out)}
+    assert rows["series"]["status"] == "ok" and rows["series"]["outputs"].endswith("series_seg.dcm")
+    assert rows["ct-abdomen-small.nii.gz"]["status"] == "skipped" and "needs a DICOM series" in rows[
+        "ct-abdomen-small.nii.gz"]["reason"]
+    nifti_out = tmp_path / "nifti"
+    assert main(["predict", "--model", "unet-acdc-300", str(series), "--out", str(nifti_out), "--force"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MedSegIOWarning)
+        seg = io.read(out / "series_seg.dcm")[0]
+    ref = io.read_nifti(nifti_out / "series_seg.nii.gz")
+    np.testing.assert_allclose(seg.affine, ref.affine, atol=1e-3)
+    names = seg.metadata["label_names"]  # segment numbers -> the model's class values, by name
+    classes = ["background", "RV", "Myo", "LV"]
+    remapped = np.zeros_like(seg.data)
+    for n, name in enumerate(names[1:], start=1):
+        remapped[seg.data == n] = classes.index(name)
+    np.testing.assert_array_equal(remapped, np.asarray(ref.data))
+    ds = pydicom.dcmread(out / "series_seg.dcm")
+    params = str(ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
+    import hashlib
+
+    from napari_medseg.api import bundled_weights
+
+    digest = hashlib.sha256((bundled_weights()["unet-acdc-300"] / "model.safetensors").read_bytes()).hexdigest()
+    assert digest in params and ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "unet-acdc-300"
