@@ -385,3 +385,34 @@ def test_segment_correct_fine_tune_segment_again_in_the_viewer(make_napari_viewe
     qtbot.waitUntil(lambda: seg.last_layer is not None, timeout=120_000)
     assert seg.last_layer is not first and first in viewer.layers
     assert seg.last_layer.data.shape == first.data.shape
+
+
+def test_segment_writes_a_dicom_seg_of_a_dicom_series(make_napari_viewer, qtbot, volumes, tmp_path):
+    """Segment on a DICOM series with "DICOM SEG to" set: the Labels layer, and a SEG referencing the series
+    that reopens on it with the model's class names."""
+    import shutil
+    import warnings
+
+    from napari_medseg import io
+    from napari_medseg.io.errors import MedSegIOWarning
+
+    series = tmp_path / "series"
+    shutil.copytree(volumes / "mr-dicom-series-siemens", series)
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(series), plugin="napari-medseg")
+    w = _dock(viewer, "Segment")
+    w.image.value = image.name
+    w.weights.choice.value = "unet-acdc-300"
+    w.force.value = True
+    w.seg_out.value = str(tmp_path)
+    w.controls.run_button.clicked()
+    qtbot.waitUntil(lambda: w.last_layer is not None, timeout=120_000)
+    assert w.last_seg_file and "DICOM SEG" in w.controls.status.value
+    shutil.move(w.last_seg_file, series / "seg.dcm")  # beside its series: placed on it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MedSegIOWarning)
+        vols = io.read(series)
+    seg = [v for v in vols if v.kind == "labels"][0]
+    assert seg.metadata["placed_on"] == vols[0].name
+    assert set(seg.metadata["label_names"][1:]) <= {"RV", "Myo", "LV"}
+    assert (seg.data > 0).sum() == (w.last_layer.data > 0).sum()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from magicgui.widgets import CheckBox, ComboBox, Container
+from pathlib import Path
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 
@@ -30,9 +32,12 @@ class SegmentWidget(Container):
         self.cleanup = CheckBox(text="keep largest component", value=False)
         self.probs = CheckBox(text="add probability layer", value=False)
         self.force = force_checkbox()
+        # a DICOM SEG of the result, referencing the series (only for images read from a DICOM series)
+        self.seg_out = FileEdit(label="DICOM SEG to", mode="d", value="", nullable=True,
+                                tooltip="folder for <layer>_seg.dcm (DICOM SEG for PACS / OHIF / 3D Slicer); empty: none")
         self.controls = RunControls("Segment")
         super().__init__(widgets=[self.image, self.weights, self.device, self.axis, self.current_slice, self.tta,
-                                  self.cleanup, self.probs, self.force, self.controls])
+                                  self.cleanup, self.probs, self.force, self.seg_out, self.controls])
         self.controls.run_button.changed.connect(self.run)
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
@@ -85,12 +90,31 @@ class SegmentWidget(Container):
             return
         data, kwargs, _ = labels_layer_data(seg.labels, layer, seg.class_names, f"{layer.name}_seg", seg.model)
         self.last_layer = self.viewer.add_labels(data, **kwargs)
+        self.last_seg_file = None
+        folder = self.seg_out.value
+        if folder and str(folder) not in ("", "."):
+            from ._writer import write_labels
+
+            target = Path(folder) / f"{self.last_layer.name}.dcm"
+            try:
+                self.last_seg_file = write_labels(str(target), self.last_layer.data, _attributes(self.last_layer))[0]
+            except Exception as err:  # noqa: BLE001 - one line in the status, the Labels layer stays
+                self.controls.status.value = notify_error(err)
+                return
         if seg.probabilities is not None:
             for k in range(1, seg.probabilities.shape[0]):
                 meta = {k2: v for k2, v in kwargs.items() if k2 not in ("features", "name")}
                 self.viewer.add_image(seg.probabilities[k], name=f"{layer.name}_prob_{seg.class_names[k]}",
                                       colormap="magma", blending="additive", contrast_limits=(0, 1), **meta)
-        self.controls.status.value = f"done: {self.last_layer.name}"
+        self.controls.status.value = f"done: {self.last_layer.name}" + (
+            f" (DICOM SEG: {self.last_seg_file})" if self.last_seg_file else "")
 
     def _failed(self, err):
         self.controls.status.value = notify_error(err)
+
+
+def _attributes(layer) -> dict:
+    """What napari hands a writer for ``layer`` (its state), so the widget saves through the same writer."""
+    state = layer._get_state()
+    state["features"] = layer.features
+    return state
