@@ -156,7 +156,7 @@ def as_disc_points(points) -> io.DiscPoints:
 
 
 def label_discs(image: ImageLike, model: str | None = None, weights=None, *, device: str = "auto",
-                min_confidence: float = 0.2, predictor: Predictor | None = None, force: bool = False,
+                min_confidence: float | None = None, predictor: Predictor | None = None, force: bool = False,
                 prior=None) -> io.DiscPoints:
     """Named intervertebral discs (SCT numbers, confidences) in voxel and RAS world coordinates (for a
     napari layer, ``napari_medseg.geometry.points_to_layer_data`` places them on it).

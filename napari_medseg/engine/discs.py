@@ -81,6 +81,10 @@ def decode_discs(heatmaps: np.ndarray, numbers: list[int], prior: dict, *, min_c
 # ---------------------------------------------------------------- numbering from a landmark
 
 
+# decoding settings (our choices); a checkpoint may record others chosen on its validation split
+# (``preprocessing.decoding``, ``benchmarks/disc_decoding.py``), which the Predictor uses instead
+DECODING = {"min_confidence": 0.2, "prior_weight": 0.5, "anchor_confidence": 0.5}
+
 ANCHOR = 25  # L5/S1, the lumbosacral junction
 ANCHOR_CONFIDENCE = 0.5  # our choice: half the trained peak height, as LOW_CONFIDENCE below
 STEP_GAP = 1.6  # a gap of this many typical spacings (GAP_RANGE's upper end) or more counts as a missed level

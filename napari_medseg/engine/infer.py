@@ -12,7 +12,7 @@ from .. import io
 from . import checkpoint as ckpt
 from . import preprocess as pp
 from .devices import release_memory, select_device, select_precision
-from .discs import anchor_numbering, decode_discs, flag_discs
+from .discs import DECODING, anchor_numbering, decode_discs, flag_discs
 from .events import CancelToken, Progress
 
 
@@ -218,8 +218,8 @@ class Predictor:
 
     # ------------------------------------------------------------ discs
 
-    def label_discs(self, vol: io.Volume, *, min_confidence: float = 0.2) -> io.DiscPoints:
-        """Named discs (SCT numbers) with confidences, in voxel and world coordinates of ``vol``."""
+    def disc_heatmaps(self, vol: io.Volume) -> tuple[np.ndarray, np.ndarray, dict]:
+        """The network's disc heatmaps (K, h, w) for ``vol``, with the sagittal view and its geometry."""
         if self.task != "keypoints":
             raise ValueError("this network segments; disc labeling needs a keypoint (hourglass) checkpoint")
         data = np.asarray(vol.data, dtype=np.float32)
@@ -228,11 +228,24 @@ class Predictor:
         from .data import disc_view_input
 
         view, geo = pp.sagittal_view(data, vol.affine, int(self.pre.get("n_average", 7)))
-        x = disc_view_input(view, self.size)
-        heat = self._batched([x], tta=False)[0].numpy()
+        heat = self._batched([disc_view_input(view, self.size)], tta=False)[0].numpy()
+        return heat, view, geo
+
+    def decoding(self) -> dict:
+        """The decoding settings: ``engine.discs.DECODING``, overridden by those chosen on the validation split
+        and recorded in the checkpoint (``preprocessing.decoding``)."""
+        return {**DECODING, **(self.pre.get("decoding") or {})}
+
+    def label_discs(self, vol: io.Volume, *, min_confidence: float | None = None) -> io.DiscPoints:
+        """Named discs (SCT numbers) with confidences and flags, in voxel and world coordinates of ``vol``."""
+        heat, view, geo = self.disc_heatmaps(vol)
+        dec = self.decoding()
+        if min_confidence is not None:
+            dec["min_confidence"] = min_confidence
         numbers = list(self.pre["disc_numbers"])
-        found = decode_discs(heat, numbers, self.pre.get("prior", {}), min_confidence=min_confidence)
-        found, numbering = anchor_numbering(found, heat, numbers)
+        found = decode_discs(heat, numbers, self.pre.get("prior", {}), min_confidence=dec["min_confidence"],
+                             prior_weight=dec["prior_weight"])
+        found, numbering = anchor_numbering(found, heat, numbers, dec["anchor_confidence"])
         if not found:
             return io.DiscPoints([], vol.affine, vol.data.shape[:3], vol.path)
         rows = np.array([f["row"] for f in found])
