@@ -231,3 +231,56 @@ def test_predict_and_label_discs_write_dicom(shared, tmp_path):
 
     digest = hashlib.sha256((bundled_weights()["unet-acdc-300"] / "model.safetensors").read_bytes()).hexdigest()
     assert digest in params and ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "unet-acdc-300"
+
+
+def _as_dicom_series(vol: io.Volume, folder: Path) -> Path:
+    """Write a 3-D volume as a classic MR DICOM series (one file per slice along its third axis) whose
+    reading gives the same voxels in the same world places: a lumbar DICOM series for the SR test."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True)
+    a = vol.affine
+    lps = LPS_TO_RAS[:3, :3] @ a[:3, :3]
+    dx, dy = np.linalg.norm(lps[:, 0]), np.linalg.norm(lps[:, 1])
+    row_cos, col_cos = lps[:, 0] / dx, lps[:, 1] / dy
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    data = np.asarray(vol.data)
+    for k in range(data.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality, ds.PatientID, ds.PatientName, ds.SeriesNumber, ds.InstanceNumber = "MR", "test", "test^lumbar", 7, k + 1
+        ds.ImageOrientationPatient = [float(v) for v in np.r_[row_cos, col_cos]]
+        ds.ImagePositionPatient = [float(v) for v in (LPS_TO_RAS @ a @ np.r_[0, 0, k, 1.0])[:3]]
+        ds.PixelSpacing = [float(dy), float(dx)]
+        ds.SliceThickness = float(np.linalg.norm(a[:3, 2]))
+        img = np.ascontiguousarray(data[:, :, k].T).astype(np.uint16)
+        ds.Rows, ds.Columns = img.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = img.tobytes()
+        ds.save_as(folder / f"{k:03d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def test_label_discs_writes_a_dicom_sr_that_reopens_where_the_discs_are(shared, tmp_path):
+    from napari_medseg.cli import main
+
+    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_07.nii.gz")
+    series = _as_dicom_series(vol, tmp_path / "lumbar")
+    dicom_vol = io.read(series)[0]
+    np.testing.assert_array_equal(np.sort(np.asarray(dicom_vol.data).ravel()), np.sort(np.asarray(vol.data).ravel()))
+    assert main(["label-discs", str(series), "--out", str(tmp_path / "sr"), "--format", "dicom-sr"]) == 0
+    assert main(["label-discs", str(shared / "spine-discs/images/spine_vb1_07.nii.gz"), "--out", str(tmp_path / "csv")]) == 0
+    sr = io.read_points(tmp_path / "sr" / "lumbar_discs.dcm")
+    ref = io.read_points(tmp_path / "csv" / "spine_vb1_07_discs.csv")
+    assert sr.names == ref.names and "L5/S1" in sr.names
+    np.testing.assert_allclose(sr.world, ref.world, atol=1e-3)
+    assert sr.flags == ref.flags
+    ds = pydicom.dcmread(tmp_path / "sr" / "lumbar_discs.dcm")
+    evidence = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.SeriesInstanceUID == pydicom.dcmread(next(series.iterdir())).SeriesInstanceUID
