@@ -195,3 +195,64 @@ def test_prepared_spine_discs_mark_only_labelled_levels(shared):
     # the slice-choice views: one per VIEW_CHOICES, the first is the inference view
     assert prep.views.shape == (4, len(D.VIEW_CHOICES), *SIZE)
     np.testing.assert_allclose(prep.views[:, 0], prep.images[:, 0], atol=1e-6)
+
+
+# ---------------------------------------------------------------- the bundled model on scans it must not number silently
+
+
+def _bundled_discs(vol):
+    import warnings
+
+    from napari_medseg import api
+    from napari_medseg.engine.discs import DiscsFlagged
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiscsFlagged)
+        return api.label_discs(vol, model="hourglass-spine-discs", device="cpu")
+
+
+def test_the_bundled_model_names_l5_s1_on_the_multisite_test_scan(shared):
+    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_07.nii.gz")
+    truth = io.read_points(shared / "spine-discs/labels/spine_vb1_07_labels-disc.nii.gz")
+    pts = _bundled_discs(vol)
+    assert "L5/S1" in pts.names and pts.verdict == "ok"  # anchored at L5/S1, nothing to check
+    l5s1 = np.linalg.norm(pts.world[pts.names.index("L5/S1")] - truth.world[truth.names.index("L5/S1")])
+    assert l5s1 < 5.0, l5s1  # mm, the issue's bound
+    common = [n for n in truth.names if n in pts.names]
+    assert len(common) == len(truth.names)
+
+
+def test_a_scan_cut_above_l5_is_flagged_not_silently_numbered(shared):
+    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_07.nii.gz")
+    truth = io.read_points(shared / "spine-discs/labels/spine_vb1_07_labels-disc.nii.gz")
+    row = (np.linalg.inv(vol.affine) @ np.r_[truth.world[truth.names.index("L4/L5")], 1.0])[0]  # axis 0: head to feet
+    cut = io.Volume(vol.data[: int(row) - 8], vol.affine, name="cut above L5")
+    pts = _bundled_discs(cut)
+    assert pts.discs and all(NOT_ANCHORED in d.flag for d in pts.discs)
+    assert pts.verdict.startswith("check: all discs (numbering not anchored")
+
+
+def test_an_axial_lumbar_stack_is_refused(shared):
+    from napari_medseg import api
+    from napari_medseg.engine.expectations import InputMismatch
+
+    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_07.nii.gz")
+    axial = io.Volume(np.ascontiguousarray(vol.data[150:198:4]), vol.affine @ np.diag([4.0, 1, 1, 1]), name="axial")
+    with pytest.raises(InputMismatch, match="field of view along S-I is 48 mm"):
+        api.label_discs(axial, model="hourglass-spine-discs", device="cpu")
+
+
+def test_a_whole_spine_or_cervical_scan_is_flagged(shared):
+    """The PAM50 spine template (C1 ... T12, no sacrum), padded front to back to a lumbar field of view so
+    that the input check lets it through: whatever the model finds is flagged as not anchored."""
+    pam = io.read_nifti(shared / "volumes/pam50-small-t2.nii.gz")  # LAS, 70 x 70 x 275 mm
+    data = np.zeros((70, 300, 275), np.float32)
+    data[:, 115:185] = pam.data
+    affine = pam.affine.copy()
+    affine[:3, 3] -= affine[:3, 1] * 115
+    for name, start in (("whole spine", 0), ("cervical", 25)):  # from voxel 25 on: the top 250 mm, C1 ... T4
+        shift = np.eye(4)
+        shift[2, 3] = start
+        pts = _bundled_discs(io.Volume(np.ascontiguousarray(data[:, :, start:]), affine @ shift, name=name))
+        assert pts.verdict.startswith("check:"), name
+        assert all(NOT_ANCHORED in d.flag for d in pts.discs), (name, pts.flags)

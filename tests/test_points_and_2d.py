@@ -189,10 +189,13 @@ def test_a_scan_cropped_outside_the_training_field_is_flagged(shared):
         pts = api.label_discs(crop, model="hourglass-spine-discs", device="cpu")
     assert pts.verdict.startswith("check:")
     assert any(issubclass(w.category, DiscsFlagged) for w in caught)
-    # the whole scan, by contrast, passes with at most its top disc flagged
-    with pytest.warns(DiscsFlagged, match="T11/T12"):  # its top disc, at the field's edge, is the one flagged
+    # the whole scan, by contrast, passes with at most its top disc (at the field's edge) flagged
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiscsFlagged)
         full = api.label_discs(vol, model="hourglass-spine-discs", device="cpu")
-    assert sum(bool(f) for f in full.flags) <= 1
+    flagged = [d.name for d in full.discs if d.flag]
+    assert flagged in ([], [full.discs[0].name]), full.verdict
+    assert "L5/S1" in full.names and "not anchored" not in full.verdict
 
 
 def test_seg_png_keeps_class_values_and_is_visible_in_any_viewer(tmp_path):

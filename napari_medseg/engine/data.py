@@ -392,7 +392,7 @@ def augmentations(task: str):
         return Compose([
             RandRotated(keys=["image", "target"], range_x=0.26, prob=0.5, mode=("bilinear", "bilinear"),
                         padding_mode="zeros"),
-            RandZoomd(keys=["image", "target"], min_zoom=0.8, max_zoom=1.25, prob=0.5,
+            RandZoomd(keys=["image", "target"], min_zoom=0.8, max_zoom=1.6, prob=0.5,
                       mode=("bilinear", "bilinear"), padding_mode="constant", keep_size=True),
             RandBiasFieldd(keys="image", degree=3, coeff_range=(0.0, 0.3), prob=0.3),
             RandAdjustContrastd(keys="image", gamma=(0.6, 1.7), prob=0.4),
