@@ -117,7 +117,11 @@ def test_label_discs_on_pam50(make_napari_viewer, qtbot, trained, volumes, tmp_p
     assert len(pts.data) >= 1
     lo, hi = np.asarray(image.extent.world)
     assert np.all(pts.data >= lo - 1e-6) and np.all(pts.data <= hi + 1e-6)
-    assert all(n in [io.disc_name(k) for k in range(19, 25)] for n in pts.features["name"])
+    from napari_medseg import api
+    from napari_medseg.engine import checkpoint as ckpt
+
+    levels = ckpt.read_config(api.bundled_weights()["hourglass-spine-discs"])["preprocessing"]["disc_numbers"]
+    assert all(n in [io.disc_name(k) for k in levels] for n in pts.features["name"])  # only its training levels
     # the points are editable and the writer saves the edited set where they are in world space
     pts.data[0] = pts.data[0] + np.array([2.0, 0.0, 0.0])
     pts.save(str(tmp_path / "pam_discs.json"), plugin="napari-medseg")
@@ -149,9 +153,13 @@ def test_newcomer_labels_lumbar_discs_from_the_menus(make_napari_viewer, qtbot):
     found = dict(zip(pts.features["name"], pts.data))
     expected = dict(zip(truth.features["name"], truth.data))
     common = set(found) & set(expected)
-    assert len(common) >= 5, (sorted(found), sorted(expected))
-    errors = [np.linalg.norm(found[n] - expected[n]) for n in common]  # world mm
+    assert common == set(expected) and "L5/S1" in common, (sorted(found), sorted(expected))  # all 8, to L5/S1
+    # in the sagittal plane (world axes I, P; the third is L-R), the paper's metric: the discs are placed on
+    # the view's middle slice, the reference points lie on 4-11 of its 17 slices (a scoliotic curve)
+    errors = [np.linalg.norm(found[n][:2] - expected[n][:2]) for n in common]  # world mm
     assert np.median(errors) < 3.0, errors
+    flagged = [n for n, f in zip(pts.features["name"], pts.features["flag"]) if f]
+    assert not flagged and (pts.border_width <= 0.1 + 1e-6).all()  # a clean scan: no red rings
 
     # "prior points": the user names one disc (here deliberately one level lower than the truth says, so
     # the effect is visible): the prediction nearest to it takes that name and all others follow in order
