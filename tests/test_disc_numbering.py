@@ -256,3 +256,31 @@ def test_a_whole_spine_or_cervical_scan_is_flagged(shared):
         pts = _bundled_discs(io.Volume(np.ascontiguousarray(data[:, :, start:]), affine @ shift, name=name))
         assert pts.verdict.startswith("check:"), name
         assert all(NOT_ANCHORED in d.flag for d in pts.discs), (name, pts.flags)
+
+
+def test_fine_tuning_a_disc_model_onto_more_levels_keeps_the_levels_it_knows(tmp_path):
+    from napari_medseg import models
+    from napari_medseg.engine import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    old = models.build("hourglass", "small", in_channels=3, num_classes=6)
+    cfg = {"model": {"name": "hourglass", "size": "small", "in_channels": 3, "num_classes": 6, "options": {},
+                     "task": "keypoints"}, "preprocessing": {"disc_numbers": list(range(19, 25))}}
+    ckpt.save_checkpoint(tmp_path / "old", old, cfg)
+    new = models.build("hourglass", "small", in_channels=3, num_classes=8)
+    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    info = ckpt.init_from(new, str(tmp_path / "old"), network="hourglass", size="small", in_channels=3,
+                          numbers=NUMBERS)
+    assert info["levels_before"] == list(range(19, 25)) and info["reinitialised"] == []
+    assert set(info["mapped_by_level"]) == {k for k, v in fresh.items() if old.state_dict()[k].shape != v.shape}
+    got, before = new.state_dict(), old.state_dict()
+    for key in info["mapped_by_level"]:
+        axis = 0 if key.startswith("score.") else 1  # score: level = output channel; score_back: input channel
+        for j, n in enumerate(NUMBERS):
+            slot = got[key].narrow(axis, j, 1)
+            if n in range(19, 25):
+                assert torch.equal(slot, before[key].narrow(axis, n - 19, 1)), (key, n)
+            elif axis == 0:
+                assert torch.equal(slot, fresh[key].narrow(axis, j, 1)), (key, n)  # a new level: fresh
+            else:
+                assert float(slot.abs().max()) == 0.0  # a new level feeds nothing back at first

@@ -227,10 +227,32 @@ def resolve_init(init: str) -> Path:
     return _resolve(path)
 
 
-def init_from(model, init: str, *, network: str, size: str, in_channels: int) -> dict:
+def _by_level(fresh: torch.Tensor, old: torch.Tensor, old_numbers: list, new_numbers: list) -> torch.Tensor | None:
+    """A disc head tensor for ``new_numbers`` from one trained for ``old_numbers``: the axis whose size is the
+    number of levels is mapped level by level (levels both know keep their trained values; new levels
+    keep ``fresh``'s values, zero where they feed back into the network). None when no axis fits."""
+    k_old, k_new = len(old_numbers), len(new_numbers)
+    for axis in range(fresh.ndim):
+        if fresh.shape[axis] != k_new or old.shape[axis] != k_old:
+            continue
+        if [s for i, s in enumerate(fresh.shape) if i != axis] != [s for i, s in enumerate(old.shape) if i != axis]:
+            continue
+        out = fresh.clone()
+        if axis > 0:  # an input axis (the heatmaps fed back): a new level starts silent
+            out.narrow(axis, 0, k_new).zero_()
+        for j, n in enumerate(new_numbers):
+            if n in old_numbers:
+                out.narrow(axis, j, 1).copy_(old.narrow(axis, old_numbers.index(n), 1))
+        return out
+    return None
+
+
+def init_from(model, init: str, *, network: str, size: str, in_channels: int, numbers: list | None = None) -> dict:
     """Load the weights of ``init`` into ``model`` for fine-tuning: same network, size and input channels;
     tensors whose shape differs (the output head when the number of classes differs) keep their fresh
-    initialisation. Returns what was done, for the log and the config."""
+    initialisation, except that a disc model's heads are mapped level by level when ``numbers`` (the new
+    disc numbers) and the checkpoint's own differ (our choice: a model trained for T11/T12 ... L4/L5 keeps
+    those levels when it is taught T10/T11 ... L5/S1). Returns what was done, for the log and the config."""
     path = resolve_init(init)
     cfg = read_config(path)
     m = cfg.get("model", {})
@@ -242,10 +264,20 @@ def init_from(model, init: str, *, network: str, size: str, in_channels: int) ->
     weights = load_weights(path)
     own = model.state_dict()
     loaded = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    old_numbers = (cfg.get("preprocessing") or {}).get("disc_numbers")
+    mapped = []
+    if numbers and old_numbers and list(numbers) != list(old_numbers):
+        for k, v in weights.items():
+            if k in own and k not in loaded:
+                by_level = _by_level(own[k], v, list(old_numbers), list(numbers))
+                if by_level is not None:
+                    loaded[k] = by_level
+                    mapped.append(k)
     fresh = sorted(k for k in own if k not in loaded)
     unused = sorted(k for k in weights if k not in loaded)
     if not loaded:
         raise CheckpointError(path, "none of its tensors fit this network")
     model.load_state_dict(loaded, strict=False)
     return {"from": init, "path": str(path), "loaded_tensors": len(loaded), "reinitialised": fresh,
-            "unused": unused, "classes_before": m.get("num_classes")}
+            "unused": unused, "classes_before": m.get("num_classes"), "mapped_by_level": mapped,
+            "levels_before": old_numbers}

@@ -276,8 +276,11 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     model = models.build(opts.model, opts.size, in_channels=channels, num_classes=num_classes, **opts.model_options)
     init_info = None
     if opts.init:
-        init_info = ckpt.init_from(model, opts.init, network=opts.model, size=opts.size, in_channels=channels)
+        init_info = ckpt.init_from(model, opts.init, network=opts.model, size=opts.size, in_channels=channels,
+                                   numbers=train_data.preprocessing.get("disc_numbers"))
         note = f"fine-tuning from {opts.init}: {init_info['loaded_tensors']} tensors loaded"
+        if init_info.get("mapped_by_level"):
+            note += f"; disc heads mapped level by level ({len(init_info['mapped_by_level'])} tensors)"
         if init_info["reinitialised"]:
             note += (f"; re-initialised (shape differs: {init_info['classes_before']} -> {num_classes} classes): "
                      + ", ".join(init_info["reinitialised"]))
