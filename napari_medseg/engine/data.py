@@ -262,7 +262,7 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
         profiles.append(input_profile(vol, geo["lr"]))
         pts = disc_points(lab_path, vol)
         rc = pp.voxel_to_view(pts.voxels(), geo)
-        scale = np.array(size) / np.array(view.shape)
+        scale = disc_view_scale(view.shape, size)
         views.append(disc_view_input(view, size))
         alts.append(np.stack([disc_view_input(pp.sagittal_view(vol.data, vol.affine, n, off)[0], size)[0]
                               for off, n in VIEW_CHOICES]))
@@ -304,10 +304,24 @@ def level_repeats(visible: np.ndarray, max_repeat: int = 4) -> np.ndarray:
 
 
 def disc_view_input(view: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Sagittal view -> network input as in the paper: z-score, resize, min-max to [0, 1], 3 channels."""
+    """Sagittal view -> network input as in the paper: z-score, resize, min-max to [0, 1], 3 channels.
+    A view that is not square is first padded at the bottom and right to a square (with its darkest value),
+    so that its pixels keep their aspect: the network learnt discs of one shape (our choice; the training
+    views are square, so they are unchanged). :func:`disc_view_scale` maps positions between the two."""
     z = pp.normalize(view.astype(np.float32), "zscore")
+    side = max(z.shape)
+    if z.shape[0] != z.shape[1]:
+        square = np.full((side, side), float(z.min()), np.float32)
+        square[: z.shape[0], : z.shape[1]] = z
+        z = square
     r = pp.rescale01(pp.resize(z[None], size, "bilinear").numpy())
     return np.repeat(r, 3, axis=0).astype(np.float32)
+
+
+def disc_view_scale(view_shape, size: tuple[int, int]) -> np.ndarray:
+    """(rows, cols) network-input pixels per sagittal-view pixel (:func:`disc_view_input`'s square padding):
+    view (r, c) -> input ``(r, c) * scale + (scale - 1) / 2``, and back."""
+    return np.array(size, dtype=float) / float(max(view_shape[:2]))
 
 
 def disc_prior(pts_all, numbers) -> dict:

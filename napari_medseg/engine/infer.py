@@ -250,8 +250,10 @@ class Predictor:
             return io.DiscPoints([], vol.affine, vol.data.shape[:3], vol.path)
         rows = np.array([f["row"] for f in found])
         cols = np.array([f["col"] for f in found])
-        # network-input pixels -> sagittal-view pixels
-        sr, sc = view.shape[0] / self.size[0], view.shape[1] / self.size[1]
+        # network-input pixels -> sagittal-view pixels (the inverse of data.disc_view_scale's mapping)
+        from .data import disc_view_scale
+
+        sr, sc = 1.0 / disc_view_scale(view.shape, self.size)
         vox = pp.view_to_voxel((rows + 0.5) * sr - 0.5, (cols + 0.5) * sc - 0.5, geo)
         points = io.DiscPoints.from_voxels(vox, [f["number"] for f in found], vol.affine, vol.data.shape[:3],
                                            confidences=[f["confidence"] for f in found], source=vol.path)
