@@ -117,9 +117,36 @@ def main():
     wait(app, lambda: w.summary is not None)
     viewer.screenshot(str(OUT / "batch.png"), canvas_only=False)
     viewer.close()
+    # DICOM SEG: a segmentation of the CT series written as a SEG, reopened with its series
+    dicom_seg_picture(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {sorted(p.name for p in OUT.glob('*.png'))}")
     return 0
+
+
+def dicom_seg_picture(tmp: Path) -> None:
+    """The CT DICOM series with a threshold segmentation (bone: > 200 HU, largest component; a stand-in for
+    a model's result, no CT model is bundled) written as a DICOM SEG beside it and the folder reopened: the
+    SEG's Labels layer lies on the series."""
+    import napari
+    import numpy as np
+
+    from napari_medseg import io
+    from napari_medseg.engine.infer import largest_components
+    from napari_medseg.io.dicom_seg import write_seg
+
+    study = tmp / "study"
+    shutil.copytree(DATA / "volumes" / "ct-dicom-series-jpeg2000", study / "series")
+    ct = io.read(study / "series")[0]
+    bone = largest_components((np.asarray(ct.data) > 200).astype(np.uint8))
+    write_seg(study / "bone_seg.dcm", bone, ct, class_names=["background", "bone (threshold)"])
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 900)
+    layers = viewer.open(str(study), plugin="napari-medseg")
+    viewer.dims.set_current_step(0, layers[0].data.shape[0] // 2)
+    viewer.reset_view()
+    viewer.screenshot(str(OUT / "dicom_seg.png"), canvas_only=False)
+    viewer.close()
 
 
 if __name__ == "__main__":

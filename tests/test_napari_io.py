@@ -239,7 +239,7 @@ def test_labels_on_a_dicom_series_saved_as_seg_and_points_as_sr(make_napari_view
     labels.save(str(out), plugin="napari-medseg")
     [back] = viewer.open(str(out), plugin="napari-medseg")
     assert back._type_string == "labels"
-    names = list(back.features["class"]) if "class" in back.features else back.metadata["info"]["label_names"]
+    names = list(back.features["class"])  # the segment labels, as the layer's class names
     expected = np.zeros_like(labels.data)
     for n, name in enumerate(names[1:], start=1):
         expected[labels.data == seg.class_names.index(name)] = n

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from .. import io
 from ..geometry import points_to_layer_data, volume_to_layer_data
 
@@ -54,6 +56,9 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
 def _layer(vol: io.Volume) -> LayerData:
     data, kwargs = volume_to_layer_data(vol)
     if vol.kind == "labels":
+        names = vol.metadata.get("label_names")  # a DICOM SEG's segment labels: the layer's class names
+        if names:
+            kwargs["features"] = {"index": np.arange(len(names)), "class": list(names)}
         return data.astype(data.dtype if data.dtype.kind in "iu" else "int32"), kwargs, "labels"
     info = kwargs["metadata"]["info"]
     if "WindowCenter" in info and "WindowWidth" in info:
