@@ -223,6 +223,17 @@ def test_predict_and_label_discs_write_dicom(shared, tmp_path):
     for n, name in enumerate(names[1:], start=1):
         remapped[seg.data == n] = classes.index(name)
     np.testing.assert_array_equal(remapped, np.asarray(ref.data))
+    # dcmqi reads the CLI's SEG back to the NIfTI output's voxels and geometry
+    qi = tmp_path / "dcmqi"
+    qi.mkdir()
+    run = subprocess.run([str(Path(sys.executable).parent / "segimage2itkimage"), "--inputDICOM",
+                          str(out / "series_seg.dcm"), "--outputDirectory", str(qi), "-t", "nifti"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-500:]
+    for n, name in enumerate(names[1:], start=1):
+        img = nib.load(qi / f"{n}.nii.gz")
+        np.testing.assert_allclose(img.affine, ref.affine, atol=1e-3)
+        np.testing.assert_array_equal(np.asarray(img.dataobj) > 0, np.asarray(ref.data) == classes.index(name))
     ds = pydicom.dcmread(out / "series_seg.dcm")
     params = str(ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
     import hashlib
