@@ -49,6 +49,8 @@ def test_manifest_records_every_input_and_resume_skips_finished_ones(folder, tmp
     assert rows[str(folder / "broken.png")]["status"] == "skipped"
     assert "refused" in rows[str(folder / "ct.nii.gz")]["reason"]
     assert all(len(r["sha256"]) == 64 and r["model"] == MODEL for r in rows.values())
+    for f in out.iterdir():  # results and the manifest are plain files: nothing executable
+        assert not f.stat().st_mode & 0o111, (f.name, oct(f.stat().st_mode))
     again = api.batch(str(folder), out, model=MODEL, device="cpu", resume=True)
     assert again["resumed"] == 8 and not again["written"]  # only the two bad inputs were tried again
     assert len(again["skipped"]) == 2

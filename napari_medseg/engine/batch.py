@@ -82,7 +82,7 @@ class Manifest:
         self.previous: dict[str, dict] = {row["input"]: row for row in read_manifest(out)}
         text = self.path.read_text(encoding="utf-8") if self.path.is_file() else ""
         new = not self.path.is_file() or self.path.stat().st_size == 0
-        mode = io.atomic.default_mode(0o666)
+        mode = io.atomic.default_mode()  # a plain file: 0666 less the umask, never executable
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
         if not new and not text.endswith("\n"):
             os.write(self._fd, b"\n")  # end the line a kill cut short, so the next row starts clean
