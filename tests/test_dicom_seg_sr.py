@@ -172,6 +172,11 @@ def test_disc_points_round_trip_through_a_dicom_sr(shared, tmp_path):
 
 
 def test_bad_inputs_get_one_line_and_nothing_written(shared, tmp_path):
+    text = tmp_path / "notes.dcm"
+    text.write_text("a text file with a DICOM name\n")
+    with pytest.raises(MedSegIOError, match="not a DICOM file"):
+        io.read(text)
+    text.unlink()
     vol = _series(shared, SIEMENS)
     lab = _labels(vol.data.shape)
     nifti = io.read_nifti(shared / "volumes/ct-abdomen-small.nii.gz")

@@ -54,4 +54,6 @@ def read(path: str | os.PathLike, **kwargs) -> list[Volume]:
         return [read_image2d(path, **kwargs)]
     if is_dicom_file(path):
         return read_dicom(path, **kwargs)
+    if path.suffix.lower() in (".dcm", ".ima", ".dicom"):
+        raise MedSegIOError(path, "not a DICOM file (no DICOM header or data elements, although the name says so)")
     raise MedSegIOError(path, "unsupported file type (expected NIfTI, DICOM, png, jpg, tif or bmp)")
