@@ -239,6 +239,12 @@ class Predictor:
     def label_discs(self, vol: io.Volume, *, min_confidence: float | None = None) -> io.DiscPoints:
         """Named discs (SCT numbers) with confidences and flags, in voxel and world coordinates of ``vol``."""
         heat, view, geo = self.disc_heatmaps(vol)
+        from .data import disc_view_scale
+
+        scale = disc_view_scale(view.shape, self.size)
+        h, w = (int(np.ceil(n * s)) for n, s in zip(view.shape, scale))
+        heat = heat.copy()
+        heat[:, h:], heat[:, :, w:] = 0.0, 0.0  # nothing in the padding that squares a view (outside the scan)
         dec = self.decoding()
         if min_confidence is not None:
             dec["min_confidence"] = min_confidence
@@ -251,9 +257,7 @@ class Predictor:
         rows = np.array([f["row"] for f in found])
         cols = np.array([f["col"] for f in found])
         # network-input pixels -> sagittal-view pixels (the inverse of data.disc_view_scale's mapping)
-        from .data import disc_view_scale
-
-        sr, sc = 1.0 / disc_view_scale(view.shape, self.size)
+        sr, sc = 1.0 / scale
         vox = pp.view_to_voxel((rows + 0.5) * sr - 0.5, (cols + 0.5) * sc - 0.5, geo)
         points = io.DiscPoints.from_voxels(vox, [f["number"] for f in found], vol.affine, vol.data.shape[:3],
                                            confidences=[f["confidence"] for f in found], source=vol.path)
