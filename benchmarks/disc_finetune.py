@@ -92,8 +92,8 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\n| training scans of the new site | start | held-out new-site scans: median L2 mm | misses | L5/S1 L2 mm "
-          f"| whole test split: median L2 mm | misses | wall s |")
+    print("\n| training scans of the new site | start | held-out new-site scans: median L2 mm | misses | L5/S1 L2 mm "
+          "| whole test split: median L2 mm | misses | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     def mm(v):
         return "-" if v is None or v != v else f"{v:.2f}"

@@ -18,6 +18,10 @@ from napari_medseg import io
 from napari_medseg.io.dicom_seg import write_seg
 from napari_medseg.io.errors import MedSegIOError, MedSegIOWarning
 
+# the shared series are anonymised (no UIDs or frame of reference): every SEG/SR on them says that derived
+# UIDs were used; that warning is expected here, and asserted once in the first test
+pytestmark = pytest.mark.filterwarnings("ignore:.*derived ones were used:napari_medseg.io.errors.MedSegIOWarning")
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 CT = "volumes/ct-dicom-series-jpeg2000"
 PHILIPS = "volumes/mr-dicom-series-philips"  # oblique, magnitude and phase images in one series
@@ -60,11 +64,15 @@ def test_seg_reads_back_the_same_in_highdicom_dcmqi_and_us(shared, tmp_path, rel
 
     vol = _series(shared, rel)
     lab = _labels(np.shape(vol.data)[:3])
-    with pytest.warns(MedSegIOWarning, match="empty class"):
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
         path, notes = write_seg(tmp_path / "seg.dcm", lab, vol, class_names=["background", "RV", "Myo", "LV"],
                                 dataset="acdc", algorithm={"name": "unet-acdc-300", "version": "0.1.0",
                                                            "weights_sha256": "ab" * 32})
     assert any("Myo" in n for n in notes)
+    messages = [str(w.message) for w in said if issubclass(w.category, MedSegIOWarning)]
+    assert any("empty class(es) left out of the SEG: Myo" in m for m in messages)
+    assert any("derived ones were used" in m for m in messages)  # both shared series lack some UIDs
     expected = np.where(lab == 3, 2, lab)  # segments 1 ... n: RV, LV (the empty Myo left out)
     ds = pydicom.dcmread(path)
     assert ds.SegmentationType == "BINARY" and [s.SegmentLabel for s in ds.SegmentSequence] == ["RV", "LV"]

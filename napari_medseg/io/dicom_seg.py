@@ -178,15 +178,9 @@ def write_seg(path: str | Path, labels: np.ndarray, source: Volume, *, class_nam
         frames = full
     ref = datasets[0]
     try:
-        seg = hd.seg.Segmentation(
-            source_images=datasets, pixel_array=frames,
-            segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=int(ref.get("SeriesNumber") or 0) + 1000,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="napari-medseg",
-            manufacturer_model_name=str((algorithm or {}).get("name", "napari-medseg")),
-            software_versions=str((algorithm or {}).get("version", "")), device_serial_number="0",
-            series_description=f"{(algorithm or {}).get('name', 'napari-medseg')} segmentation"[:64],
-            omit_empty_frames=False)
+        with warnings.catch_warnings():  # the source's patient name is what it is: not ours to judge
+            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+            seg = _segmentation(hd, datasets, frames, fractional, descriptions, ref, algorithm)
     except (ValueError, TypeError, AttributeError) as err:
         raise MedSegIOError(path, f"cannot build a DICOM SEG on {source.name}: {str(err).splitlines()[0]}") from err
     from .atomic import atomic_path
@@ -196,6 +190,21 @@ def write_seg(path: str | Path, labels: np.ndarray, source: Volume, *, class_nam
     for n in notes:
         warnings.warn(f"{path.name}: {n}", MedSegIOWarning, stacklevel=2)
     return path, notes
+
+
+def _segmentation(hd, datasets, frames, fractional, descriptions, ref, algorithm):
+    """The highdicom Segmentation of ``frames`` (frames, rows, cols) on ``datasets``."""
+    return hd.seg.Segmentation(
+        source_images=datasets, pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=int(ref.get("SeriesNumber") or 0) + 1000,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="napari-medseg",
+        manufacturer_model_name=str((algorithm or {}).get("name", "napari-medseg")),
+        software_versions=str((algorithm or {}).get("version", "")), device_serial_number="0",
+        series_description=f"{(algorithm or {}).get('name', 'napari-medseg')} segmentation"[:64],
+        omit_empty_frames=False)
+
+
 
 
 def read_seg(f, ds, others: list[Volume] | None = None) -> Volume:

@@ -11,6 +11,7 @@ algorithm. :func:`read_sr` gives the same :class:`DiscPoints` back (world RAS, n
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +78,9 @@ def write_sr(path: str | Path, points: DiscPoints, source: Volume, *, algorithm:
         procedure_reported=codes.LN.MRIOfSpine if hasattr(codes.LN, "MRIOfSpine") else codes.SCT.Spine,
         imaging_measurements=groups)
     try:
-        sr = hd.sr.Comprehensive3DSR(evidence=datasets, content=report, series_instance_uid=hd.UID(),
-                                     series_number=int(datasets[0].get("SeriesNumber") or 0) + 2000,
-                                     sop_instance_uid=hd.UID(), instance_number=1, manufacturer="napari-medseg",
-                                     series_description="intervertebral discs")
+        with warnings.catch_warnings():  # the source's patient name is what it is: not ours to judge
+            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+            sr = _report(hd, datasets, report)
     except (ValueError, TypeError, AttributeError) as err:
         raise MedSegIOError(path, f"cannot build a DICOM SR on {source.name}: {str(err).splitlines()[0]}") from err
     from .atomic import atomic_path
@@ -88,6 +88,14 @@ def write_sr(path: str | Path, points: DiscPoints, source: Volume, *, algorithm:
     with atomic_path(path) as tmp:
         sr.save_as(tmp, enforce_file_format=True)
     return path
+
+
+def _report(hd, datasets, report):
+    """The Comprehensive 3D SR holding ``report``, its evidence the source series ``datasets``."""
+    return hd.sr.Comprehensive3DSR(evidence=datasets, content=report, series_instance_uid=hd.UID(),
+                                   series_number=int(datasets[0].get("SeriesNumber") or 0) + 2000,
+                                   sop_instance_uid=hd.UID(), instance_number=1, manufacturer="napari-medseg",
+                                   series_description="intervertebral discs")
 
 
 def is_sr(ds) -> bool:
