@@ -388,17 +388,16 @@ def _invert(img):
 
 
 AUGMENTATION = {  # in words, for model cards: what augmentations(task) does
-    "keypoints": "choice of sagittal slices (VIEW_CHOICES), rotation +-15 deg, scale 0.8-1.6, shifts up to a quarter "
-                 "of the view, bias field, gamma "
+    "keypoints": "choice of sagittal slices (VIEW_CHOICES), rotation +-15 deg, scale 0.8-1.6, bias field, gamma "
                  "0.6-1.7, histogram shift, intensity inversion, intensity scale/shift +-10 % (MONAI); no flips",
     "segmentation": "flips, rotation +-15 deg, intensity scale/shift +-10 % (MONAI)",
 }
 
 
-def augmentations(task: str, size: tuple[int, int] = (128, 128)):
-    """MONAI transforms for one training sample of ``size`` (H, W) (see ``AUGMENTATION`` in words)."""
+def augmentations(task: str):
+    """MONAI transforms for one training sample of ``task`` (see ``AUGMENTATION`` in words)."""
     from monai.transforms import (Compose, RandAdjustContrastd, RandBiasFieldd, RandFlipd, RandHistogramShiftd,
-                                  RandAffined, RandLambdad, RandRotated, RandScaleIntensityd, RandShiftIntensityd, RandZoomd,
+                                  RandLambdad, RandRotated, RandScaleIntensityd, RandShiftIntensityd, RandZoomd,
                                   ScaleIntensityd)
 
     if task == "keypoints":  # no flips: superior-inferior order and anterior-posterior side carry meaning
@@ -410,10 +409,6 @@ def augmentations(task: str, size: tuple[int, int] = (128, 128)):
                         padding_mode="zeros"),
             RandZoomd(keys=["image", "target"], min_zoom=0.8, max_zoom=1.6, prob=0.5,
                       mode=("bilinear", "bilinear"), padding_mode="constant", keep_size=True),
-            # shifts of up to a quarter of the view: the spine's place in the field of view varies between
-            # sites, and a scan may begin or end at any level
-            RandAffined(keys=["image", "target"], translate_range=(0.25 * size[0], 0.25 * size[1]),
-                        prob=0.5, mode=("bilinear", "bilinear"), padding_mode="zeros"),
             RandBiasFieldd(keys="image", degree=3, coeff_range=(0.0, 0.3), prob=0.3),
             RandAdjustContrastd(keys="image", gamma=(0.6, 1.7), prob=0.4),
             RandHistogramShiftd(keys="image", num_control_points=(5, 10), prob=0.3),
@@ -438,7 +433,7 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __init__(self, data: Prepared, augment: bool = True, seed: int = 0, repeats=None):
         self.data, self.augment, self.seed = data, augment, seed
-        self.transform = augmentations(data.task, tuple(data.images.shape[-2:])) if augment else None
+        self.transform = augmentations(data.task) if augment else None
         self.epoch = 0
         reps = np.ones(len(data.images), int) if repeats is None else np.asarray(repeats, int)
         if reps.shape != (len(data.images),) or reps.min() < 1:

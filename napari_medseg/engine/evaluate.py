@@ -114,7 +114,8 @@ def _disc_summary(cases: list[dict]) -> dict:
             "unscored": sum(c.get("unscored", 0) for c in cases), "cases": len(cases),
             # scans whose predictions sit on labelled discs a level (or more) off their names
             "off_by_levels": len(shifted), "off_by_levels_rate": len(shifted) / max(1, len(cases)),
-            "flagged": sum(c.get("verdict", "ok") != "ok" for c in cases)}
+            "flagged": sum(c.get("verdict", "ok") != "ok" for c in cases),
+            "flagged_discs": sum(bool(d.get("flag")) for c in cases for d in c.get("predicted", []))}
 
 
 def _mean(cases: list[dict], kind: str) -> dict:
