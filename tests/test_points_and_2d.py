@@ -189,12 +189,13 @@ def test_a_scan_cropped_outside_the_training_field_is_flagged(shared):
         pts = api.label_discs(crop, model="hourglass-spine-discs", device="cpu")
     assert pts.verdict.startswith("check:")
     assert any(issubclass(w.category, DiscsFlagged) for w in caught)
-    # the whole scan, by contrast, passes with at most its top disc (at the field's edge) flagged
+    # the whole scan, by contrast, is numbered from its L5/S1 with at most one disc flagged (for its confidence:
+    # the scan labels T11/T12 ... L4/L5, its L5/S1 and T10/T11 are found but weaker)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DiscsFlagged)
         full = api.label_discs(vol, model="hourglass-spine-discs", device="cpu")
-    flagged = [d.name for d in full.discs if d.flag]
-    assert flagged in ([], [full.discs[0].name]), full.verdict
+    flagged = [d for d in full.discs if d.flag]
+    assert len(flagged) <= 1 and all(d.flag.startswith("low confidence") for d in flagged), full.verdict
     assert "L5/S1" in full.names and "not anchored" not in full.verdict
 
 
