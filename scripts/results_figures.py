@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NAPARI_MEDSEG_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
-def disc_figure(name: str, out: Path, n: int = 6) -> None:
+def disc_figure(name: str, out: Path, n: int = 7) -> None:
     card = ckpt.read_config(api.bundled_weights()[name])["card"]
     layout = D.discover(DATA / card["dataset"])
     pred_model = api.load(model=name, device="cpu", precision="fp32")
