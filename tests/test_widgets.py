@@ -395,6 +395,7 @@ def test_segment_correct_fine_tune_segment_again_in_the_viewer(make_napari_viewe
     assert seg.last_layer.data.shape == first.data.shape
 
 
+@pytest.mark.filterwarnings("ignore:.*derived ones were used:napari_medseg.io.errors.MedSegIOWarning")  # anonymised
 def test_segment_writes_a_dicom_seg_of_a_dicom_series(make_napari_viewer, qtbot, volumes, tmp_path):
     """Segment on a DICOM series with "DICOM SEG to" set: the Labels layer, and a SEG referencing the series
     that reopens on it with the model's class names."""

@@ -115,6 +115,6 @@ class SegmentWidget(Container):
 
 def _attributes(layer) -> dict:
     """What napari hands a writer for ``layer`` (its state), so the widget saves through the same writer."""
-    state = layer._get_state()
+    _data, state, _kind = layer.as_layer_data_tuple()
     state["features"] = layer.features
     return state
