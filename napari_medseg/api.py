@@ -378,7 +378,8 @@ def batch_manifest(out: str | os.PathLike) -> list[dict]:
 def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None, *, task: str | None = None,
           tta: bool = False, cleanup: bool = False, device: str = "auto", callback=None,
           cancel: CancelToken | None = None, force: bool = False, resume: bool = False, prefetch: int = 2,
-          client=None, workers: int | None = None, prior=None, format: str | None = None) -> dict:
+          client=None, workers: int | None = None, prior=None, format: str | None = None,
+          overwrite: bool = False) -> dict:
     """Run a model over many files; a bad file is reported and skipped, the rest are written.
 
     Writes ``<stem>_seg.nii.gz`` (volumes, source geometry) or ``<stem>_seg.png`` (2D images), or for disc
@@ -390,7 +391,8 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     ``prior`` (disc labeling of one scan): discs a person named, see :func:`label_discs`.
     ``format``: ``"dicom-seg"`` writes ``<stem>_seg.dcm`` (a DICOM SEG referencing each input series)
     instead of NIfTI, ``"dicom-sr"`` writes ``<stem>_discs.dcm`` (a DICOM SR) instead of the points files;
-    inputs that are not DICOM series are then skipped with the reason.
+    inputs that are not DICOM series are then skipped with the reason. A folder holding an earlier run
+    (its ``manifest.csv``) is refused unless ``resume`` or ``overwrite`` is given.
     Returns ``{"written": [...], "skipped": [...], "results": [...], "n_inputs": N, "manifest": path}``."""
     from .engine.batch import run_batch
 
@@ -407,4 +409,4 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     return run_batch(pred, files, Path(out), weights=path, task=task, tta=tta, cleanup=cleanup, force=force,
                      resume=resume, prefetch=prefetch, client=client, workers=workers, device=str(pred.device),
                      callback=callback, cancel=cancel, prior=None if prior is None else as_disc_points(prior),
-                     fmt=format)
+                     fmt=format, overwrite=overwrite)

@@ -182,7 +182,7 @@ def _cmd_predict(args, task=None) -> int:
                             tta=getattr(args, "tta", False), cleanup=getattr(args, "cleanup", False),
                             device=args.device, callback=_BatchBar(), force=args.force, resume=args.resume,
                             client=client, workers=args.workers, prior=getattr(args, "prior", None),
-                            format=getattr(args, "format", None))
+                            format=getattr(args, "format", None), overwrite=getattr(args, "overwrite", False))
     finally:
         if client is not None:
             client.close()
@@ -212,8 +212,11 @@ def _cmd_evaluate(args) -> int:
 
 
 def _batch_args(p):
-    p.add_argument("--resume", action="store_true",
-                   help="skip inputs that manifest.csv in --out records as done (same checksum, outputs present)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="skip inputs that manifest.csv in --out records as done (same checksum, outputs present)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the results of an earlier run in --out (otherwise refused without --resume)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="spread the inputs over N local processes (a Dask LocalCluster)")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from napari_medseg import api
+from napari_medseg.io.errors import MedSegIOError
 from napari_medseg.engine import data as D
 
 MODEL = "unet-kvasir-192"
@@ -51,6 +52,14 @@ def test_manifest_records_every_input_and_resume_skips_finished_ones(folder, tmp
     assert all(len(r["sha256"]) == 64 and r["model"] == MODEL for r in rows.values())
     for f in out.iterdir():  # results and the manifest are plain files: nothing executable
         assert not f.stat().st_mode & 0o111, (f.name, oct(f.stat().st_mode))
+    # a second run into the same folder: refused with one line, nothing touched, unless resumed or replaced
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(MedSegIOError, match="already holds the results of an earlier run.*--resume.*--overwrite"):
+        api.batch(str(folder), out, model=MODEL, device="cpu")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    from napari_medseg.cli import main
+
+    assert main(["predict", "--model", MODEL, str(folder), "--out", str(out), "--device", "cpu"]) == 2
     again = api.batch(str(folder), out, model=MODEL, device="cpu", resume=True)
     assert again["resumed"] == 8 and not again["written"]  # only the two bad inputs were tried again
     assert len(again["skipped"]) == 2
@@ -125,3 +134,14 @@ def test_a_scheduler_and_two_worker_processes(folder, tmp_path):
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+
+
+def test_overwrite_starts_a_new_manifest(folder, tmp_path):
+    out = tmp_path / "out"
+    api.batch(str(folder), out, model=MODEL, device="cpu")
+    again = api.batch(str(folder), out, model=MODEL, device="cpu", overwrite=True)
+    from napari_medseg.engine.batch import read_manifest
+
+    assert len(again["written"]) == 8 and len(read_manifest(out)) == 10  # one row per input, not two
+    with pytest.raises(ValueError, match="resume or overwrite"):
+        api.batch(str(folder), out, model=MODEL, device="cpu", overwrite=True, resume=True)

@@ -23,9 +23,11 @@ class BatchWidget(Container):
         self.force = force_checkbox()
         self.resume = CheckBox(text="resume: skip inputs manifest.csv in the output folder records as done",
                                value=False)
+        self.replace = CheckBox(text="replace: start over in an output folder that holds an earlier run", value=False)
         self.controls = RunControls("Run batch")
         self.table = Table(value=self._rows([]))
-        super().__init__(widgets=[self.task, self.inputs, self.out, self.weights, self.device, self.force, self.resume, self.controls,
+        super().__init__(widgets=[self.task, self.inputs, self.out, self.weights, self.device, self.force, self.resume,
+                                  self.replace, self.controls,
                                   self.table])
         self.task.changed.connect(self._task_changed)
         self.controls.run_button.changed.connect(self.run)
@@ -84,7 +86,7 @@ class BatchWidget(Container):
         self.controls.busy(True, "running...")
         self.show_manifest(force=True)
         token, task, device, force = self.controls.token, self.task.value, self.device.value, self.force.value
-        resume = self.resume.value
+        resume, replace = self.resume.value, self.replace.value
 
         @thread_worker
         @guarded
@@ -92,7 +94,7 @@ class BatchWidget(Container):
             from .. import api
 
             return api.batch(inputs, out, task=task, device=device, callback=self.controls.report, cancel=token,
-                             force=force, resume=resume, **source)
+                             force=force, resume=resume, overwrite=replace, **source)
 
         worker = work()
         worker.returned.connect(self._done)

@@ -253,12 +253,23 @@ def dask_task(weights: str, device: str, path: str, out: str, task: str, tta: bo
 def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tta: bool = False,
               cleanup: bool = False, force: bool = False, resume: bool = False, prefetch: int = 2,
               client=None, workers: int | None = None, device: str = "cpu", callback=None,
-              cancel: CancelToken | None = None, prior=None, fmt: str | None = None) -> dict:
+              cancel: CancelToken | None = None, prior=None, fmt: str | None = None, overwrite: bool = False) -> dict:
     """Run ``pred`` (loaded from ``weights``) over ``files`` into ``out``; see the module docstring.
-    ``fmt``: the output format (:func:`run_one`). Returns ``{"written", "skipped", "results", "n_inputs",
-    "manifest"}``."""
+    ``fmt``: the output format (:func:`run_one`). An output folder that already holds a run (a
+    ``manifest.csv`` with rows) is refused unless ``resume`` (skip what it finished) or ``overwrite`` (start
+    a new manifest; outputs are replaced as they are written), as training refuses a run folder.
+    Returns ``{"written", "skipped", "results", "n_inputs", "manifest"}``."""
     if fmt is not None:
         check_format(task, fmt)
+    if resume and overwrite:
+        raise ValueError("choose resume or overwrite, not both")
+    earlier = read_manifest(out) if Path(out).is_dir() else []
+    if earlier and not (resume or overwrite):
+        raise MedSegIOError(Path(out) / MANIFEST, f"this folder already holds the results of an earlier run "
+                                                  f"({len(latest_rows(earlier))} input(s)): continue it (--resume) or "
+                                                  "replace it (--overwrite), or choose another folder")
+    if overwrite and (Path(out) / MANIFEST).is_file():
+        (Path(out) / MANIFEST).unlink()
     if prior is not None and (len(files) != 1 or client is not None or workers):
         raise ValueError("named prior discs belong to one scan: give exactly one input (and no Dask workers)")
     out = Path(out)
