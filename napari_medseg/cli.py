@@ -15,8 +15,26 @@ from .io.errors import MedSegIOError
 EXIT_BAD_INPUT, EXIT_CANCELLED = 2, 130
 
 
+def _importable(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it (a module set to None counts as missing)."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _cmd_demo(args) -> int:
     # the one command that opens napari: the GUI layer is imported only when it runs
+    missing = [m for m in ("napari", "magicgui", "qtpy") if _importable(m) is False]
+    if missing:
+        print(f"napari-medseg: error: the demo needs napari ({', '.join(missing)} not installed): "
+              "pip install 'napari-medseg[pyqt6]' (or 'napari-medseg[napari]' beside your own Qt binding)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     from ._napari.demo import run_demo
 
     summary = run_demo(args.out, headless=True if args.headless else None)

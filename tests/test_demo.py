@@ -48,3 +48,14 @@ def test_demo_without_any_sample_says_why_and_fails(tmp_path, qapp, monkeypatch,
     assert main(["demo", "--headless", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no sample could be opened" in err and "NAPARI_MEDSEG_DATA_DIR" in err
+
+
+def test_demo_without_napari_names_the_extra_in_one_line(tmp_path, monkeypatch, capsys):
+    """From the wheel without its napari extra: one line naming what to install, exit 2, no traceback."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "napari", None)  # import napari -> ImportError, as when not installed
+    assert main(["demo", "--headless", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'napari-medseg[pyqt6]'" in err[0] and "Traceback" not in err[0]
+    assert not list(tmp_path.iterdir())
