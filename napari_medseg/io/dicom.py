@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.encaps import generate_frames
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels.utils import pixel_dtype
 
 from .errors import MedSegIOError, MedSegIOWarning
@@ -93,12 +93,29 @@ def folder_has_dicom(folder: str | os.PathLike, max_files: int = 200) -> bool:
     return False
 
 
+# what pydicom and numpy raise on corrupt data elements, at read time or when an element is first touched
+# (pydicom parses lazily), besides the errors caught where they occur (tests/test_fuzz_readers.py)
+CORRUPT = (KeyError, ValueError, TypeError, IndexError, OverflowError, AttributeError, NotImplementedError,
+           EOFError, OSError, ZeroDivisionError, BytesLengthException)
+
+
 def read_dicom(path: str | os.PathLike, *, max_bytes: int | None = None) -> list[Volume]:
     """Read a DICOM file or a folder (recursively) into one :class:`Volume` per series.
 
     A single 2-D file gives a 2-D volume (``data[row, col]``); a multi-frame file gives a 3-D one.
+    Any problem of a corrupt file is a one-line :class:`MedSegIOError` naming it (or the folder).
     """
     path = Path(path)
+    try:
+        return _read_dicom(path, max_bytes)
+    except MedSegIOError:
+        raise
+    except CORRUPT as err:
+        raise MedSegIOError(path, f"corrupt DICOM data ({err.__class__.__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from err
+
+
+def _read_dicom(path: Path, max_bytes: int | None) -> list[Volume]:
     if path.is_dir():
         files = find_dicom_files(path)
         if not files:
@@ -167,7 +184,8 @@ def _read_all(files: list[Path]):
     def one(f: Path):
         try:
             return f, pydicom.dcmread(f, force=f.suffix.lower() in (".dcm", ".ima", ".dicom"))
-        except (InvalidDicomError, OSError, EOFError, ValueError, AttributeError) as err:
+        except (InvalidDicomError, BytesLengthException, NotImplementedError, OSError, EOFError, ValueError,
+                AttributeError, KeyError, TypeError, IndexError, OverflowError) as err:
             raise MedSegIOError(f, f"not a readable DICOM file ({err.__class__.__name__}: {err})") from err
 
     if len(files) < 8:

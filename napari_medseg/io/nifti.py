@@ -63,15 +63,32 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
+# what nibabel and numpy raise on a corrupt header or data, besides the errors caught where they occur
+# (tests/test_fuzz_readers.py mutates real files and checks that nothing else escapes)
+CORRUPT = (KeyError, ValueError, TypeError, IndexError, OverflowError, AttributeError, EOFError, OSError,
+           zlib.error)
+
+
 def read_nifti(path: str | os.PathLike, *, kind: str | None = None, max_bytes: int | None = None) -> Volume:
     """Read a ``.nii``/``.nii.gz`` file into a :class:`Volume`.
 
     ``kind`` forces ``"image"`` or ``"labels"``; by default integer files with a label-like name
     (``_seg``, ``_label``, ``labels-disc`` ...) or label-like values are labels.
     Refuses, before allocating, shapes that would not fit in memory (``max_bytes``, default: the
-    memory available, see :func:`napari_medseg.io.limits.check_allocation`).
+    memory available, see :func:`napari_medseg.io.limits.check_allocation`). Any other problem of a
+    corrupt file is a one-line :class:`MedSegIOError` naming it.
     """
     path = Path(path)
+    try:
+        return _read_nifti(path, kind, max_bytes)
+    except MedSegIOError:
+        raise
+    except CORRUPT as err:
+        raise MedSegIOError(path, f"corrupt NIfTI header or data ({err.__class__.__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from err
+
+
+def _read_nifti(path: Path, kind: str | None, max_bytes: int | None) -> Volume:
     img, size = _load_header(path)
     hdr = img.header
     shape = _spatial_shape(path, img.shape)
