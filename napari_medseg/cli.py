@@ -42,8 +42,8 @@ def _cmd_demo(args) -> int:
         return 0
     print("napari-medseg: error: no sample could be opened (see the 'skipped' lines above). The samples come "
           "from $NAPARI_MEDSEG_DATA_DIR (a folder laid out like the project's shared/data) or are downloaded "
-          "from their public originals; set the variable, or run once with internet access. docs/data.md "
-          "lists which sample needs which.", file=sys.stderr)
+          "from their public originals; set the variable, or run once with internet access. The documentation's "
+          "'Sample data and the cache' page lists which sample needs which.", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 

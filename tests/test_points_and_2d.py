@@ -100,6 +100,25 @@ def test_corrupt_image(tmp_path):
         io.read_image2d(p)
 
 
+def test_an_offline_download_is_one_line_naming_the_file_and_what_to_do(tmp_path, monkeypatch):
+    import pooch
+
+    from napari_medseg.io import datasets
+
+    def offline(*_a, **_k):
+        raise OSError("HTTPSConnectionPool(host='example.org', port=443): Max retries exceeded "
+                      "(NameResolutionError: Failed to resolve 'example.org')")
+
+    monkeypatch.delenv(datasets.ENV_DATA_DIR, raising=False)
+    monkeypatch.setenv(datasets.ENV_CACHE, str(tmp_path))
+    monkeypatch.setattr(pooch, "retrieve", offline)
+    with pytest.raises(MedSegIOError) as err:
+        datasets.fetch("ct_abdomen")
+    text = str(err.value)
+    assert "could not be downloaded" in text and datasets.ENV_DATA_DIR in text and "offline" in text
+    assert "HTTPSConnectionPool" not in text and "\n" not in text and err.value.__cause__ is None
+
+
 def test_sample_registry_verifies_checksums(tmp_path, monkeypatch, shared):
     from napari_medseg.io import datasets
 

@@ -87,17 +87,13 @@ def fetch_file(rel: str) -> Path:
     if not entry.get("url"):
         raise MedSegIOError(rel, f"has no public single-file download ({entry.get('source', 'curated file')}); "
                                  f"set ${ENV_DATA_DIR} to a folder that holds {rel}")
-    import pooch
-
     target.parent.mkdir(parents=True, exist_ok=True)
     if "archive_member" not in entry:
-        got = pooch.retrieve(
-            entry["url"], known_hash=f"sha256:{entry['sha256']}", fname=target.name, path=target.parent, progressbar=False
-        )
-        return Path(got)
+        return Path(_download(rel, entry["url"], known_hash=f"sha256:{entry['sha256']}", fname=target.name,
+                              path=target.parent))
     # the public original is an archive: download it once (its own checksum is not published),
     # extract the one member and verify that member's checksum
-    archive = pooch.retrieve(entry["url"], known_hash=None, path=cache_dir() / "archives", progressbar=False)
+    archive = _download(rel, entry["url"], known_hash=None, path=cache_dir() / "archives")
     with zipfile.ZipFile(archive) as zf, zf.open(entry["archive_member"]) as src:
         tmp = target.with_name(target.name + ".part")
         with open(tmp, "wb") as dst:
@@ -109,6 +105,21 @@ def fetch_file(rel: str) -> Path:
         raise
     os.replace(tmp, target)
     return target
+
+
+def _download(rel: str, url: str, **kwargs) -> str:
+    """pooch.retrieve, with a failed download said in one line (which file, from where, what to do) instead of
+    the HTTP library's connection text."""
+    import pooch
+    from urllib.parse import urlparse
+
+    try:
+        return pooch.retrieve(url, progressbar=False, **kwargs)
+    except ValueError:  # pooch: the download's checksum differs
+        raise
+    except Exception as err:  # noqa: BLE001 - requests/urllib3/OSError: offline, DNS, HTTP status
+        raise MedSegIOError(rel, f"could not be downloaded from {urlparse(url).netloc} ({type(err).__name__}; "
+                                 f"offline?): connect once, or set ${ENV_DATA_DIR} to a folder that holds {rel}") from None
 
 
 def fetch(name: str) -> Path:
