@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gui
 def test_demo_headless_writes_screenshots_and_summary(tmp_path, qapp):
     assert main(["demo", "--headless", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["samples"]) == {"ct_dicom", "mr_lumbar", "endoscopy", "mr_cardiac"}
+    assert set(summary["samples"]) == {"skin", "ct_dicom", "mr_lumbar", "endoscopy", "mr_cardiac"}
     assert summary["skipped"] == {}
     ct = summary["samples"]["ct_dicom"][0]
     assert ct["shape"] == [20, 512, 512] and ct["info"]["Modality"] == "CT"
@@ -59,3 +59,32 @@ def test_demo_without_napari_names_the_extra_in_one_line(tmp_path, monkeypatch, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'napari-medseg[pyqt6]'" in err[0] and "Traceback" not in err[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_demo_offline_without_a_data_folder_runs_a_model_on_the_shipped_sample(tmp_path, qapp, monkeypatch, capsys):
+    """No data folder, an empty cache, no network: the sample inside the package still opens, its bundled
+    model runs and its picture is written; the other samples are skipped with one line each, exit 0."""
+    import pooch
+
+    from napari_medseg.io import datasets
+
+    def offline(*_a, **_k):
+        raise OSError("HTTPSConnectionPool(host='github.com', port=443): Max retries exceeded")
+
+    monkeypatch.delenv(datasets.ENV_DATA_DIR, raising=False)
+    monkeypatch.setenv(datasets.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setattr(pooch, "retrieve", offline)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--headless", "--out", "out"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary["samples"]) == {"skin"} and set(summary["results"]) == {"skin"}
+    assert summary["results"]["skin"]["model"] in ("unet-ph2", "bcdunet-ph2")
+    from napari_medseg import io
+
+    seg = io.read_image2d(tmp_path / summary["results"]["skin"]["file"], kind="labels")
+    lesion = (np.asarray(seg.data) > 0).mean()
+    assert 0.1 < lesion < 0.5, lesion  # the shipped crop's lesion covers 22 % of it
+    assert (tmp_path / "out" / "screenshot_skin.png").is_file()
+    err = capsys.readouterr()
+    assert "HTTPSConnectionPool" not in err.out + err.err
+    assert set(summary["skipped"]) == {"ct_dicom", "mr_lumbar", "endoscopy", "mr_cardiac"}

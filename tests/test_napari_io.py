@@ -121,6 +121,7 @@ def test_points_open_edit_save(make_napari_viewer, volumes, tmp_path):
     ("mr_spine", ["image", "points"]),
     ("endoscopy", ["image", "labels"]),
     ("ct_abdomen", ["image", "labels"]),
+    ("skin", ["image", "labels"]),
 ])
 def test_sample_data(make_napari_viewer, key, types):
     viewer = make_napari_viewer()

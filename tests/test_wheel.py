@@ -26,6 +26,10 @@ def test_wheel_installs_and_npe2_lists_contributions(tmp_path):
     assert shipped == (ROOT / "napari.yaml").read_text()
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
+    shipped_samples = {f"napari_medseg/samples/{p.name}" for p in (ROOT / "napari_medseg" / "samples").iterdir()}
+    assert "napari_medseg/samples/NOTICE.md" in shipped_samples and shipped_samples <= names
+    sizes = {n: zipfile.ZipFile(wheel).getinfo(n).file_size for n in shipped_samples if not n.endswith(".md")}
+    assert sum(sizes.values()) <= 1024 * 1024, sizes  # at most 1 MB of samples in all
     for bundled in (ROOT / "napari_medseg" / "weights").glob("*/config.json"):
         for f in ("model.safetensors", "config.json"):
             assert f"napari_medseg/weights/{bundled.parent.name}/{f}" in names
@@ -46,7 +50,8 @@ def test_wheel_installs_and_npe2_lists_contributions(tmp_path):
     assert {w["command"] for w in contrib["writers"]} == {
         "napari-medseg.write_labels", "napari-medseg.write_image", "napari-medseg.write_points"}
     assert contrib["readers"][0]["accepts_directories"] is True
-    assert {s["key"] for s in contrib["sample_data"]} >= {"ct_dicom", "mr_spine", "endoscopy"}
+    assert {s["key"] for s in contrib["sample_data"]} >= {"ct_dicom", "mr_spine", "endoscopy", "skin"}
+    assert [s["key"] for s in contrib["sample_data"]][:2] == ["skin", "ct_abdomen"]  # the shipped ones first
     # every command points at a module inside the wheel
     src = yaml.safe_load(shipped)
     for cmd in src["contributions"]["commands"]:

@@ -8,6 +8,18 @@ from ..io import datasets, read_image2d
 from ._reader import read_layers
 
 
+def skin_lesion():
+    """A dermoscopy image (ISIC 2016 test set, CC-0) with its lesion mask, shipped inside the package: the
+    domain of the bundled skin models (``unet-ph2``, ``bcdunet-ph2``); works offline."""
+    img = read_image2d(datasets.fetch("skin"))
+    mask = read_image2d(datasets.fetch("skin_mask"), kind="labels")
+    labels = (np.asarray(mask.data) > 127).astype(np.uint8)
+    return [
+        (img.data, {"name": img.name, "rgb": True}, "image"),
+        (labels, {"name": f"{img.name}_mask", "features": {"class": ["background", "lesion"]}}, "labels"),
+    ]
+
+
 def ct_dicom_series():
     """Abdominal CT, 20 slices of 512x512, JPEG 2000 lossless DICOM (TotalSegmentator test data)."""
     return read_layers(str(datasets.fetch("ct_dicom")))

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_KEYS = ("ct_dicom", "mr_lumbar", "endoscopy", "mr_cardiac")
+SAMPLE_KEYS = ("skin", "ct_dicom", "mr_lumbar", "endoscopy", "mr_cardiac")  # "skin" ships inside the package
 # the dataset a sample comes from: the bundled model trained on it (best test score) runs on the sample
-SAMPLE_DATASET = {"mr_lumbar": "spine-discs", "endoscopy": "kvasir-seg", "mr_cardiac": "acdc"}
+SAMPLE_DATASET = {"skin": "ph2", "mr_lumbar": "spine-discs", "endoscopy": "kvasir-seg", "mr_cardiac": "acdc"}
 
 
 def _have_display() -> bool:
@@ -198,7 +198,7 @@ def _add_sample(viewer, key: str) -> list[dict]:
 
     from . import _sample_data as samples
 
-    loaders = {"ct_dicom": samples.ct_dicom_series, "mr_spine": samples.mr_spine_discs,
+    loaders = {"skin": samples.skin_lesion, "ct_dicom": samples.ct_dicom_series, "mr_spine": samples.mr_spine_discs,
                "mr_lumbar": samples.mr_lumbar_discs, "mr_cardiac": samples.mr_cardiac,
                "endoscopy": samples.endoscopy_polyp}
     entries = []

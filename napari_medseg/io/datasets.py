@@ -39,6 +39,28 @@ SAMPLES = {
 }
 
 
+# samples shipped inside the package (napari_medseg/samples/, licences in its NOTICE.md): no data folder,
+# cache or network needed; the registry's checksum still applies where the file is also registered there
+EMBEDDED = {
+    "skin": "isic2016_043.jpg",
+    "skin_mask": "isic2016_043_mask.png",
+    "ct_abdomen": "ct-abdomen-small.nii.gz",
+    "ct_abdomen_seg": "ct-abdomen-small_totalseg-output.nii.gz",
+}
+
+
+def embedded(name: str) -> Path | None:
+    """The package's own copy of sample ``name`` (``EMBEDDED``), or None."""
+    if name not in EMBEDDED:
+        return None
+    path = Path(str(resources.files("napari_medseg") / "samples" / EMBEDDED[name]))
+    if not path.is_file():
+        return None
+    rel = SAMPLES.get(name)
+    entry = registry().get(rel) if rel else None
+    return _verified(path, entry["sha256"]) if entry else path
+
+
 @lru_cache(maxsize=1)
 def registry() -> dict[str, dict]:
     text = resources.files("napari_medseg").joinpath("data/registry.json").read_text(encoding="utf-8")
@@ -124,8 +146,11 @@ def _download(rel: str, url: str, **kwargs) -> str:
 
 def fetch(name: str) -> Path:
     """Path to a sample by name (see ``SAMPLES``); a folder for the DICOM series."""
-    if name not in SAMPLES:
-        raise ValueError(f"unknown sample {name!r}; choose from {sorted(SAMPLES)}")
+    if name not in SAMPLES and name not in EMBEDDED:
+        raise ValueError(f"unknown sample {name!r}; choose from {sorted(set(SAMPLES) | set(EMBEDDED))}")
+    own = embedded(name)
+    if own is not None:
+        return own
     rel = SAMPLES[name]
     members = [r for r in registry() if r.startswith(rel + "/")]
     if not members:
