@@ -6,7 +6,8 @@ Training records an :func:`input_profile` of every training case and stores thei
 input, :func:`check` compares the input's profile with it and returns the reasons it does not fit:
 
 * image kind: a 2-D model refuses volumes and the reverse; RGB vs grey;
-* intensity kind of volumes: CT (Hounsfield units: the darkest 0.5 % at or below -500) vs not CT (MR ...);
+* intensity kind of volumes: CT (Hounsfield units: the darkest 0.5 % at or below -500) vs not CT (MRI, and
+  any other volume without Hounsfield units);
   a DICOM ``Modality`` tag, when both sides have one, must agree;
 * field of view of volumes in the plane the network sees (the two patient axes other than the slice axis;
   for disc labeling the sagittal plane): the physical extent along each must lie within half the smallest
@@ -92,7 +93,7 @@ def describe(expects: dict) -> str:
                          "RGB or grey") + " images"
     else:
         ct = expects.get("ct")
-        kind = "3-D " + ("CT" if ct == [True] else "non-CT (MR ...)" if ct == [False] else "CT or MR") + " volumes"
+        kind = "3-D " + ("CT" if ct == [True] else "MRI (not CT)" if ct == [False] else "CT or MRI") + " volumes"
         ext = expects.get("extent_mm")
         if ext:
             kind += " of " + ", ".join(f"{a} {lo:.0f}-{hi:.0f} mm" for a, lo, hi in zip(AXES, ext["min"], ext["max"])
@@ -119,7 +120,7 @@ def check(profile: dict, expects: dict | None) -> list[str]:
     cts = expects.get("ct") or []
     if len(cts) == 1 and profile["ct"] != cts[0]:
         what = "CT (Hounsfield units)" if profile["ct"] else "not CT (no intensities at or below -500)"
-        reasons.append(f"the model was trained on {'CT' if cts[0] else 'non-CT (MR ...)'} volumes; this volume is "
+        reasons.append(f"the model was trained on {'CT' if cts[0] else 'MRI (not CT)'} volumes; this volume is "
                        f"{what}")
     mods = expects.get("modality") or []
     if mods and "modality" in profile and profile["modality"] not in mods:
