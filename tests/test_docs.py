@@ -88,3 +88,45 @@ def test_documented_evaluate_runs_on_two_cases(args, shared, capsys):
     assert main([*args, "--max-cases", "2", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert '"dice"' in out or '"l2_mm"' in out, out
+
+
+def _message_strings() -> list[str]:
+    """Every string the package can print: string constants and the literal parts of f-strings (formatted
+    values become a break), implicit concatenations joined as Python joins them."""
+    import ast
+
+    out = []
+    for path in (ROOT / "napari_medseg").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.JoinedStr):
+                out.append("\x00".join(v.value if isinstance(v, ast.Constant) else "" for v in node.values))
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                out.append(node.value)
+    return out
+
+
+def test_error_messages_quoted_in_docs_io_are_printed_by_the_code():
+    """Each message the Errors table of docs/io.md quotes (its result column, in backticks) is made of text
+    the package really prints: every literal run of 12+ characters between the values that vary (``...``,
+    placeholders, numbers, exception names, the output format) is part of a string in the code. A message
+    reworded in the code and not in the docs fails here."""
+    strings = _message_strings()
+    text = (ROOT / "docs" / "io.md").read_text(encoding="utf-8")
+    table = text[text.index("## Errors"):]
+    variable = r"\.\.\.|<\w+>|\b[XYNM]\b|\b\d+(?:\.\d+)?\b|\b[A-Z]\w*(?:Error|Exception)\b|dicom-seg|dicom-sr"
+    checked, missing = 0, []
+    for line in table.splitlines():
+        if not line.startswith("| ") or line.startswith(("| input", "|---")):
+            continue
+        result = line.strip().strip("|").split("|")[-1]
+        for quoted in re.findall(r"`([^`]+)`", result):
+            if quoted.startswith(("predict", "napari-medseg", "tests/", "io.")):
+                continue  # a command or a name, not a message
+            for run in re.split(variable, quoted):
+                run = run.strip(" (),:;")
+                if len(run) < 12:
+                    continue
+                checked += 1
+                if not any(run in s.replace("\x00", "") or run in s for s in strings):
+                    missing.append(run)
+    assert checked >= 15 and not missing, missing
