@@ -113,7 +113,7 @@ def test_an_offline_download_is_one_line_naming_the_file_and_what_to_do(tmp_path
     monkeypatch.setenv(datasets.ENV_CACHE, str(tmp_path))
     monkeypatch.setattr(pooch, "retrieve", offline)
     with pytest.raises(MedSegIOError) as err:
-        datasets.fetch("ct_abdomen")
+        datasets.fetch("mr_spine")  # downloaded from its public original (not one of the shipped samples)
     text = str(err.value)
     assert "could not be downloaded" in text and datasets.ENV_DATA_DIR in text and "offline" in text
     assert "HTTPSConnectionPool" not in text and "\n" not in text and err.value.__cause__ is None
