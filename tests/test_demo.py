@@ -78,6 +78,7 @@ def test_demo_offline_without_a_data_folder_runs_a_model_on_the_shipped_sample(t
     assert main(["demo", "--headless", "--out", "out"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert set(summary["samples"]) == {"skin"} and set(summary["results"]) == {"skin"}
+    assert [e["shape"] for e in summary["samples"]["skin"]] == [[512, 512, 3], [512, 512]]  # RGB image, 2-D mask
     assert summary["results"]["skin"]["model"] in ("unet-ph2", "bcdunet-ph2")
     from napari_medseg import io
 
