@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -80,32 +79,6 @@ def _unflatten_state(skel: Any, tensors: dict) -> Any:
         if "__ndarray__" in skel:
             return np.asarray(skel["__ndarray__"], dtype=skel["dtype"])
     return skel
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": np_state[0], "keys": np_state[1], "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": _flatten_py_random(random.getstate()),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _flatten_py_random(state):
-    version, internal, gauss = state
-    return {"version": version, "internal": list(internal), "gauss": gauss}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dict,

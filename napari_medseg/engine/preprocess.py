@@ -27,9 +27,6 @@ def to_channels(image: np.ndarray, channels: int, rgb: bool) -> np.ndarray:
     raise ValueError(f"cannot turn a {img.shape[0]}-channel image into {channels} channels")
 
 
-NORMALIZATIONS = ("rgb01", "zscore", "minmax", "zscore+minmax")
-
-
 def rescale01(img: np.ndarray) -> np.ndarray:
     """Full-range min-max to [0, 1] (a constant image gives zeros)."""
     lo, hi = float(img.min()), float(img.max())
