@@ -142,8 +142,8 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
     typical = float(np.median(gaps)) if len(gaps) else float("inf")
     near = int(np.argmin(np.abs(rows - a["row"]))) if len(rows) else -1
     if near >= 0 and abs(rows[near] - a["row"]) <= typical / 2:
-        chain[near] = {**chain[near], **{k: a[k] for k in ("row", "col", "confidence")}} \
-            if chain[near]["number"] != ANCHOR else chain[near]
+        if chain[near]["number"] != ANCHOR:  # the anchor's own position replaces the other channel's
+            chain[near] = {**chain[near], "row": a["row"], "col": a["col"], "confidence": a["confidence"]}
         idx = near
     else:
         chain.append({**a, "number": ANCHOR})

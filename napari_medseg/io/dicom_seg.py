@@ -247,13 +247,10 @@ def read_seg(f, ds, others: list[Volume] | None = None) -> Volume:
         warnings.warn(f"{f}: the series this SEG references ({ref_uid or 'unknown'}) is not open; opened on the "
                       "SEG's own geometry", MedSegIOWarning, stacklevel=3)
     inv = np.linalg.inv(affine)
-    from .dicom import LPS_TO_RAS
-
     labels = np.zeros(shape, np.uint16 if len(names) > 255 else np.uint8)
     for fr in frame_list:
-        ijk = inv @ (LPS_TO_RAS @ np.r_[fr.position, 1.0])
-        k = int(round(ijk[2]))
-        if not (abs(ijk[0]) < 1e-2 and abs(ijk[1]) < 1e-2 and abs(ijk[2] - k) < 1e-2 and 0 <= k < shape[2]):
+        k = _slice_of(fr, inv, shape[2])
+        if k is None:
             raise MedSegIOError(f, f"SEG frame {fr.index + 1} does not lie on a slice of {placed_on or 'its grid'}")
         plane = labels[:, :, k]
         plane[pixels[fr.index].T.astype(bool)] = fr.segment
@@ -291,17 +288,20 @@ def _fitting_series(frame_list, volumes: list[Volume], ref_uid: str) -> Volume |
                    key=lambda v: v.metadata.get("SeriesInstanceUID") != ref_uid)
     fr0 = frame_list[0]
     for v in cands:
-        inv = np.linalg.inv(v.affine)
         col = LPS_TO_RAS[:3, :3] @ fr0.row_cos * fr0.spacing[1]
         if not np.allclose(v.affine[:3, 0], col, atol=1e-3):
             continue
-        ok = True
-        for fr in frame_list:
-            ijk = inv @ (LPS_TO_RAS @ np.r_[fr.position, 1.0])
-            if abs(ijk[0]) > 1e-2 or abs(ijk[1]) > 1e-2 or abs(ijk[2] - round(ijk[2])) > 1e-2 or not (
-                    0 <= round(ijk[2]) < np.shape(v.data)[2]):
-                ok = False
-                break
-        if ok:
+        inv = np.linalg.inv(v.affine)
+        if all(_slice_of(fr, inv, np.shape(v.data)[2]) is not None for fr in frame_list):
             return v
     return None
+
+
+def _slice_of(fr, inv_affine: np.ndarray, depth: int, tol: float = 1e-2) -> int | None:
+    """The slice ``k`` of a grid (its inverse affine, ``depth`` slices) whose first voxel is the frame's
+    first pixel, or None when the frame does not lie on one of its slices."""
+    from .dicom import LPS_TO_RAS
+
+    i, j, k = (inv_affine @ (LPS_TO_RAS @ np.r_[fr.position, 1.0]))[:3]
+    n = int(round(k))
+    return n if abs(i) < tol and abs(j) < tol and abs(k - n) < tol and 0 <= n < depth else None
