@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit
 from napari.layers import Image
@@ -17,7 +18,7 @@ from ._common import (
     guarded,
     notify_error,
 )
-from ._layers import labels_layer_data
+from ._layers import TRANSFORM_KEYS, labels_layer_data
 
 
 class SegmentWidget(Container):
@@ -43,6 +44,7 @@ class SegmentWidget(Container):
         self.viewer.layers.events.removed.connect(self._refresh)
         self.worker = None
         self.last_layer = None
+        self.last_seg_file = None  # the DICOM SEG written with the last result, when "DICOM SEG to" is set
 
     def _image_layers(self, _w=None):
         return [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Image)]
@@ -66,6 +68,11 @@ class SegmentWidget(Container):
         token = self.controls.token
         opts = dict(axis=axis, tta=self.tta.value, cleanup=self.cleanup.value, probabilities=self.probs.value,
                     device=self.device.value, force=self.force.value)
+        folder = self.seg_out.value
+        seg_file = Path(folder) / f"{layer.name}_seg.dcm" if folder and str(folder) not in ("", ".") else None
+        # the image's placement, read here on the GUI thread, for the SEG the worker writes
+        placed = SimpleNamespace(metadata=dict(layer.metadata or {}),
+                                 **{k: getattr(layer, k, None) for k in TRANSFORM_KEYS})
 
         @thread_worker
         @guarded
@@ -73,34 +80,28 @@ class SegmentWidget(Container):
             from .. import api
 
             pred = api.load(**source, device=opts["device"])
-            return api.segment(layer, predictor=pred, axis=opts["axis"], tta=opts["tta"], cleanup=opts["cleanup"],
-                               probabilities=opts["probabilities"], callback=self.controls.report, cancel=token, at=at,
-                               force=opts["force"])
+            seg = api.segment(layer, predictor=pred, axis=opts["axis"], tta=opts["tta"], cleanup=opts["cleanup"],
+                              probabilities=opts["probabilities"], callback=self.controls.report, cancel=token, at=at,
+                              force=opts["force"])
+            return seg, _write_seg(seg, placed, layer.name, seg_file)
 
         worker = work()
-        worker.returned.connect(lambda seg: self._done(seg, layer))
+        worker.returned.connect(lambda result: self._done(result, layer))
         worker.errored.connect(self._failed)
         worker.finished.connect(lambda: self.controls.busy(False))
         self.worker = worker
         worker.start()
 
-    def _done(self, seg, layer):
-        if isinstance(seg, Failed):
-            self._failed(seg.error)
+    def _done(self, result, layer):
+        if isinstance(result, Failed):
+            self._failed(result.error)
             return
+        seg, (self.last_seg_file, seg_error) = result
         data, kwargs, _ = labels_layer_data(seg.labels, layer, seg.class_names, f"{layer.name}_seg", seg.model)
         self.last_layer = self.viewer.add_labels(data, **kwargs)
-        self.last_seg_file = None
-        folder = self.seg_out.value
-        if folder and str(folder) not in ("", "."):
-            from ._writer import write_labels
-
-            target = Path(folder) / f"{self.last_layer.name}.dcm"
-            try:
-                self.last_seg_file = write_labels(str(target), self.last_layer.data, _attributes(self.last_layer))[0]
-            except Exception as err:  # noqa: BLE001 - one line in the status, the Labels layer stays
-                self.controls.status.value = notify_error(err)
-                return
+        if seg_error is not None:  # one line in the status; the Labels layer stays
+            self.controls.status.value = notify_error(seg_error)
+            return
         if seg.probabilities is not None:
             for k in range(1, seg.probabilities.shape[0]):
                 meta = {k2: v for k2, v in kwargs.items() if k2 not in ("features", "name")}
@@ -113,8 +114,15 @@ class SegmentWidget(Container):
         self.controls.status.value = notify_error(err)
 
 
-def _attributes(layer) -> dict:
-    """What napari hands a writer for ``layer`` (its state), so the widget saves through the same writer."""
-    _data, state, _kind = layer.as_layer_data_tuple()
-    state["features"] = layer.features
-    return state
+def _write_seg(seg, placed, name: str, target: Path | None) -> tuple[str | None, Exception | None]:
+    """On the worker thread: the result as a DICOM SEG at ``target`` (None: not asked for), through the same
+    writer as File > Save Layers, from the layer data it will be shown as. Returns (file, error)."""
+    if target is None:
+        return None, None
+    from ._writer import write_labels
+
+    data, kwargs, _ = labels_layer_data(seg.labels, placed, seg.class_names, f"{name}_seg", seg.model)
+    try:
+        return write_labels(str(target), data, kwargs)[0], None
+    except Exception as err:  # noqa: BLE001 - said in the status line by the GUI thread
+        return None, err

@@ -47,6 +47,7 @@ class Predictor:
         return pred
 
     source: Path | None = None  # the checkpoint folder, when loaded from one
+    _identity: dict | None = None
 
     def class_names(self) -> list[str]:
         """A name per output class: the training data's (``label_names``), else ``background``, ``class 1`` ..."""
@@ -55,16 +56,19 @@ class Predictor:
 
     def identity(self) -> dict:
         """Who made a result, for DICOM outputs: the model's name (the bundled weights' or the network's),
-        the package version and the SHA-256 of the weights file."""
+        the package version and the SHA-256 of the weights file (read once per Predictor: a batch asks for
+        every input)."""
         import hashlib
 
         from .. import __version__
 
-        digest = None
-        if self.source is not None and (self.source / "model.safetensors").is_file():
-            digest = hashlib.sha256((self.source / "model.safetensors").read_bytes()).hexdigest()
-        name = (self.config.get("card") or {}).get("name") or self.config["model"]["name"]
-        return {"name": name, "version": __version__, "weights_sha256": digest}
+        if self._identity is None:
+            digest = None
+            if self.source is not None and (self.source / "model.safetensors").is_file():
+                digest = hashlib.sha256((self.source / "model.safetensors").read_bytes()).hexdigest()
+            name = (self.config.get("card") or {}).get("name") or self.config["model"]["name"]
+            self._identity = {"name": name, "version": __version__, "weights_sha256": digest}
+        return dict(self._identity)
 
     @property
     def expects(self) -> dict:
