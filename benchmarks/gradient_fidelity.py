@@ -40,7 +40,7 @@ def main():
         t = time.perf_counter()
         res = fidelity(name, real_batch(name, data, n=bs, input_size=128), model_options=options)
         res.update(options=options, batch=bs, seconds=round(time.perf_counter() - t, 1),
-                   policy="bf16" if models.REGISTRY[name].bf16_ok(options) else "fp32")
+                   policy="bf16" if models.REGISTRY[name].bf16_training else "fp32")
         rows.append(res)
         print(json.dumps(res), flush=True)
     save_json(ROOT / "benchmarks" / "results" / "gradient_fidelity.json",

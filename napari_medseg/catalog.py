@@ -17,12 +17,10 @@ TASKS = {
 
 
 def _policy(info: dict) -> str:
-    """The training precision rule of a network card, in words (variants kept in fp32 named)."""
+    """The training precision rule of a network card, in words."""
     if not info["bf16_training"]:
-        return "fp32 (its bf16 gradient disagrees with fp64)"
-    kept = ", ".join(f"{k}={v}" for k, values in info["fp32_options"].items() for v in values
-                     if not isinstance(v, bool))
-    return "bf16 where the hardware has it, else fp32" + (f"; fp32 for {kept}" if kept else "")
+        return "fp32 (a parameter group's bf16 gradient disagrees with fp64)"
+    return "bf16 where the hardware has it, else fp32"
 
 
 def bundled_weights() -> dict[str, Path]:

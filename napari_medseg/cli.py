@@ -289,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the recipe's, on for the hourglass)")
     p.add_argument("--loss", default=None, choices=["dice_ce", "ce", "bce", "heatmap_mse"],
                    help="default: the recipe's (BCDU-Net bce, hourglass heatmap_mse, others dice_ce)")
+    p.add_argument("--schedule", default=None,
+                   choices=["constant", "poly0.9", "plateau0.1p7", "milestones", "cosine"],
+                   help="learning-rate schedule (default: the recipe's); cosine: to 1%% of the rate over the run")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a network option (repeatable), e.g. cell=none or cell=convlstm (LSTMSA ablations), "
                         "dense_blocks=1, direction=reverse (BCDU-Net), render=false (bilateral)")

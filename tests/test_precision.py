@@ -36,21 +36,38 @@ def test_bf16_gradient_matches_fp64_where_the_policy_allows_bf16(name, batches, 
     info = models.REGISTRY[name]
     for layout in sorted(set(info.memory_format.values())):  # every layout the network trains in
         result = fidelity(name, _batch(batches, shared, name), channels_last=layout == "channels_last")
-        if info.bf16_training:
-            assert result["init"] >= THRESHOLD and result["trained"] >= THRESHOLD, (layout, result)
-        else:  # the policy keeps it in fp32 because it fails; if it ever passes, the policy should change
-            assert min(result["init"], result["trained"]) < THRESHOLD, (layout, result)
+        groups = {**{f"init {k}": v for k, v in result["groups_init"].items()},
+                  **{f"trained {k}": v for k, v in result["groups_trained"].items()}}
+        assert {"init encoder", "init decoder", "init heads"} <= set(groups), groups
+        if info.bf16_training:  # every parameter group, both times
+            assert result["passes"] and min(groups.values()) >= THRESHOLD, (layout, groups)
+        else:  # the policy keeps it in fp32 because a group fails; if it ever passes, the policy should change
+            assert not result["passes"] and min(groups.values()) < THRESHOLD, (layout, groups)
 
 
 @pytest.mark.parametrize("residual", ["plain", "preact"])
-def test_bilateral_variants_kept_in_fp32_fail_the_check(residual, batches, shared):
-    """The fix is what makes bilateral pass: the same network with default-init post-activation blocks
-    ("plain"), or with pre-activation blocks, gives a bf16 gradient far from fp64 (the check can fail),
-    which is why the policy keeps these variants in fp32 (``ModelInfo.fp32_options``)."""
-    assert residual in models.REGISTRY["bilateral"].fp32_options["residual"]
-    result = fidelity("bilateral", _batch(batches, shared, "bilateral"), steps=0,
-                      model_options={"residual": residual})
-    assert result["init"] < 0.9, result
+def test_bilateral_variants_are_chaotic_even_in_fp32(residual, batches, shared):
+    """The bilateral network with default-init post-activation blocks ("plain") or pre-activation blocks
+    is chaotic at init: even its fp32 gradient is far from fp64, so a run of these variants is not a
+    faithful comparison in any precision (docs/models.md); the shipped zero-init blocks agree in fp32."""
+    batch = _batch(batches, shared, "bilateral")
+    result = fidelity("bilateral", batch, steps=0, model_options={"residual": residual}, dtype=torch.float32)
+    assert result["init"] < THRESHOLD, result
+    shipped = fidelity("bilateral", batch, steps=0, dtype=torch.float32)
+    assert shipped["passes"], shipped
+
+
+def test_trained_weights_are_checked_per_group(shared):
+    """On trained weights the check reads every group: the bundled bilateral's encoder gradient in bf16
+    disagrees with fp64 (so bilateral trains in fp32), the bundled U-Net's agrees in every group."""
+    torch.set_num_threads(2)
+    from napari_medseg.engine.fidelity import fidelity_of_weights
+
+    bil = fidelity_of_weights("bilateral-kvasir-192", real_batch("bilateral", shared, n=16, input_size=128))
+    assert set(bil["cosines"]) == {"all", "encoder", "decoder", "heads"}
+    assert not bil["passes"] and bil["cosines"]["encoder"] < THRESHOLD, bil
+    unet = fidelity_of_weights("unet-kvasir-192", real_batch("unet", shared, n=16, input_size=128))
+    assert unet["passes"], unet
 
 
 def test_auto_precision_follows_the_policy(monkeypatch):
@@ -62,11 +79,7 @@ def test_auto_precision_follows_the_policy(monkeypatch):
         assert select_precision(cpu, "fp32", network=name).dtype is None
         assert select_precision(cpu, "bf16", network=name).dtype == torch.bfloat16  # asked for: honoured
     assert not models.REGISTRY["hourglass"].bf16_training
-    for options, expected in [({"residual": "preact"}, None), ({"residual": "plain"}, None),
-                              ({"zero_init_residual": False}, None), ({"residual": "zero_init"}, torch.bfloat16),
-                              ({"render": False}, torch.bfloat16)]:
-        assert select_precision(cpu, "auto", network="bilateral", options=options).dtype == expected, options
-        assert select_precision(cpu, "bf16", network="bilateral", options=options).dtype == torch.bfloat16
+    assert not models.REGISTRY["bilateral"].bf16_training  # its encoder group fails (test above)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert select_precision(torch.device("cuda"), "auto", network="hourglass").dtype is None
     assert select_precision(torch.device("cuda"), "auto", network="unet").dtype == torch.float16

@@ -56,12 +56,55 @@ def test_bilateral_training_points_are_fp32_under_bf16_autocast():
     assert len(torch.unique(coords[0, :, 0])) > 2000
 
 
+def test_bottleneck_keeps_four_channels_per_group():
+    """The grouped 3x3 keeps ResNeXt's 4 channels per group and the paper's cardinality 8 where the
+    width allows (small: 1, 2, 4, 8, 8 groups); group_width=None is the first design (8 groups of 1)."""
+    widths = B.SIZES["small"]["widths"]
+    assert [B.bottleneck_shape(w) for w in widths] == [(4, 1), (8, 2), (16, 4), (32, 8), (32, 8)]
+    assert [B.bottleneck_shape(w) for w in B.SIZES["paper"]["widths"]] == [(12, 3), (24, 6), (48, 8), (96, 8), (96, 8)]
+    assert B.bottleneck_shape(8, None) == (8, 8)
+    net = B.BilateralAttentionNet(size="small")
+    convs = [m for m in net.encoder.modules() if isinstance(m, nn.Conv2d) and m.groups > 1 or
+             isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert convs and all(c.in_channels // c.groups >= 4 for c in convs)
+    old = B.BilateralAttentionNet(size="small", group_width=None, decoder="stride4")
+    assert {m.in_channels // m.groups for m in old.encoder.modules() if isinstance(m, nn.Conv2d) and m.groups > 1} == {1, 2, 4}
+    with pytest.raises(ValueError, match="group_width"):
+        B.BilateralAttentionNet(size="small", group_width=0)
+
+
+def test_u_shaped_decoder_reads_every_scale():
+    """decoder="full": the last decoder level concatenates the full-resolution features f0 (and the one
+    before it f1) and the dense logits come out at the input size; decoder="stride4" has no such level."""
+    torch.manual_seed(0)
+    net = B.BilateralAttentionNet(size="small", render=False).eval()
+    seen = {}
+
+    def keep(name, inputs=False):
+        def hook(module, i, o):
+            seen[name] = i if inputs else o  # returns None: the output is left as it is
+        return hook
+
+    net.encoder[0].register_forward_hook(keep("f0"))
+    net.encoder[1].register_forward_hook(keep("f1"))
+    net.up0.register_forward_hook(keep("up0", inputs=True))
+    net.up1.register_forward_hook(keep("up1", inputs=True))
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, 64, 64))
+    assert out.shape == (1, 1, 64, 64)
+    assert seen["up0"][1] is seen["f0"] and seen["up1"][1] is seen["f1"]
+    old = B.BilateralAttentionNet(size="small", decoder="stride4", render=False)
+    assert not hasattr(old, "up0") and old.coarse_head.in_channels == B.SIZES["small"]["widths"][2]
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        B.BilateralAttentionNet(size="small", decoder="stride2")
+
+
 def test_zero_init_residual_makes_every_block_start_as_its_shortcut():
     net = B.BilateralAttentionNet(size="small")
     blocks = [m for m in net.modules() if isinstance(m, B.ResNeXtBlock)]
     assert len(blocks) == 18
     assert all(float(b.body[-1].weight.detach().abs().max()) == 0.0 for b in blocks)
-    plain = B.BilateralAttentionNet(size="small", zero_init_residual=False)
+    plain = B.BilateralAttentionNet(size="small", residual="plain")
     assert all(float(b.body[-1].weight.detach().abs().min()) == 1.0 for b in plain.modules() if isinstance(b, B.ResNeXtBlock))
 
 
@@ -84,8 +127,6 @@ def test_preact_residual_blocks_are_identity_mappings():
     assert torch.equal(unit(x), x)
     with pytest.raises(ValueError, match="residual must be one of"):
         B.BilateralAttentionNet(size="small", residual="fixup")
-    # the older spelling still builds the plain post-activation network
-    assert B.BilateralAttentionNet(size="small", zero_init_residual=False).residual == "plain"
 
 
 def _swin_t_state() -> dict[str, torch.Tensor]:
@@ -297,7 +338,7 @@ def test_plateau_schedule_watches_the_validation_loss(tiny, tmp_path):
 
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    sched = build_scheduler(opt, models.REGISTRY["bcdunet"].recipe, 100)
+    sched = build_scheduler(opt, models.REGISTRY["bcdunet"].recipe, 100, "plateau0.1p7")
     for loss in [1.0] + [0.99995] * 6:  # improvements below 1e-4 do not count
         sched.step(loss)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)  # 6 bad epochs: not yet
@@ -305,6 +346,31 @@ def test_plateau_schedule_watches_the_validation_loss(tiny, tmp_path):
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # the 7th (Keras' patience=7)
     res = train(train_opts("bcdunet", tiny["kvasir-seg"], tmp_path / "run", epochs=2, max_steps_per_epoch=1))
     assert all("val_loss" in h and h["val_loss"] > 0 for h in res["history"])
+
+
+def test_cosine_schedule_from_the_rate_to_one_percent(tiny, tmp_path):
+    """--schedule cosine: lr_e = lr_min + (lr - lr_min) (1 + cos(pi e / E)) / 2 with lr_min = lr / 100,
+    stepped per epoch, whatever the recipe's own schedule; recorded in the run's config."""
+    import math
+
+    from napari_medseg.engine.train import build_scheduler
+
+    opt = torch.optim.Adam(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    sched = build_scheduler(opt, models.REGISTRY["unet"].recipe, 10, "cosine")
+    for e in range(1, 11):
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi * e / 10)) / 2)
+    res = train(train_opts("unet", tiny["kvasir-seg"], tmp_path / "run", epochs=2, max_steps_per_epoch=1,
+                           schedule="cosine", lr=1e-3))
+    assert [h["lr"] for h in res["history"]] == pytest.approx([1e-3, 1e-5 + (1e-3 - 1e-5) / 2])
+    from napari_medseg.engine.config import read_config
+
+    assert read_config(tmp_path / "run" / "last")["training"]["schedule"] == "cosine"
+    with pytest.raises(ValueError, match="unknown schedule"):
+        train(train_opts("unet", tiny["kvasir-seg"], tmp_path / "run2", epochs=1, schedule="warm"))
+    with pytest.raises(ValueError, match="no milestones"):
+        train(train_opts("unet", tiny["kvasir-seg"], tmp_path / "run3", epochs=1, schedule="milestones"))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -64,19 +64,17 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.scaler)
 
 
-def select_precision(device: torch.device, mode: str = "auto", network: str | None = None,
-                     options: dict | None = None) -> Precision:
+def select_precision(device: torch.device, mode: str = "auto", network: str | None = None) -> Precision:
     """``mode``: ``auto`` (bf16 on CUDA GPUs that support it, else fp16 with grad scaling; bf16 on CPUs
     with AVX512-BF16/AMX; fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
 
     ``network``: a registry name. In ``auto`` mode a network whose reduced-precision gradient does not
-    agree with fp64 (``ModelInfo.bf16_training`` False, or a variant named in ``ModelInfo.fp32_options``
-    by the network ``options`` it is built with) trains in fp32 on every device; asking for bf16 or fp16
+    agree with fp64 (``ModelInfo.bf16_training`` False, engine/fidelity.py) trains in fp32 on every device; asking for bf16 or fp16
     explicitly is still honoured."""
     if mode not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"unknown precision {mode!r}; choose auto, fp32, bf16 or fp16")
     kind = device.type
-    if mode == "fp32" or (mode == "auto" and network is not None and not reduced_precision_ok(network, options)):
+    if mode == "fp32" or (mode == "auto" and network is not None and not reduced_precision_ok(network)):
         return Precision(kind, None)
     if kind == "cuda":
         if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()):
@@ -93,12 +91,12 @@ def select_precision(device: torch.device, mode: str = "auto", network: str | No
     return Precision(kind, None)
 
 
-def reduced_precision_ok(network: str, options: dict | None = None) -> bool:
-    """The per-network policy (``models.REGISTRY[network].bf16_ok(options)``); unknown names: True."""
+def reduced_precision_ok(network: str) -> bool:
+    """The per-network policy (``models.REGISTRY[network].bf16_training``); unknown names: True."""
     from .. import models
 
     info = models.REGISTRY.get(network)
-    return True if info is None else info.bf16_ok(options)
+    return True if info is None else info.bf16_training
 
 
 def release_memory() -> None:

@@ -3,8 +3,11 @@
 The check behind the per-network precision policy (``ModelInfo.bf16_training``): on one real batch,
 the gradient of the training loss with respect to every parameter is computed twice from the same
 weights, once in float64 (the reference) and once as the trainer computes it (float32 weights,
-channels_last, bf16 autocast), and the cosine between the two flattened gradients is reported. A
-network passes when the cosine is at least 0.99 at initialisation and after a few fp32 training steps.
+channels_last, bf16 autocast), and the cosine between the two flattened gradients is reported, for the
+whole network and for each parameter group (encoder, decoder, heads: ``ModelInfo.parameter_group``), because
+one global cosine is dominated by the largest gradients and hides a group that disagrees. A network passes
+when every group's cosine is at least 0.99 at initialisation, after a few fp32 training steps and, where
+trained weights are given (:func:`fidelity_of_weights`), on those weights.
 
 Dropout is switched off in both copies (its masks are random draws, not a precision effect); every
 other random draw (the bilateral network's training points) is seeded identically for both passes.
@@ -49,26 +52,56 @@ def flat_gradient(model: torch.nn.Module) -> torch.Tensor:
                       for p in model.parameters()])
 
 
-def gradient_cosine(model: torch.nn.Module, batch: dict, task: str, loss_name: str,
-                    dtype: torch.dtype = torch.bfloat16, channels_last: bool = True, seed: int = 0) -> float:
-    """Cosine between the fp64 gradient and the ``dtype``-autocast (+ channels_last) gradient of
-    ``model``'s current weights on ``batch`` (``image``, ``target`` and, for discs, ``visible``)."""
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.dot(a, b) / (a.norm() * b.norm()).clamp(min=1e-300))
+
+
+def gradient_cosines(model: torch.nn.Module, batch: dict, task: str, loss_name: str,
+                     dtype: torch.dtype = torch.bfloat16, channels_last: bool = True, seed: int = 0,
+                     group_of=None) -> dict[str, float]:
+    """Cosines between the fp64 gradient and the ``dtype``-autocast (+ channels_last) gradient of
+    ``model``'s current weights on ``batch`` (``image``, ``target`` and, for discs, ``visible``):
+    ``{"all": c, <group>: c, ...}`` with groups named by ``group_of(parameter name)`` (None: "all" only).
+    A group without gradient in either pass is left out."""
     ref = _no_dropout(copy.deepcopy(model)).double().train()
     low = _no_dropout(copy.deepcopy(model)).float().train()
     if channels_last:
         low = low.to(memory_format=torch.channels_last)
     _loss(ref, batch, task, loss_name, torch.float64, None, False, seed).backward()
     _loss(low, batch, task, loss_name, torch.float32, dtype, channels_last, seed).backward()
-    g64, glow = flat_gradient(ref), flat_gradient(low)
-    return float(torch.dot(g64, glow) / (g64.norm() * glow.norm()).clamp(min=1e-300))
+    out = {"all": _cosine(flat_gradient(ref), flat_gradient(low))}
+    if group_of is None:
+        return out
+    parts: dict[str, tuple[list, list]] = {}
+    for (name, p64), (_, plow) in zip(ref.named_parameters(), low.named_parameters()):
+        if p64.grad is None or plow.grad is None:
+            continue
+        a, b = parts.setdefault(group_of(name), ([], []))
+        a.append(p64.grad.detach().flatten().double())
+        b.append(plow.grad.detach().flatten().double())
+    for group, (a, b) in sorted(parts.items()):
+        out[group] = _cosine(torch.cat(a), torch.cat(b))
+    return out
+
+
+def gradient_cosine(model: torch.nn.Module, batch: dict, task: str, loss_name: str,
+                    dtype: torch.dtype = torch.bfloat16, channels_last: bool = True, seed: int = 0) -> float:
+    """The whole network's cosine of :func:`gradient_cosines`."""
+    return gradient_cosines(model, batch, task, loss_name, dtype, channels_last, seed)["all"]
+
+
+def _worst(cosines: dict[str, float]) -> float:
+    return min(cosines.values())
 
 
 def fidelity(name: str, batch: dict, *, size: str = "small", steps: int = 3, loss: str | None = None,
              lr: float | None = None, seed: int = 0, model_options: dict | None = None,
-             channels_last: bool = True) -> dict:
-    """Gradient cosine of network ``name`` at initialisation and after ``steps`` fp32 Adam steps on
-    ``batch`` with its recipe's loss and learning rate; the bf16 side runs channels_last or contiguous
-    (``channels_last``). Returns ``{"init", "trained", "passes"}``."""
+             channels_last: bool = True, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Gradient cosines of network ``name`` at initialisation and after ``steps`` fp32 Adam steps on
+    ``batch`` with its recipe's loss and learning rate; the low-precision side (``dtype``: bf16, or
+    ``torch.float32`` for an fp32-against-fp64 check) runs channels_last or contiguous (``channels_last``).
+    Returns ``{"init", "trained"}`` (whole-network cosines), ``"groups_init"``, ``"groups_trained"``
+    (per parameter group) and ``"passes"`` (every group >= :data:`THRESHOLD` both times)."""
     info = models.REGISTRY[name]
     recipe = info.recipe
     loss = loss or ("heatmap_mse" if info.task == "keypoints" else recipe.get("loss", "dice_ce"))
@@ -76,15 +109,34 @@ def fidelity(name: str, batch: dict, *, size: str = "small", steps: int = 3, los
     k = batch["target"].shape[1] if info.task == "keypoints" else max(2, int(batch["target"].max()) + 1)
     torch.manual_seed(seed)
     model = models.build(name, size, in_channels=channels, num_classes=k, **(model_options or {})).train()
-    init = gradient_cosine(model, batch, info.task, loss, seed=seed, channels_last=channels_last)
+    kw = dict(dtype=dtype, channels_last=channels_last, group_of=info.parameter_group)
+    init = gradient_cosines(model, batch, info.task, loss, seed=seed, **kw)
     opt = torch.optim.Adam(model.parameters(), lr=lr or recipe.get("lr", 1e-3))
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
         _loss(model, batch, info.task, loss, torch.float32, None, False, seed + 1 + step).backward()
         opt.step()
-    trained = gradient_cosine(model, batch, info.task, loss, seed=seed + 100, channels_last=channels_last) if steps else init
-    return {"network": name, "loss": loss, "init": init, "trained": trained,
-            "passes": bool(min(init, trained) >= THRESHOLD)}
+    trained = gradient_cosines(model, batch, info.task, loss, seed=seed + 100, **kw) if steps else init
+    return {"network": name, "loss": loss, "init": init["all"], "trained": trained["all"],
+            "groups_init": init, "groups_trained": trained,
+            "passes": bool(min(_worst(init), _worst(trained)) >= THRESHOLD)}
+
+
+def fidelity_of_weights(weights, batch: dict, *, loss: str | None = None, channels_last: bool = True,
+                        dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> dict:
+    """Gradient cosines of a trained checkpoint (a bundled name or a checkpoint folder) on ``batch``, per
+    parameter group: ``{"network", "weights", "cosines", "passes"}``. Trained weights are where a
+    reduced-precision gradient drifts most (sharper minima, larger activations)."""
+    from . import checkpoint
+
+    model, cfg = checkpoint.load_model(checkpoint.resolve_init(str(weights)))
+    name = cfg["model"]["name"]
+    info = models.REGISTRY[name]
+    loss = loss or cfg.get("training", {}).get("loss") or info.recipe.get("loss", "dice_ce")
+    cos = gradient_cosines(model.float().train(), batch, info.task, loss, dtype=dtype, channels_last=channels_last,
+                           seed=seed, group_of=info.parameter_group)
+    return {"network": name, "weights": str(weights), "loss": loss, "cosines": cos,
+            "passes": bool(_worst(cos) >= THRESHOLD)}
 
 
 def real_batch(name: str, data_root, n: int = 4, input_size: int = 128) -> dict:

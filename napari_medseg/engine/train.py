@@ -46,6 +46,7 @@ class TrainOptions:
     # default: the recipe's (on for the hourglass)
     balance_levels: bool | None = None
     loss: str | None = None  # dice_ce | ce | bce | heatmap_mse; default: the recipe's
+    schedule: str | None = None  # learning-rate schedule (SCHEDULES); default: the recipe's
     recipe: str | None = None  # train with another network's recipe (for baselines)
     max_steps_per_epoch: int | None = None
     max_cases: int | None = None  # use only the first N train / val cases (smoke tests)
@@ -95,9 +96,13 @@ def resolve(opts: TrainOptions) -> dict:
     finetune = bool(opts.init)
     lr = float(opts.lr or (min(recipe.get("lr", 1e-3), FINETUNE_LR) if finetune else recipe.get("lr", 1e-3)))
     epochs = int(opts.epochs or (FINETUNE_EPOCHS if finetune else recipe.get("epochs", 50)))
+    schedule = opts.schedule or recipe.get("schedule") or ("milestones" if "milestones" in recipe else "constant")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if schedule == "milestones" and "milestones" not in recipe:
+        raise ValueError(f"the {opts.recipe or opts.model} recipe has no milestones; choose another schedule")
     return {"loss": loss, "augment": recipe.get("augment", True) if opts.augment is None else bool(opts.augment),
-            "epochs": epochs, "schedule": recipe.get("schedule") or (
-                "milestones" if "milestones" in recipe else "constant"),
+            "epochs": epochs, "schedule": schedule,
             "optimizer": recipe.get("optimizer", "adam"), "batch_size": int(opts.batch_size or recipe.get("batch_size", 8)),
             "lr": lr, "input_size": int(opts.input_size or recipe.get("input_size", 256)),
             "weight_decay": recipe.get("weight_decay", 0.0), "finetune": finetune,
@@ -156,15 +161,25 @@ def build_optimizer(model, recipe: dict, lr: float):
     return torch.optim.Adam(params, lr=lr, weight_decay=recipe.get("weight_decay", 0.0))
 
 
-def build_scheduler(optimizer, recipe: dict, epochs: int):
-    sched = recipe.get("schedule")
-    if sched == "poly0.9":
+# learning-rate schedules, stepped once per epoch: constant; poly0.9 (LSTMSA's paper); plateau0.1p7 (the
+# BCDU-Net reference); milestones (the hourglass paper's x0.1 steps, scaled to the run's length); cosine:
+# from the recipe's rate to 1 % of it over the run (SGDR without restarts) **(our choice)**, for comparisons
+# that must not depend on a validation-driven rule (a plateau on 15 validation images stalls)
+SCHEDULES = ("constant", "poly0.9", "plateau0.1p7", "milestones", "cosine")
+
+
+def build_scheduler(optimizer, recipe: dict, epochs: int, schedule: str):
+    """The scheduler for ``schedule`` (:data:`SCHEDULES`, as resolved by :func:`resolve`); None: constant."""
+    if schedule == "poly0.9":
         return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max(1, epochs), power=0.9)
-    if sched == "plateau0.1p7":  # BCDU-Net's Keras reference: ReduceLROnPlateau(val_loss, 0.1, 7, epsilon=1e-4)
+    if schedule == "cosine":
+        lr = optimizer.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=0.01 * lr)
+    if schedule == "plateau0.1p7":  # BCDU-Net's Keras reference: ReduceLROnPlateau(val_loss, 0.1, 7, epsilon=1e-4)
         # Keras reduces after `patience` bad epochs, torch after `patience + 1`: 6 here is Keras' 7
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=6,
                                                           threshold=1e-4, threshold_mode="abs")
-    if "milestones" in recipe:  # the paper's epochs 60 and 90 of 120, scaled to this run's length
+    if schedule == "milestones":  # the paper's epochs 60 and 90 of 120, scaled to this run's length
         total = recipe.get("epochs", 120)
         ms = sorted({max(1, round(m * epochs / total)) for m in recipe["milestones"]})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=ms, gamma=recipe.get("gamma", 0.1))
@@ -268,7 +283,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
         raise ValueError(f"{opts.model} segments: it needs images/ + masks/ or imagesTr/ + labelsTr/")
     out = Path(opts.out)
     device = select_device(opts.device)
-    precision = select_precision(device, opts.precision, network=opts.model, options=opts.model_options)
+    precision = select_precision(device, opts.precision, network=opts.model)
     channels = train_data.images.shape[-3]
     num_classes = train_data.num_classes
 
@@ -305,7 +320,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     lr = plan["lr"]
     epochs = plan["epochs"]
     optimizer = build_optimizer(model, recipe, lr)
-    scheduler = build_scheduler(optimizer, recipe, epochs)
+    scheduler = build_scheduler(optimizer, recipe, epochs, plan["schedule"])
     scaler = precision.grad_scaler()
     config = {
         "model": {"name": opts.model, "size": opts.size, "in_channels": channels, "num_classes": num_classes,
@@ -388,6 +403,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
     while state["epoch"] < epochs:
         epoch = state["epoch"]
         t_epoch = time.perf_counter()
+        lr_epoch = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with (history's "lr")
         torch.manual_seed(opts.seed * 100_003 + epoch)  # dropout etc.: same draws with or without resume
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch)
@@ -457,7 +473,7 @@ def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, 
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                  **metrics, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch,
+                  **metrics, "lr": lr_epoch, "seconds": time.perf_counter() - t_epoch,
                   "data_s": data_s, "compute_s": compute_s, "samples": len(losses) * bs}
         state["history"].append(record)
         if improved:

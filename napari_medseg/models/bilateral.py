@@ -4,9 +4,13 @@ Sun, Sui, Liang, Hu, Du, "Bilateral spatial attention network for medical image 
 (the text in ``shared/specs/papers``). No public code; choices the paper leaves open are marked
 **(our choice)**.
 
-* Encoder (Sec. 3, Fig. 1): ResNeXt bottleneck blocks (1x1 -> grouped 3x3, cardinality 8 -> 1x1,
-  BN, projection shortcut) at widths 24, 48, 96, 192, 192 and strides 1, 2, 4, 8, 16, with 2, 3, 4, 6,
-  3 blocks per stage (the ResNeXt-50 pattern) **(our choice)**. The last BN scale of every block starts
+* Encoder (Sec. 3, Fig. 1): ResNeXt bottleneck blocks (1x1 -> grouped 3x3 -> 1x1, BN, projection
+  shortcut) at widths 24, 48, 96, 192, 192 and strides 1, 2, 4, 8, 16, with 2, 3, 4, 6, 3 blocks per
+  stage (the ResNeXt-50 pattern) **(our choice)**. The grouped 3x3 keeps ResNeXt's 4 channels per group
+  and the paper's cardinality 8 where the width allows it: ``groups = min(8, width // 4)`` (``small``: 1,
+  2, 4, 8, 8 groups; ``paper``: 3, 6, 8, 8, 8) **(our choice)**. ``group_width=None`` is the first
+  design, cardinality 8 at every width (1 channel per group in ``small``'s first stages: an almost
+  depthwise encoder that underfits), kept to load checkpoints trained with it. The last BN scale of every block starts
   at zero (``zero_init_residual``, as torchvision's ResNeXt) **(our choice)**: it makes the 18-block
   stack stable at init, which bf16 training needs. ``residual="preact"`` swaps in pre-activation
   bottlenecks (He et al. ECCV 2016, "Identity mappings": BN-ReLU before each conv, nothing after the
@@ -24,25 +28,27 @@ Sun, Sui, Liang, Hu, Du, "Bilateral spatial attention network for medical image 
 * FSAM, feature space attention: ``U = DConv(Conv(f))`` (dilation 2), ``a = sigmoid(MLP(GAP(U)) +
   MLP(GMP(U)))`` with one shared MLP (reduction 16), output ``U * a + Conv(f)`` (Conv = 3x3 + BN).
 * Bilateral: ISAM then FSAM in series on the deepest features.
-* Decoder: bilinear x2 + skip concatenation + three conv3x3-BN-ReLU per level, up to stride 4, where a
-  1x1 conv gives coarse logits **(our choice)**.
+* Decoder, U-shaped (the paper fuses features of every scale): bilinear x2 + skip concatenation + three
+  conv3x3-BN-ReLU per level, up to full resolution, where a 1x1 conv gives the dense logits **(our
+  choice)**. ``decoder="stride4"`` is the first design: it stops at stride 4 and never reads f0/f1 (they
+  reach only the point head), kept to load checkpoints trained with it.
 * Attention rendering module (PointRend, Kirillov et al. CVPR 2020): a point head (Conv1d MLP) over
   fine encoder features (strides 1 and 2) + coarse logits at chosen points, the coarse logits fed to
   every layer (PointRend's standard point head).
   - training: about ``train_points`` points, ``importance`` of them where the coarse prediction is
     most uncertain among ``oversample`` x as many random candidates, the rest uniform; the output dict
     carries ``point_logits`` and ``point_coords`` for the point loss (:func:`point_loss`);
-  - inference: after each 2x bilinear upsampling from stride 4, the ``subdivision_points`` most
-    uncertain pixels (at most a quarter of the pixels, so that at small inputs the point head refines
-    the uncertain band instead of replacing the whole map) are re-predicted by the point head; output at
-    full resolution.
-  ``render=False`` upsamples the coarse logits x4 instead (ablation).
+  - inference: the ``subdivision_points`` most uncertain pixels (at most a quarter of the pixels, so
+    that at small inputs the point head refines the uncertain band instead of replacing the whole map)
+    are re-predicted by the point head: once at full resolution after the U-shaped decoder, or after each
+    2x bilinear upsampling from stride 4 with ``decoder="stride4"`` (PointRend's subdivision).
+  ``render=False`` returns the decoder's logits (upsampled x4 with ``decoder="stride4"``; ablation).
 
 ``forward`` returns logits (B, K, H, W); in training mode a dict with ``"logits"`` (coarse logits
 upsampled to the input size) and, with rendering, ``"point_logits"`` (B, K, N), ``"point_coords"``
 (B, N, 2) as (x, y) in [0, 1].
-Parameters (3 channels, 1 class): ``paper`` 6.45 M with the rendering module, 6.30 M without (the
-paper: 6.36 M); ``small`` 0.72 M.
+Parameters (3 channels, 1 class): see ``models.registry.PARAMETERS`` (``paper`` about 6.5 M, the paper:
+6.36 M).
 """
 
 from __future__ import annotations
@@ -61,7 +67,20 @@ SIZES = {
     "paper": {"widths": (24, 48, 96, 192, 192), "blocks": (2, 3, 4, 6, 3), "heads": 6, "point_hidden": 256},
     "small": {"widths": (8, 16, 32, 64, 64), "blocks": (2, 3, 4, 6, 3), "heads": 2, "point_hidden": 64},
 }
-CARDINALITY = 8
+CARDINALITY = 8  # the paper's cardinality
+GROUP_WIDTH = 4  # channels per group of the grouped 3x3 (ResNeXt's 32x4d) **(our choice)**
+DECODERS = ("full", "stride4")
+
+
+def bottleneck_shape(cout: int, group_width: int | None = GROUP_WIDTH) -> tuple[int, int]:
+    """(width, groups) of the grouped 3x3 in a bottleneck with ``cout`` output channels: half the output
+    width in ``min(8, width // group_width)`` groups; ``group_width=None``: 8 groups at any width (the
+    first design)."""
+    if group_width is None:
+        return max(CARDINALITY, (cout // 2) // CARDINALITY * CARDINALITY), CARDINALITY
+    width = max(group_width, cout // 2)
+    groups = max(1, min(CARDINALITY, width // group_width))
+    return width // groups * groups, groups
 
 
 def conv_bn_relu(cin, cout, k=3, dilation=1):
@@ -72,13 +91,13 @@ def conv_bn_relu(cin, cout, k=3, dilation=1):
 class ResNeXtBlock(nn.Module):
     """ResNeXt bottleneck (Xie et al. CVPR 2017, Fig. 3c): 1x1 -> grouped 3x3 -> 1x1, projection shortcut."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, cardinality: int = CARDINALITY,
+    def __init__(self, cin: int, cout: int, stride: int = 1, group_width: int | None = GROUP_WIDTH,
                  zero_init_residual: bool = True):
         super().__init__()
-        width = max(cardinality, (cout // 2) // cardinality * cardinality)
+        width, groups = bottleneck_shape(cout, group_width)
         self.body = nn.Sequential(
             nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=cardinality, bias=False),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False),
             nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
         )
@@ -106,21 +125,21 @@ class PreActResNeXtBlock(nn.Module):
     Args:
         cin, cout: channels in and out.
         stride: stride of the grouped 3x3 conv (and subsampling of the shortcut).
-        cardinality: groups of the 3x3 conv.
+        group_width: channels per group of the 3x3 conv (:func:`bottleneck_shape`).
         first: the stage's first block, whose input is already normalised (the image or the previous
             stage's BN-ReLU output): no pre-activation of its own, and a projection shortcut where the
             shape changes **(our choice)**.
     """
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, cardinality: int = CARDINALITY,
+    def __init__(self, cin: int, cout: int, stride: int = 1, group_width: int | None = GROUP_WIDTH,
                  first: bool = False):
         super().__init__()
-        width = max(cardinality, (cout // 2) // cardinality * cardinality)
+        width, groups = bottleneck_shape(cout, group_width)
         pre = [] if first else [nn.BatchNorm2d(cin), nn.ReLU(inplace=False)]
         self.body = nn.Sequential(
             *pre, nn.Conv2d(cin, width, 1, bias=False),
             nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=cardinality, bias=False),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False),
             nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, cout, 1, bias=False),
         )
@@ -133,17 +152,18 @@ class PreActResNeXtBlock(nn.Module):
         return self.body(x) + self.shortcut(skip)
 
 
-def encoder_stage(cin: int, cout: int, blocks: int, stride: int, residual: str) -> nn.Sequential:
+def encoder_stage(cin: int, cout: int, blocks: int, stride: int, residual: str,
+                  group_width: int | None = GROUP_WIDTH) -> nn.Sequential:
     """One encoder stage of ``blocks`` bottlenecks; ``residual`` is ``"zero_init"`` (post-activation,
     last BN scale 0), ``"plain"`` (post-activation, default init: unstable in bf16, kept for the
     ablation) or ``"preact"`` (pre-activation units, then BN-ReLU)."""
     if residual == "preact":
-        units = [PreActResNeXtBlock(cin, cout, stride=stride, first=True)]
-        units += [PreActResNeXtBlock(cout, cout) for _ in range(blocks - 1)]
+        units = [PreActResNeXtBlock(cin, cout, stride=stride, group_width=group_width, first=True)]
+        units += [PreActResNeXtBlock(cout, cout, group_width=group_width) for _ in range(blocks - 1)]
         return nn.Sequential(*units, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
     zero = residual == "zero_init"
-    units = [ResNeXtBlock(cin, cout, stride=stride, zero_init_residual=zero)]
-    units += [ResNeXtBlock(cout, cout, zero_init_residual=zero) for _ in range(blocks - 1)]
+    units = [ResNeXtBlock(cin, cout, stride=stride, group_width=group_width, zero_init_residual=zero)]
+    units += [ResNeXtBlock(cout, cout, group_width=group_width, zero_init_residual=zero) for _ in range(blocks - 1)]
     return nn.Sequential(*units)
 
 
@@ -231,31 +251,51 @@ class PointHead(nn.Module):
 
 
 class BilateralAttentionNet(nn.Module):
+    """The bilateral spatial attention network (module docstring).
+
+    Args:
+        in_channels, num_classes: image channels and output classes.
+        size: ``"paper"`` or ``"small"`` (:data:`SIZES`).
+        render: the attention rendering module (point head); ``False`` for the ablation.
+        swin_weights: a local safetensors file for the ISAM Swin blocks (:func:`load_swin_into`).
+        train_points, oversample, importance: PointRend's training point sampling.
+        subdivision_points: pixels re-predicted per rendering step at inference.
+        residual: ``"zero_init"`` (shipped), ``"plain"`` or ``"preact"`` blocks (:func:`encoder_stage`).
+        group_width: channels per group of the grouped 3x3 (None: the first design's cardinality 8).
+        decoder: ``"full"`` (U-shaped to full resolution) or ``"stride4"`` (the first design).
+    """
+
     def __init__(self, in_channels: int = 3, num_classes: int = 1, size: str = "small", render: bool = True,
                  swin_weights: str | Path | None = None, train_points: int = 1024, oversample: int = 3,
-                 importance: float = 0.75, subdivision_points: int = 4096, subdivision_steps: int = 2,
-                 zero_init_residual: bool = True, residual: str | None = None):
+                 importance: float = 0.75, subdivision_points: int = 4096, residual: str = "zero_init",
+                 group_width: int | None = GROUP_WIDTH, decoder: str = "full"):
         super().__init__()
-        # ``residual`` names the block type; ``zero_init_residual=False`` is the older spelling of "plain"
-        residual = residual or ("zero_init" if zero_init_residual else "plain")
         if residual not in RESIDUALS:
             raise ValueError(f"bilateral: residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
-        self.residual = residual
+        if decoder not in DECODERS:
+            raise ValueError(f"bilateral: decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        if group_width is not None and int(group_width) < 1:
+            raise ValueError(f"bilateral: group_width must be a positive number of channels, got {group_width!r}")
+        self.residual, self.decoder = residual, decoder
         cfg = SIZES[size]
         w0, w1, w2, w3, w4 = cfg["widths"]
         self.in_channels, self.num_classes, self.render = in_channels, num_classes, render
         self.train_points, self.oversample, self.importance = train_points, oversample, importance
-        self.subdivision_points, self.subdivision_steps = subdivision_points, subdivision_steps
+        self.subdivision_points = subdivision_points
+        # rendering steps at inference: one at full resolution, or one per x2 from stride 4
+        self.subdivision_steps = 1 if decoder == "full" else 2
         stages, cin = [], in_channels
         for i, (w, n) in enumerate(zip(cfg["widths"], cfg["blocks"])):
-            stages.append(encoder_stage(cin, w, n, stride=1 if i == 0 else 2, residual=residual))
+            stages.append(encoder_stage(cin, w, n, stride=1 if i == 0 else 2, residual=residual,
+                                        group_width=group_width))
             cin = w
         self.encoder = nn.ModuleList(stages)
         self.isam = ISAM(w4, cfg["heads"])
         self.fsam = FSAM(w4)
-        self.up3 = UpBlock(w4, w3, w3)
-        self.up2 = UpBlock(w3, w2, w2)
-        self.coarse_head = nn.Conv2d(w2, num_classes, 1)
+        self.up3, self.up2 = UpBlock(w4, w3, w3), UpBlock(w3, w2, w2)
+        if decoder == "full":
+            self.up1, self.up0 = UpBlock(w2, w1, w1), UpBlock(w1, w0, w0)
+        self.coarse_head = nn.Conv2d(w0 if decoder == "full" else w2, num_classes, 1)
         self.point_head = PointHead(w0 + w1, num_classes, cfg["point_hidden"]) if render else None
         if swin_weights is not None:
             self.load_swin_weights(swin_weights)
@@ -270,9 +310,11 @@ class BilateralAttentionNet(nn.Module):
         for stage in self.encoder:
             x = stage(x)
             feats.append(x)
-        f0, f1, f2, f3, f4 = feats
-        deep = self.fsam(self.isam(f4))
-        coarse = self.coarse_head(self.up2(self.up3(deep, f3), f2))  # stride 4
+        f0, f1 = feats[:2]
+        d = self.up2(self.up3(self.fsam(self.isam(feats[4])), feats[3]), feats[2])
+        if self.decoder == "full":
+            d = self.up0(self.up1(d, f1), f0)
+        coarse = self.coarse_head(d)  # full resolution, or stride 4 with decoder="stride4"
         size = f0.shape[-2:]
         if not self.render:
             logits = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
@@ -307,20 +349,26 @@ class BilateralAttentionNet(nn.Module):
         most uncertain pixels of the current map, and re-predict them with the point head from the fine
         features and the *original coarse* logits sampled there (what the head was trained on), until
         full resolution."""
-        out_h, out_w = f0.shape[-2:]
+        out_h = f0.shape[-2]
+        if coarse.shape[-2] >= out_h:  # U-shaped decoder: one rendering step at full resolution
+            return self._repredict(coarse, coarse, f0, f1)
         logits = coarse
         while logits.shape[-2] < out_h:
             logits = F.interpolate(logits, scale_factor=2.0, mode="bilinear", align_corners=False)
-            b, k, h, w = logits.shape
-            n = min(self.subdivision_points, h * w // 4)  # the most uncertain quarter at most **(our choice)**
-            idx = torch.topk(uncertainty(logits).flatten(1), n, dim=1).indices  # (B, N)
-            ys = torch.div(idx, w, rounding_mode="floor")
-            xs = idx - ys * w
-            coords = torch.stack([(xs.float() + 0.5) / w, (ys.float() + 0.5) / h], dim=-1)  # fp32 always
-            point_logits = self.point_head(self._fine(f0, f1, coords), point_sample(coarse, coords))
-            logits = logits.flatten(2).scatter(2, idx.unsqueeze(1).expand(-1, k, -1),
-                                               point_logits.to(logits.dtype)).view(b, k, h, w)
+            logits = self._repredict(logits, coarse, f0, f1)
         return logits
+
+    def _repredict(self, logits, coarse, f0, f1):
+        """``logits`` with its most uncertain pixels re-predicted by the point head."""
+        b, k, h, w = logits.shape
+        n = min(self.subdivision_points, h * w // 4)  # the most uncertain quarter at most **(our choice)**
+        idx = torch.topk(uncertainty(logits).flatten(1), n, dim=1).indices  # (B, N)
+        ys = torch.div(idx, w, rounding_mode="floor")
+        xs = idx - ys * w
+        coords = torch.stack([(xs.float() + 0.5) / w, (ys.float() + 0.5) / h], dim=-1)  # fp32 always
+        point_logits = self.point_head(self._fine(f0, f1, coords), point_sample(coarse, coords))
+        return logits.flatten(2).scatter(2, idx.unsqueeze(1).expand(-1, k, -1),
+                                         point_logits.to(logits.dtype)).view(b, k, h, w)
 
 
 def point_targets(target: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
