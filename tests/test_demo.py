@@ -31,8 +31,17 @@ def test_demo_headless_writes_screenshots_and_summary(tmp_path, qapp):
     from PIL import Image
 
     for key, path in summary["screenshots"].items():
-        img = np.asarray(Image.open(path))
-        assert img.shape[0] > 200 and img.std() > 10, key  # a real picture, not a blank window
+        img = np.asarray(Image.open(path).convert("RGB"))
+        picture = img[: int(img.shape[0] * 0.7)]  # above the caption band
+        assert img.shape[0] > 200 and picture.std() > 10, key  # a real picture, not a blank canvas
+        caption = summary["captions"][key]  # said below the picture: what it shows, which model ran, legend
+        if key in summary["results"]:
+            assert caption["title"].endswith(summary["results"][key]["model"]), caption
+            assert any("reference" in label for label in caption["legend"]), caption
+        else:
+            assert "No model ran" in caption["lines"][0], caption
+    assert summary["captions"]["mr_cardiac"]["legend"][:3] == ["RV (prediction)", "Myo (prediction)", "LV (prediction)"]
+    assert any("red ring" in label or "flagged" in label for label in summary["captions"]["mr_lumbar"]["legend"])
 
 
 

@@ -21,6 +21,15 @@ import numpy as np
 SAMPLE_KEYS = ("skin", "ct_dicom", "mr_lumbar", "endoscopy", "mr_cardiac")  # "skin" ships inside the package
 # the dataset a sample comes from: the bundled model trained on it (best test score) runs on the sample
 SAMPLE_DATASET = {"skin": "ph2", "mr_lumbar": "spine-discs", "endoscopy": "kvasir-seg", "mr_cardiac": "acdc"}
+# what each picture shows, in the caption's title
+SAMPLE_TITLES = {
+    "skin": "Dermoscopy image (ISIC 2016 test set, CC-0; shipped in the package)",
+    "ct_dicom": "Abdominal CT, 20-slice DICOM series (TotalSegmentator test data, Apache-2.0), middle slice",
+    "mr_lumbar": "Sagittal lumbar MRI (multi-site disc set, test scan spine_vb1_07), middle slice (points within 6 mm)",
+    "endoscopy": "Colonoscopy image (Kvasir-SEG test split)",
+    "mr_cardiac": "Short-axis cardiac cine MRI (ACDC test case, end-diastole), middle slice",
+}
+REFERENCE = (0.0, 1.0, 0.0)  # lime: the sample's own labels / points, drawn as outlines / rings
 
 
 def _have_display() -> bool:
@@ -60,16 +69,22 @@ def _open_in_napari(out: Path, headless: bool) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         napari.run()
         return summary
+    from ._figure import compose
+
     shots = {}
     for key in SAMPLE_KEYS:
-        viewer = napari.Viewer(show=False, title=f"napari-medseg demo: {key}")
-        if not _sample_and_model(viewer, key, out, summary):
+        viewer = napari.Viewer(title=f"napari-medseg demo: {key}")  # shown (on Xvfb): a hidden canvas screenshots black
+        caption = _sample_and_model(viewer, key, out, summary)
+        if caption is None:
             viewer.close()
             continue
         _focus(viewer, key)
+        _overlay(viewer).visible = False  # the caption goes below the picture, not over it
         path = out / f"screenshot_{key}.png"
-        viewer.screenshot(str(path), canvas_only=False, flash=False)
+        compose(viewer.screenshot(canvas_only=True, flash=False), caption, path)
         shots[key] = str(path)
+        summary.setdefault("captions", {})[key] = {"title": caption.title, "lines": caption.lines,
+                                                  "legend": [sw.label for sw in caption.legend]}
         viewer.close()
     summary["screenshots"] = shots
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -79,20 +94,28 @@ def _open_in_napari(out: Path, headless: bool) -> dict:
     return summary
 
 
-def _sample_and_model(viewer, key: str, out: Path, summary: dict) -> bool:
-    """Add one sample and run its bundled model; ``False`` (with the reason in the summary) when the sample
-    cannot be had."""
+def _sample_and_model(viewer, key: str, out: Path, summary: dict):
+    """Add one sample and run its bundled model; returns the picture's caption, or None (with the reason in
+    the summary) when the sample cannot be had."""
     from ..io.errors import MedSegIOError
+    from ._figure import Caption
 
     try:
         summary["samples"][key] = _add_sample(viewer, key)
     except (MedSegIOError, OSError) as err:
         summary["skipped"][key] = str(err)
-        return False
+        return None
     model = best_bundled(SAMPLE_DATASET.get(key))
-    if model is not None:
-        summary["results"][key] = _run_model(viewer, key, model, out)
-    return True
+    caption = Caption(SAMPLE_TITLES.get(key, key))
+    if model is None:
+        caption.lines.append("No model ran: none of the bundled models is trained on this kind of image "
+                             "(shown to check that the reader keeps its geometry).")
+        return caption
+    summary["results"][key], more = _run_model(viewer, key, model, out)
+    caption.title += f": {model}"
+    caption.lines += more.lines
+    caption.legend += more.legend
+    return caption
 
 
 def best_bundled(dataset: str | None) -> str | None:
@@ -112,62 +135,100 @@ def best_bundled(dataset: str | None) -> str | None:
     return best
 
 
-def _run_model(viewer, key: str, model: str, out: Path) -> dict:
-    """Run a bundled model on the sample's image layer; add the result as a layer and save it."""
-    import numpy as np
+def _run_model(viewer, key: str, model: str, out: Path):
+    """Run a bundled model on the sample's image layer; add the result as a layer and save it. Returns the
+    summary entry and a :class:`Caption` with the lines and legend for what was drawn."""
+    from napari.layers import Image
 
     from .. import api
-    from ._layers import labels_layer_data, points_layer_data
     from ..engine.checkpoint import read_config
-
-    from napari.layers import Image
+    from ._figure import Caption, Swatch
 
     image = next(lyr for lyr in viewer.layers if lyr.name.startswith(f"{key}:") and isinstance(lyr, Image))
     task = read_config(api.bundled_weights()[model])["model"].get("task")
     if task == "keypoints":
-        from napari.layers import Points
+        return _run_disc_model(viewer, key, model, image, out)
+    from ._layers import labels_layer_data
 
-        for truth in (lyr for lyr in viewer.layers if isinstance(lyr, Points) and lyr.name.startswith(f"{key}:")):
-            truth.text.visible = False  # the sample's own points: unnamed green rings under the prediction
-            truth.symbol, truth.size = "ring", 10
-            truth.face_color = "lime"
-        import warnings
-
-        from ..engine.discs import DiscsFlagged
-
-        with warnings.catch_warnings():  # the verdict goes into the summary; flagged discs show red rings
-            warnings.simplefilter("ignore", DiscsFlagged)
-            points = api.label_discs(image, model=model)
-        data, kwargs, _ = points_layer_data(points, image, f"{key}: discs ({model})")
-        layer = viewer.add_points(data, **kwargs)
-        _overlay(viewer).text = f"named points: prediction ({model})\ngreen rings: reference"
-        _legend(viewer)
-        path = out / f"{key}_discs.csv"
-        layer.save(str(path), plugin="napari-medseg")
-        return {"model": model, "file": str(path), "discs": list(kwargs["features"]["name"]), "verdict": points.verdict}
     seg = api.segment(image, model=model)
-    data, kwargs, _ = labels_layer_data(seg.labels, image, seg.class_names, f"{key}: segmentation ({model})")
+    data, kwargs, _ = labels_layer_data(seg.labels, image, seg.class_names, f"{key}: {model}")
     layer = viewer.add_labels(data, **kwargs)
     layer.opacity = 0.55
     if len(seg.class_names) == 2:  # one foreground class: a colour that stands out on tissue
         from napari.utils.colormaps import DirectLabelColormap
 
         layer.colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "cyan"})
-    _outline_references(viewer, key, layer)
+    refs = _outline_references(viewer, key, layer)
     _overlay(viewer).text = f"fill: prediction ({model})\ngreen outline: reference"
     path = out / (f"{key}_seg.png" if image.rgb or data.ndim == 2 else f"{key}_seg.nii.gz")
     layer.save(str(path), plugin="napari-medseg")
     counts = np.bincount(data.ravel(), minlength=len(seg.class_names))
-    return {"model": model, "file": str(path),
-            "voxels": {seg.class_names[i]: int(c) for i, c in enumerate(counts) if i > 0}}
+    caption = Caption("", [f"Filled: the model's segmentation ({', '.join(seg.class_names[1:])})."])
+    caption.legend = [Swatch(f"{name} (prediction)", tuple(layer.get_color(i)), "fill")
+                      for i, name in enumerate(seg.class_names) if i > 0]
+    if refs:
+        caption.lines.append("Green outline: the sample's own manual reference, for comparison.")
+        caption.legend.append(Swatch("reference (" + ", ".join(refs) + ")", REFERENCE, "outline"))
+    return ({"model": model, "file": str(path),
+             "voxels": {seg.class_names[i]: int(c) for i, c in enumerate(counts) if i > 0}}, caption)
 
 
-def _outline_references(viewer, key: str, prediction) -> None:
+def _run_disc_model(viewer, key: str, model: str, image, out: Path):
+    """Label the discs of the sample; the sample's own points become green rings under the prediction."""
+    import warnings
+
+    from napari.layers import Points
+
+    from .. import api
+    from ..engine.discs import DiscsFlagged
+    from ._figure import Caption, Swatch
+    from ._layers import points_layer_data
+
+    truths = [lyr for lyr in viewer.layers if isinstance(lyr, Points) and lyr.name.startswith(f"{key}:")]
+    for truth in truths:
+        truth.text.visible = False  # the sample's own points: unnamed green rings under the prediction
+        truth.symbol, truth.size = "ring", 10
+        truth.face_color = "lime"
+        truth.projection_mode = "all"  # with the thick slice of _focus: points a slice or two off still show
+    with warnings.catch_warnings():  # the verdict goes into the summary and the caption; flagged discs show red rings
+        warnings.simplefilter("ignore", DiscsFlagged)
+        points = api.label_discs(image, model=model)
+    data, kwargs, _ = points_layer_data(points, image, f"{key}: {model}")
+    layer = viewer.add_points(data, **kwargs)
+    layer.projection_mode = "all"
+    _overlay(viewer).text = f"named points: prediction ({model})\ngreen rings: reference"
+    _legend(viewer)
+    path = out / f"{key}_discs.csv"
+    layer.save(str(path), plugin="napari-medseg")
+    names = list(kwargs["features"]["name"])
+    flagged = [d.name for d in points.discs if d.flag]
+    caption = Caption("", [f"Dots: the discs the model found, named ({', '.join(names) or 'none'}); "
+                           f"colour = confidence (viridis: purple low, yellow high). Verdict: {points.verdict}."])
+    legend = [Swatch("predicted disc, high confidence", (0.99, 0.91, 0.14), "dot", edge=(1, 1, 1)),
+              Swatch("low confidence", (0.27, 0.0, 0.33), "dot", edge=(1, 1, 1)),
+              Swatch("disc name", (1.0, 1.0, 0.0), "text")]
+    if flagged:
+        caption.lines.append(f"Thick red ring: flagged, check its level ({', '.join(flagged)}).")
+    legend.append(Swatch("red ring: flagged disc (none here)" if not flagged else "flagged: check the level",
+                         (1.0, 0.1, 0.1), "ring"))
+    if truths:
+        ref_names = [str(n) for t in truths for n in (t.features["name"] if "name" in t.features else [])]
+        missing = [n for n in names if n not in ref_names]
+        caption.lines.append("Green ring: the sample's own reference point (" + ", ".join(ref_names) + ")"
+                             + (f"; no ring at {', '.join(missing)}: this scan's reference does not label "
+                                "that level, so it is not scored." if missing else "."))
+        legend.append(Swatch("reference point", REFERENCE, "ring"))
+    caption.legend = legend
+    return ({"model": model, "file": str(path), "discs": names, "verdict": points.verdict}, caption)
+
+
+def _outline_references(viewer, key: str, prediction) -> list[str]:
     """The sample's own (reference) Labels layers as green outlines above the filled prediction, so the two
-    are told apart at a glance; the viewer's text overlay is the legend."""
+    are told apart at a glance. Returns the reference classes drawn."""
     from napari.layers import Labels
     from napari.utils.colormaps import DirectLabelColormap
 
+    drawn = []
     for ref in [lyr for lyr in viewer.layers if isinstance(lyr, Labels) and lyr is not prediction
                 and lyr.name.startswith(f"{key}:")]:
         values = [int(v) for v in np.unique(np.asarray(ref.data)) if v != 0]
@@ -176,7 +237,10 @@ def _outline_references(viewer, key: str, prediction) -> None:
         ref.contour = 2
         ref.opacity = 1.0
         viewer.layers.move(viewer.layers.index(ref), len(viewer.layers) - 1)  # drawn on top of the prediction
+        classes = list(ref.features["class"]) if "class" in getattr(ref, "features", {}) else []
+        drawn += [classes[v] if v < len(classes) else f"label {v}" for v in values]
     _legend(viewer)
+    return drawn
 
 
 def _overlay(viewer):
@@ -204,7 +268,9 @@ def _add_sample(viewer, key: str) -> list[dict]:
     entries = []
     for data, kwargs, layer_type in loaders[key]():
         kwargs = dict(kwargs)
-        kwargs["name"] = f"{key}: {kwargs.get('name', layer_type)}"
+        # short names the layer list shows whole: the image keeps its file name, its labels or points are
+        # the sample's reference
+        kwargs["name"] = f"{key}: " + (kwargs.get("name", layer_type) if layer_type == "image" else "reference")
         layer = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
         arr = np.asarray(layer.data)
         entries.append({
@@ -235,6 +301,11 @@ def _focus(viewer, key: str) -> None:
         viewer.dims.point = centre
     if key in ("mr_spine", "mr_lumbar") and viewer.dims.ndim == 3:
         viewer.dims.order = (2, 0, 1)  # sagittal, head up and anterior on the left (napari_medseg.geometry)
+        # a 12 mm thick slice: the discs are not all on the middle sagittal plane (scoliosis, a tilted
+        # scan), and a disc point off it would hide its name and reference ring; points layers project it
+        thickness = list(viewer.dims.thickness)
+        thickness[2] = 12.0
+        viewer.dims.thickness = thickness
     viewer.reset_view()
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari 0.9 renamed it
     camera.zoom *= 0.85  # a margin, so that the names of the top and bottom discs are not cut off
