@@ -97,4 +97,7 @@ def test_demo_offline_without_a_data_folder_runs_a_model_on_the_shipped_sample(t
     assert (tmp_path / "out" / "screenshot_skin.png").is_file()
     err = capsys.readouterr()
     assert "HTTPSConnectionPool" not in err.out + err.err
+    assert "README" not in err.out + err.err  # no pointer to a file a user of the wheel does not have
+    said = [ln for ln in (err.out + err.err).splitlines() if ln.strip()]
+    assert len(said) == len(set(said)), said  # nothing printed twice
     assert set(summary["skipped"]) == {"ct_dicom", "mr_lumbar", "endoscopy", "mr_cardiac"}
