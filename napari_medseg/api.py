@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,8 +22,10 @@ from . import geometry, io
 from . import catalog
 from .catalog import bundled_weights as bundled_weights  # part of the API (no torch needed to list)
 from .engine.events import CancelToken
-from .engine.infer import Predictor
 from .io.errors import MedSegIOError
+
+if TYPE_CHECKING:  # torch is imported when a model is loaded, not by `import api`: the CLI answers a bad
+    from .engine.infer import Predictor  # path or name before paying for it
 
 ImageLike = Any  # path, numpy array, io.Volume or a napari layer (anything with .data)
 
@@ -60,6 +62,8 @@ def load(model: str | None = None, weights: str | os.PathLike | None = None, *, 
             have = ", ".join(bundled) or "none yet"
             raise ValueError(f"no bundled weights named {model!r} (bundled: {have}); pass a checkpoint with --weights")
         weights = bundled[model]
+    from .engine.infer import Predictor
+
     return Predictor.from_checkpoint(weights, device=device, precision=precision, batch_size=batch_size)
 
 
@@ -394,6 +398,7 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     inputs that are not DICOM series are then skipped with the reason. A folder holding an earlier run
     (its ``manifest.csv``) is refused unless ``resume`` or ``overwrite`` is given.
     Returns ``{"written": [...], "skipped": [...], "results": [...], "n_inputs": N, "manifest": path}``."""
+    files = expand_inputs(inputs)  # a bad path is answered before the model (and torch) is loaded
     from .engine.batch import run_batch
 
     pred = load(model, weights, device=device)
@@ -402,7 +407,6 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
             "segments: use predict"
         raise ValueError(f"this checkpoint ({pred.config['model']['name']}) {what}")
     task = task or pred.task
-    files = expand_inputs(inputs)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     files = files[rank::world]
     path = str(bundled_weights()[model]) if weights is None else str(weights)

@@ -8,33 +8,42 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .dicom import find_dicom_files, folder_has_dicom, is_dicom_file, read_dicom, read_dicom_files
-from .errors import MedSegIOError, MedSegIOWarning
-from .image2d import IMAGE2D_SUFFIXES, is_image2d_path, read_image2d, write_image2d
-from .nifti import is_nifti_path, read_nifti, strip_nifti_suffix, write_nifti
-from .points import (
-    Disc,
-    DiscPoints,
-    disc_name,
-    disc_number,
-    is_points_path,
-    is_sr_file,
-    points_from_label_volume,
-    read_points,
-    write_points,
-)
-from .volume import Volume
+import importlib
 
-__all__ = [
-    "Disc", "DiscPoints", "IMAGE2D_SUFFIXES", "MedSegIOError", "MedSegIOWarning", "Volume", "disc_name",
-    "disc_number", "find_dicom_files", "folder_has_dicom", "is_dicom_file", "is_image2d_path", "is_nifti_path",
-    "is_points_path", "is_sr_file", "points_from_label_volume", "read", "read_dicom", "read_dicom_files", "read_image2d", "read_nifti",
-    "read_points", "strip_nifti_suffix", "write_image2d", "write_nifti", "write_points", "file_stem",
-]
+from .errors import MedSegIOError, MedSegIOWarning
+
+# the readers import pydicom, nibabel and imageio (about half a second): loaded on first use, so that
+# `napari-medseg --help` and the CLI's argument errors do not pay for them (PEP 562)
+_LAZY = {
+    "dicom": ("find_dicom_files", "folder_has_dicom", "is_dicom_file", "read_dicom", "read_dicom_files"),
+    "image2d": ("IMAGE2D_SUFFIXES", "is_image2d_path", "read_image2d", "write_image2d"),
+    "nifti": ("is_nifti_path", "read_nifti", "strip_nifti_suffix", "write_nifti"),
+    "points": ("Disc", "DiscPoints", "disc_name", "disc_number", "is_points_path", "is_sr_file",
+               "points_from_label_volume", "read_points", "write_points"),
+    "volume": ("Volume",),
+}
+_OWNER = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = sorted([*_OWNER, "MedSegIOError", "MedSegIOWarning", "read", "file_stem"])
+
+
+def __getattr__(name: str):
+    module = _OWNER.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
 
 
 def file_stem(path: str | os.PathLike) -> str:
     """File name without its image extension (``a.nii.gz -> a``)."""
+    from .nifti import is_nifti_path, strip_nifti_suffix
+
     name = Path(path).name
     if is_nifti_path(name):
         return strip_nifti_suffix(name)
@@ -43,6 +52,10 @@ def file_stem(path: str | os.PathLike) -> str:
 
 def read(path: str | os.PathLike, **kwargs) -> list[Volume]:
     """Read any supported image path into a list of volumes (DICOM folders may hold several series)."""
+    from .dicom import is_dicom_file, read_dicom
+    from .image2d import is_image2d_path, read_image2d
+    from .nifti import is_nifti_path, read_nifti
+
     path = Path(path)
     if path.is_dir():
         return read_dicom(path, **kwargs)
