@@ -510,6 +510,28 @@ def test_precision_selection(monkeypatch):
         select_precision(torch.device("cpu"), "fp16")
 
 
+def test_explicit_bf16_on_a_cpu_without_it_warns_once_with_the_measured_slowdown(monkeypatch):
+    import warnings
+
+    from napari_medseg.engine import devices
+
+    monkeypatch.setattr(devices, "_warned_bf16", False)
+    monkeypatch.setattr(devices, "cpu_bf16_slowdown", lambda: 37.4)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the CPU has bf16: no warning
+        assert select_precision(torch.device("cpu"), "bf16").dtype == torch.bfloat16
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert select_precision(torch.device("cpu"), "auto").dtype is None  # auto stays fp32: no warning
+    with pytest.warns(devices.PrecisionWarning, match="37.4x the time of fp32") as caught:
+        assert select_precision(torch.device("cpu"), "bf16").dtype == torch.bfloat16  # honoured
+        select_precision(torch.device("cpu"), "bf16")
+    assert len(caught) == 1  # once per process
+    assert devices.cpu_bf16_slowdown.__wrapped__() > 0  # the measurement itself runs
+
+
 def test_an_existing_run_is_never_replaced_silently(tiny, tmp_path, capsys):
     """A second `train` into a run folder is refused (exit 2, the old run untouched) unless --resume or
     --overwrite is given; --overwrite replaces it."""
