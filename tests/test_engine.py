@@ -515,6 +515,7 @@ def test_explicit_bf16_on_a_cpu_without_it_warns_once_with_the_measured_slowdown
 
     from napari_medseg.engine import devices
 
+    measure = devices.cpu_bf16_slowdown
     monkeypatch.setattr(devices, "_warned_bf16", False)
     monkeypatch.setattr(devices, "cpu_bf16_slowdown", lambda: 37.4)
     monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
@@ -529,7 +530,7 @@ def test_explicit_bf16_on_a_cpu_without_it_warns_once_with_the_measured_slowdown
         assert select_precision(torch.device("cpu"), "bf16").dtype == torch.bfloat16  # honoured
         select_precision(torch.device("cpu"), "bf16")
     assert len(caught) == 1  # once per process
-    assert devices.cpu_bf16_slowdown.__wrapped__() > 0  # the measurement itself runs
+    assert measure.__wrapped__() > 0  # the measurement itself runs
 
 
 def test_an_existing_run_is_never_replaced_silently(tiny, tmp_path, capsys):
