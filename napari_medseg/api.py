@@ -51,9 +51,11 @@ def list_models() -> list[dict]:
 
 
 def load(model: str | None = None, weights: str | os.PathLike | None = None, *, device: str = "auto",
-         precision: str = "auto", batch_size: int | str = "auto") -> Predictor:
+         precision: str = "auto", batch_size: int | str = "auto", runtime: str = "auto") -> Predictor:
     """A :class:`Predictor` from a checkpoint folder (``weights``) or a bundled name (``model``).
-    ``batch_size``: slices per forward pass, or ``"auto"`` to fit the device's free memory."""
+    ``batch_size``: slices per forward pass, or ``"auto"`` to fit the device's free memory. ``runtime``:
+    ``"torch"``, ``"onnxruntime"`` (CPU, fp32) or ``"auto"`` (the network's measured choice,
+    ``engine/runtime.py``)."""
     if weights is None and model is None:
         raise ValueError("give weights=<checkpoint folder> or model=<bundled weights name>")
     if weights is None:
@@ -64,7 +66,37 @@ def load(model: str | None = None, weights: str | os.PathLike | None = None, *, 
         weights = bundled[model]
     from .engine.infer import Predictor
 
-    return Predictor.from_checkpoint(weights, device=device, precision=precision, batch_size=batch_size)
+    return Predictor.from_checkpoint(weights, device=device, precision=precision, batch_size=batch_size,
+                                     runtime=runtime)
+
+
+def export(out: str | os.PathLike, model: str | None = None, weights=None, *, format: str = "onnx") -> dict:
+    """Write the network of bundled weights (``model``) or a checkpoint (``weights``) as an ONNX graph
+    (``format="onnx"``, batch size dynamic, opset ``engine.runtime.OPSET``) or a traced TorchScript file
+    (``"torchscript"``) at the model's own input shape, and its card (``config.json`` of the checkpoint:
+    preprocessing, classes, training, metrics) beside it as ``<out>.json``. The graph is the network
+    only: inputs are preprocessed as ``engine/preprocess.py`` does (the card's ``preprocessing``), and its
+    output is logits (segmentation) or heatmaps (discs). Returns ``{"file", "card", "input_shape"}``."""
+    import torch
+
+    from .engine.choices import EXPORT_FORMATS
+    from .engine.runtime import export_onnx, export_torchscript
+
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out}: is a folder; give the file to write (e.g. {out / ('model.' + ('onnx' if format == 'onnx' else 'pt'))})")
+    pred = load(model, weights, device="cpu", precision="fp32", runtime="torch")
+    shape = pred.sample_shape()
+    sample = torch.zeros((1, *shape))
+    (export_onnx if format == "onnx" else export_torchscript)(pred.model, sample, out)
+    card = out.with_name(out.name + ".json")
+    config = dict(pred.config)
+    config["export"] = {"format": format, "input_shape": ["batch", *shape], "weights_sha256": pred.identity()["weights_sha256"],
+                        "output": "heatmaps" if pred.task == "keypoints" else "logits"}
+    io.atomic.write_text_atomic(card, json.dumps(config, indent=1, default=str) + "\n")
+    return {"file": str(out), "card": str(card), "input_shape": list(shape)}
 
 
 def _predictor(model, weights, predictor, **kw) -> Predictor:
@@ -104,7 +136,7 @@ def _is_2d(vol: io.Volume) -> bool:
 def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: int | str | None = None,
             tta: bool = False, cleanup: bool = False, probabilities: bool = False, device: str = "auto",
             predictor: Predictor | None = None, callback=None, cancel: CancelToken | None = None,
-            at=None, force: bool = False) -> Segmentation:
+            at=None, force: bool = False, runtime: str = "auto") -> Segmentation:
     """Segment a 2D image, a 3D volume or a 4D series (frame by frame).
 
     Files and :class:`io.Volume` objects come back in file order with their affine; napari layers and
@@ -112,8 +144,9 @@ def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: i
     napari world point, e.g. ``viewer.dims.point``) segments only the slice through that point, by
     the same steps as a full run. ``axis`` overrides the slice axis recorded at training (file order).
     An input unlike the model's training data (``napari-medseg models`` shows what each expects) is refused
-    with :class:`~napari_medseg.engine.expectations.InputMismatch` unless ``force=True``."""
-    pred = _predictor(model, weights, predictor, device=device)
+    with :class:`~napari_medseg.engine.expectations.InputMismatch` unless ``force=True``. ``runtime``: see
+    :func:`load`."""
+    pred = _predictor(model, weights, predictor, device=device, runtime=runtime)
     pred._require_segmentation()
     vol = as_volume(image)
     pred.check_input(vol, force)
@@ -161,14 +194,14 @@ def as_disc_points(points) -> io.DiscPoints:
 
 def label_discs(image: ImageLike, model: str | None = None, weights=None, *, device: str = "auto",
                 min_confidence: float | None = None, predictor: Predictor | None = None, force: bool = False,
-                prior=None) -> io.DiscPoints:
+                prior=None, runtime: str = "auto") -> io.DiscPoints:
     """Named intervertebral discs (SCT numbers, confidences) in voxel and RAS world coordinates (for a
     napari layer, ``napari_medseg.geometry.points_to_layer_data`` places them on it).
 
     ``prior``: discs a person named (see :func:`as_disc_points`), e.g. one point named "L3/L4": the
     prediction nearest to it takes its name and the others are renumbered in order, so a scan outside the
-    model's training levels is named right (``engine.discs.apply_prior``)."""
-    pred = _predictor(model, weights, predictor, device=device)
+    model's training levels is named right (``engine.discs.apply_prior``). ``runtime``: see :func:`load`."""
+    pred = _predictor(model, weights, predictor, device=device, runtime=runtime)
     vol = as_volume(image)
     if _is_2d(vol):
         raise ValueError(f"{vol.name}: disc labeling needs a 3-D spine volume")
@@ -313,16 +346,17 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
 
 def evaluate(data: str, model: str | None = None, weights=None, *, json_path: str | None = None,
              subset: str = "test", max_cases: int | None = None, tta: bool = False, device: str = "auto",
-             precision: str = "auto", callback=None, split: str = "auto") -> dict:
+             precision: str = "fp32", callback=None, split: str = "auto", runtime: str = "auto") -> dict:
     """Score a checkpoint on a dataset folder at native resolution: ``{"cases": [...], "mean": {...},
     "split": "<which split>"}``. ``subset`` is test / val / train / all; ``split`` is ``auto`` (the
     checkpoint's own recorded split when it trained on this folder, else the folder's split.json, which
-    may hold only ``test``, else a split seeded like the training), ``run`` or ``folder``."""
+    may hold only ``test``, else a split seeded like the training), ``run`` or ``folder``. ``precision``
+    defaults to fp32, as the CLI's: the same call gives the same numbers on any CPU."""
     from .engine.evaluate import evaluate as _evaluate
 
-    pred = load(model, weights, device=device, precision=precision)
+    pred = load(model, weights, device=device, precision=precision, runtime=runtime)
     result = _evaluate(pred, data, subset=subset, max_cases=max_cases, tta=tta, callback=callback, split=split)
-    result["precision"] = pred.precision.name
+    result["precision"], result["runtime"] = pred.precision.name, pred.runtime
     if json_path:
         io.atomic.write_text_atomic(json_path, json.dumps(result, indent=1) + "\n")
     return result
@@ -383,7 +417,7 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
           tta: bool = False, cleanup: bool = False, device: str = "auto", callback=None,
           cancel: CancelToken | None = None, force: bool = False, resume: bool = False, prefetch: int = 2,
           client=None, workers: int | None = None, prior=None, format: str | None = None,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, runtime: str = "auto") -> dict:
     """Run a model over many files; a bad file is reported and skipped, the rest are written.
 
     Writes ``<stem>_seg.nii.gz`` (volumes, source geometry) or ``<stem>_seg.png`` (2D images), or for disc
@@ -401,7 +435,7 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     files = expand_inputs(inputs)  # a bad path is answered before the model (and torch) is loaded
     from .engine.batch import run_batch
 
-    pred = load(model, weights, device=device)
+    pred = load(model, weights, device=device, runtime=runtime)
     if task is not None and task != pred.task:
         what = "labels intervertebral discs: use label-discs" if pred.task == "keypoints" else \
             "segments: use predict"

@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 
+from .engine import choices
 from .io.errors import MedSegIOError
 
 EXIT_BAD_INPUT, EXIT_CANCELLED = 2, 130
@@ -200,7 +201,8 @@ def _cmd_predict(args, task=None) -> int:
                             tta=getattr(args, "tta", False), cleanup=getattr(args, "cleanup", False),
                             device=args.device, callback=_BatchBar(), force=args.force, resume=args.resume,
                             client=client, workers=args.workers, prior=getattr(args, "prior", None),
-                            format=getattr(args, "format", None), overwrite=getattr(args, "overwrite", False))
+                            format=getattr(args, "format", None), overwrite=getattr(args, "overwrite", False),
+                            runtime=args.runtime)
     finally:
         if client is not None:
             client.close()
@@ -218,12 +220,20 @@ def _cmd_predict(args, task=None) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from . import api
+
+    done = api.export(args.out, model=args.model, weights=args.weights, format=args.format)
+    print(f"wrote {done['file']} (input: batch x {' x '.join(map(str, done['input_shape']))}) and its card {done['card']}")
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from . import api
 
     result = api.evaluate(args.data, model=args.model, weights=args.weights, json_path=args.json, subset=args.subset,
                           max_cases=args.max_cases, tta=args.tta, device=args.device, precision=args.precision,
-                          callback=_TqdmEvents(), split=args.split)
+                          callback=_TqdmEvents(), split=args.split, runtime=args.runtime)
     print(f"scored {len(result['cases'])} {args.subset} case(s) from {result['split']}", file=sys.stderr)
     print(json.dumps(result["mean"], indent=1))
     return 0
@@ -247,7 +257,10 @@ def _weights_args(p, required=True):
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--model", help="name of bundled weights (see `napari-medseg models`)")
     g.add_argument("--weights", help="checkpoint folder (model.safetensors + config.json)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=choices.DEVICES)
+    p.add_argument("--runtime", default="auto", choices=choices.RUNTIMES,
+                   help="inference runtime: torch (eager), onnxruntime (the network exported to ONNX once and "
+                        "cached; CPU, fp32) or auto, the network's measured choice on this device (see `models`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="default: the recipe's (BCDU-Net 100, hourglass 120), else 50")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--device", default="auto", choices=choices.DEVICES)
+    p.add_argument("--precision", default="auto", choices=choices.PRECISIONS,
                    help="auto: bf16 on CUDA/AVX512-BF16/AMX CPUs, fp16+grad scaling on older GPUs; fp32 turns it off")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true",
@@ -287,10 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balance-levels", action=argparse.BooleanOptionalAction, default=None,
                    help="disc labeling: draw the cases that label rare levels (L5/S1 ...) more often "
                         "(default: the recipe's, on for the hourglass)")
-    p.add_argument("--loss", default=None, choices=["dice_ce", "ce", "bce", "heatmap_mse"],
+    p.add_argument("--loss", default=None, choices=choices.LOSSES,
                    help="default: the recipe's (BCDU-Net bce, hourglass heatmap_mse, others dice_ce)")
     p.add_argument("--schedule", default=None,
-                   choices=["constant", "poly0.9", "plateau0.1p7", "milestones", "cosine"],
+                   choices=choices.SCHEDULES,
                    help="learning-rate schedule (default: the recipe's); cosine: to 1%% of the rate over the run")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a network option (repeatable), e.g. cell=none or cell=convlstm (LSTMSA ablations), "
@@ -348,8 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--tta", action="store_true")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
-                   help="inference precision (default fp32, so the numbers match on any CPU)")
+                   help="inference precision (default fp32, as api.evaluate: the numbers match on any CPU)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a model as ONNX or TorchScript, with its card beside it")
+    _weights_args(p)
+    p.add_argument("out", help="the file to write (e.g. unet.onnx); the card goes to <out>.json")
+    p.add_argument("--format", default="onnx", choices=choices.EXPORT_FORMATS)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="open the shipped sample data in napari (or headless: screenshots + summary)")
     p.add_argument("--headless", action="store_true", help="no window: write screenshots and a summary to --out")

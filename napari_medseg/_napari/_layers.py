@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..geometry import META_KEY, RESULT_KEY, points_to_layer_data
+from .. import io
 from ..io import DiscPoints
 
 TRANSFORM_KEYS = ("scale", "translate", "rotate", "shear", "affine")
@@ -29,8 +30,7 @@ def labels_layer_data(labels: np.ndarray, source, class_names: list[str], name: 
         meta[RESULT_KEY] = dict(model)
     kwargs = {"name": name, "metadata": meta, **transform_of(source)}
     n = int(max(labels.max() if labels.size else 0, len(class_names) - 1)) + 1
-    names = list(class_names) + [f"class {i}" for i in range(len(class_names), n)]
-    kwargs["features"] = {"index": np.arange(n), "class": names[:n]}
+    kwargs["features"] = {"index": np.arange(n), "class": io.class_names(class_names, n)}
     return labels.astype(np.uint8 if n < 256 else np.uint16), kwargs, "labels"
 
 

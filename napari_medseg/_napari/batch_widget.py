@@ -9,6 +9,7 @@ from pathlib import Path
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Table
 from napari.qt.threading import thread_worker
 
+from ..engine.choices import DEVICES
 from ._common import Failed, RunControls, WeightsPicker, force_checkbox, guarded, notify_error
 
 
@@ -19,7 +20,7 @@ class BatchWidget(Container):
         self.inputs = FileEdit(label="input folder", mode="d")
         self.out = FileEdit(label="output folder", mode="d")
         self.weights = WeightsPicker("segmentation")
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
         self.force = force_checkbox()
         self.resume = CheckBox(text="resume: skip inputs manifest.csv in the output folder records as done",
                                value=False)

@@ -6,6 +6,7 @@ from magicgui.widgets import ComboBox, Container, FloatSlider
 from napari.layers import Image, Points
 from napari.qt.threading import thread_worker
 
+from ..engine.choices import DEVICES
 from ._common import (
     Failed,
     RunControls,
@@ -26,7 +27,7 @@ class LabelDiscsWidget(Container):
         self.image = ComboBox(label="spine image", choices=self._images)
         self.prior = ComboBox(label="prior points", choices=self._points)
         self.weights = WeightsPicker("keypoints")
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
         self.min_conf = FloatSlider(label="min confidence", min=0.0, max=1.0, step=0.05, value=0.2)
         self.force = force_checkbox()
         self.controls = RunControls("Label discs")

@@ -9,6 +9,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 
+from ..engine.choices import DEVICES, RUNTIMES
 from ._common import (
     Failed,
     RunControls,
@@ -26,7 +27,10 @@ class SegmentWidget(Container):
         self.viewer = napari_viewer
         self.image = ComboBox(label="image", choices=self._image_layers)
         self.weights = WeightsPicker("segmentation")
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
+        self.runtime = ComboBox(label="runtime", choices=list(RUNTIMES), value="auto",
+                                tooltip="auto: the network's measured choice; onnxruntime: exported once and cached "
+                                        "(CPU, fp32); torch: eager")
         self.axis = ComboBox(label="slice axis", choices=["auto", "0", "1", "2"], value="auto")
         self.current_slice = CheckBox(text="current slice only", value=False)
         self.tta = CheckBox(text="test-time flips", value=False)
@@ -37,7 +41,7 @@ class SegmentWidget(Container):
         self.seg_out = FileEdit(label="DICOM SEG to", mode="d", value="", nullable=True,
                                 tooltip="folder for <layer>_seg.dcm (DICOM SEG for PACS / OHIF / 3D Slicer); empty: none")
         self.controls = RunControls("Segment")
-        super().__init__(widgets=[self.image, self.weights, self.device, self.axis, self.current_slice, self.tta,
+        super().__init__(widgets=[self.image, self.weights, self.device, self.runtime, self.axis, self.current_slice, self.tta,
                                   self.cleanup, self.probs, self.force, self.seg_out, self.controls])
         self.controls.run_button.changed.connect(self.run)
         self.viewer.layers.events.inserted.connect(self._refresh)
@@ -67,7 +71,7 @@ class SegmentWidget(Container):
         self.controls.busy(True, f"segmenting {layer.name}...", cancellable=spatial >= 3)
         token = self.controls.token
         opts = dict(axis=axis, tta=self.tta.value, cleanup=self.cleanup.value, probabilities=self.probs.value,
-                    device=self.device.value, force=self.force.value)
+                    device=self.device.value, runtime=self.runtime.value, force=self.force.value)
         folder = self.seg_out.value
         seg_file = Path(folder) / f"{layer.name}_seg.dcm" if folder and str(folder) not in ("", ".") else None
         # the image's placement, read here on the GUI thread, for the SEG the worker writes
@@ -79,7 +83,7 @@ class SegmentWidget(Container):
         def work():
             from .. import api
 
-            pred = api.load(**source, device=opts["device"])
+            pred = api.load(**source, device=opts["device"], runtime=opts["runtime"])
             seg = api.segment(layer, predictor=pred, axis=opts["axis"], tta=opts["tta"], cleanup=opts["cleanup"],
                               probabilities=opts["probabilities"], callback=self.controls.report, cancel=token, at=at,
                               force=opts["force"])

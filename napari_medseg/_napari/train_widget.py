@@ -13,6 +13,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QWidget
 
+from ..engine.choices import DEVICES
 from ._common import NO_WEIGHTS, RunControls, WeightsPicker, notify_error, register_checkpoint
 
 FOLDER, LAYERS = "dataset folder", "open layers"
@@ -118,7 +119,7 @@ class TrainWidget(Container):
         self.lr = FloatSpinBox(label="learning rate (0 = recipe)", min=0.0, max=1.0, step=1e-4, value=0.0)
         self.input_size = SpinBox(label="input size", min=64, max=1024, step=16, value=128)
         self.val_fraction = FloatSpinBox(label="validation fraction", min=0.05, max=0.5, step=0.05, value=0.2)
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
         self.out = FileEdit(label="output folder", mode="d",
                             value=str(Path.home() / "napari-medseg-runs" / time.strftime("run-%Y%m%d-%H%M%S")))
         self.resume = CheckBox(text="resume the run in the output folder", value=False)

@@ -214,13 +214,13 @@ def _status_of(err: BaseException) -> str:
 _WORKER_MODELS: dict = {}
 
 
-def _worker_predictor(weights: str, device: str):
+def _worker_predictor(weights: str, device: str, runtime: str = "auto"):
     """One Predictor per worker process and checkpoint, loaded on first use and kept."""
     from .infer import Predictor
 
-    key = (weights, device)
+    key = (weights, device, runtime)
     if key not in _WORKER_MODELS:
-        _WORKER_MODELS[key] = Predictor.from_checkpoint(weights, device=device)
+        _WORKER_MODELS[key] = Predictor.from_checkpoint(weights, device=device, runtime=runtime)
     return _WORKER_MODELS[key]
 
 
@@ -231,13 +231,13 @@ def _set_threads(n: int) -> None:
 
 
 def dask_task(weights: str, device: str, path: str, out: str, task: str, tta: bool, cleanup: bool,
-              force: bool, fmt: str | None = None) -> dict:
+              force: bool, fmt: str | None = None, runtime: str = "auto") -> dict:
     """Read, check, predict and write one input on a Dask worker; expected errors come back as a row."""
     t0 = time.perf_counter()
     p = Path(path)
     digest = checksum(p)
     try:
-        row = run_one(_worker_predictor(weights, device), p, read_input(p), Path(out), task, tta, cleanup, force,
+        row = run_one(_worker_predictor(weights, device, runtime), p, read_input(p), Path(out), task, tta, cleanup, force,
                       fmt=fmt)
         row.update(status="ok", reason="")
     except EXPECTED_ERRORS as err:
@@ -310,7 +310,8 @@ def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tt
 
     try:
         if client is not None or workers:
-            _run_dask(todo, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel, fmt)
+            _run_dask(todo, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel, fmt,
+                      runtime=pred.runtime)
         else:
             _run_local(pred, todo, out, task, tta, cleanup, force, prefetch, record, cancel, prior, fmt)
     finally:
@@ -354,7 +355,8 @@ def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, ca
             f.cancel()
 
 
-def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel, fmt=None):
+def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel, fmt=None,
+              runtime="auto"):
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError as err:  # pragma: no cover - the dask extra is not installed
@@ -368,7 +370,7 @@ def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, wo
         client.run(_set_threads, max(1, (os.cpu_count() or 1) // int(workers)))
     try:
         futures = {client.submit(dask_task, weights, device, str(p), str(out), task, tta, cleanup, force, fmt,
-                                 pure=False, retries=1): p for p in files}
+                                 runtime, pure=False, retries=1): p for p in files}
         for fut in as_completed(futures):
             path = futures[fut]
             if cancel is not None and cancel.cancelled:

@@ -1,4 +1,4 @@
-"""Datasets: the three folder layouts of DESIGN.md, in-memory arrays, splits, augmentation (MONAI).
+"""Datasets: the three folder layouts of docs/engine.md ("Datasets"), in-memory arrays, splits, augmentation (MONAI).
 
 * 2D: ``DIR/images/*`` + ``DIR/masks/*`` matched by stem (png, jpg, tif, bmp; JPEG masks are
   thresholded at 127, 0/255 PNG masks become 0/1).
@@ -92,7 +92,8 @@ def discover(root: str | os.PathLike) -> Layout:
         if labels:
             inv = {int(v): k for k, v in labels.items()} if all(str(v).isdigit() for v in labels.values()) else \
                 {int(k): v for k, v in labels.items()}
-            names = [inv.get(i, f"class{i}") for i in range(max(inv) + 1)]
+            default = io.class_names([], max(inv) + 1)
+            names = [inv.get(i, default[i]) for i in range(len(default))]
     return Layout(kind, root, {s: (images[s], targets[s]) for s in images}, names)
 
 

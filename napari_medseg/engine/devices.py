@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from .choices import DEVICES, PRECISIONS
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -116,7 +116,7 @@ def select_precision(device: torch.device, mode: str = "auto", network: str | No
     ``network``: a registry name. In ``auto`` mode a network whose reduced-precision gradient does not
     agree with fp64 (``ModelInfo.bf16_training`` False, engine/fidelity.py) trains in fp32 on every device; asking for bf16 or fp16
     explicitly is still honoured."""
-    if mode not in ("auto", "fp32", "bf16", "fp16"):
+    if mode not in PRECISIONS:
         raise ValueError(f"unknown precision {mode!r}; choose auto, fp32, bf16 or fp16")
     kind = device.type
     if mode == "fp32" or (mode == "auto" and network is not None and not reduced_precision_ok(network)):

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on a dataset's test split at native resolution; JSON per DESIGN.md."""
+"""Evaluate a checkpoint on a dataset's test split at native resolution; JSON as docs/engine.md ("Evaluation") describes."""
 
 from __future__ import annotations
 

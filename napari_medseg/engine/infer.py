@@ -20,13 +20,19 @@ class Predictor:
     """A trained network plus the preprocessing it was trained with."""
 
     def __init__(self, model: torch.nn.Module, config: dict, device: str = "auto", precision: str = "auto",
-                 batch_size: int | str = "auto"):
+                 batch_size: int | str = "auto", runtime: str = "auto"):
         """``batch_size``: slices (or images, windows) per forward pass; ``"auto"`` fits the batch to the
-        device's free memory (:mod:`.memory`), and a batch that runs out of memory is halved and retried."""
+        device's free memory (:mod:`.memory`), and a batch that runs out of memory is halved and retried.
+        ``runtime``: ``"torch"`` (eager), ``"onnxruntime"`` (the network exported to ONNX, CPU, fp32) or
+        ``"auto"``, the network's measured choice (:mod:`.runtime`)."""
         if not (batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1)):
             raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.device = select_device(device)
-        self.precision = select_precision(self.device, precision)
+        from .runtime import choose_runtime
+
+        # the runtime first: onnxruntime (the measured choice on CPUs) computes in fp32 whatever "auto" would pick
+        self.runtime = choose_runtime(runtime, config["model"]["name"], self.device, precision)
+        self.precision = select_precision(self.device, "fp32" if self.runtime == "onnxruntime" else precision)
         self.model = model.to(self.device).eval()
         self.config = config
         self.pre = config.get("preprocessing", {})
@@ -38,6 +44,7 @@ class Predictor:
         self.batch_size = batch_size
         self._auto_batch: dict[tuple, int] = {}  # input shape -> batch chosen for it
         self.last_batch_size: int | None = None  # the batch the last prediction ran with
+        self._graphs: dict[tuple, object] = {}  # input shape -> onnxruntime network
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw) -> "Predictor":
@@ -51,8 +58,7 @@ class Predictor:
 
     def class_names(self) -> list[str]:
         """A name per output class: the training data's (``label_names``), else ``background``, ``class 1`` ..."""
-        names = list(self.pre.get("label_names") or ["background"])
-        return names + [f"class {i}" for i in range(len(names), self.num_classes)]
+        return io.class_names(self.pre.get("label_names") or ["background"], self.num_classes)
 
     def identity(self) -> dict:
         """Who made a result, for DICOM outputs: the model's name (the bundled weights' or the network's),
@@ -99,12 +105,30 @@ class Predictor:
         acc = None
         for dims in flips:
             xi = x.flip(dims) if dims else x
-            with self.precision.autocast():
-                out = self.model(xi.to(self.device))
+            if self.runtime == "onnxruntime":
+                out = self._graph(tuple(xi.shape[1:]))(xi)
+            else:
+                with self.precision.autocast():
+                    out = self.model(xi.to(self.device))
             prob = torch.softmax(out.float(), dim=1) if self.task == "segmentation" else out.float()
             prob = prob.flip(dims) if dims else prob
             acc = prob if acc is None else acc + prob
         return (acc / len(flips)).cpu()
+
+    def sample_shape(self) -> tuple[int, ...]:
+        """One network input without the batch axis: (C, h, w), or (2 * context + 1, C, h, w) for 2.5D."""
+        shape = (self.channels, *self.size)
+        return (2 * self.prep.context + 1, *shape) if self.prep.context else shape
+
+    def _graph(self, shape: tuple[int, ...]):
+        """The onnxruntime network for inputs of ``shape`` (C, H, W): exported once per weights and shape
+        into the cache (:func:`.runtime.cached_onnx`)."""
+        if shape not in self._graphs:
+            from .runtime import OnnxNetwork, cached_onnx
+
+            weights = self.source / "model.safetensors" if self.source is not None else None
+            self._graphs[shape] = OnnxNetwork(cached_onnx(self.model, shape, weights))
+        return self._graphs[shape]
 
     def batch_for(self, shape: tuple[int, ...]) -> int:
         """Samples of ``shape`` (C, H, W) per forward pass: the fixed ``batch_size``, or under ``"auto"``

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-SEGMENTATION_LOSSES = ("dice_ce", "ce", "bce")
-LOSSES = SEGMENTATION_LOSSES + ("heatmap_mse",)
+from .choices import SEGMENTATION_LOSSES
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:

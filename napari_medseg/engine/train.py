@@ -17,6 +17,7 @@ import torch
 from .. import models
 from . import checkpoint as ckpt
 from . import data as D
+from .choices import SCHEDULES
 from .devices import select_device, select_precision
 from .expectations import summarise
 from .events import CancelToken, Epoch, Finished, Note, Preview, Started, Step
@@ -161,11 +162,10 @@ def build_optimizer(model, recipe: dict, lr: float):
     return torch.optim.Adam(params, lr=lr, weight_decay=recipe.get("weight_decay", 0.0))
 
 
-# learning-rate schedules, stepped once per epoch: constant; poly0.9 (LSTMSA's paper); plateau0.1p7 (the
-# BCDU-Net reference); milestones (the hourglass paper's x0.1 steps, scaled to the run's length); cosine:
-# from the recipe's rate to 1 % of it over the run (SGDR without restarts) **(our choice)**, for comparisons
-# that must not depend on a validation-driven rule (a plateau on 15 validation images stalls)
-SCHEDULES = ("constant", "poly0.9", "plateau0.1p7", "milestones", "cosine")
+# learning-rate schedules (choices.SCHEDULES), stepped once per epoch: constant; poly0.9 (LSTMSA's paper);
+# plateau0.1p7 (the BCDU-Net reference); milestones (the hourglass paper's x0.1 steps, scaled to the run's
+# length); cosine: from the recipe's rate to 1 % of it over the run (SGDR without restarts) **(our choice)**,
+# for comparisons that must not depend on a validation-driven rule (a plateau on 15 validation images stalls)
 
 
 def build_scheduler(optimizer, recipe: dict, epochs: int, schedule: str):
@@ -247,7 +247,7 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int], cancel: CancelToken 
                "val_cases": len(val_stems), "train_samples": len(train.images), "val_samples": len(val.images),
                "split": "split.json" if (layout.root / "split.json").is_file() else f"seeded({opts.seed})",
                "validation": validation,
-               # the exact cases, so that evaluate scores this run's own test split (DESIGN.md)
+               # the exact cases, so that evaluate scores this run's own test split (docs/engine.md, "Evaluation")
                "split_stems": {"train": list(train_stems), "val": list(val_stems), "test": list(parts["test"])}}
     return train, val, summary
 

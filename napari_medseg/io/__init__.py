@@ -9,8 +9,12 @@ import os
 from pathlib import Path
 
 import importlib
+from typing import TYPE_CHECKING
 
 from .errors import MedSegIOError, MedSegIOWarning
+
+if TYPE_CHECKING:
+    from .volume import Volume
 
 # the readers import pydicom, nibabel and imageio (about half a second): loaded on first use, so that
 # `napari-medseg --help` and the CLI's argument errors do not pay for them (PEP 562)
@@ -20,16 +24,18 @@ _LAZY = {
     "nifti": ("is_nifti_path", "read_nifti", "strip_nifti_suffix", "write_nifti"),
     "points": ("Disc", "DiscPoints", "disc_name", "disc_number", "is_points_path", "is_sr_file",
                "points_from_label_volume", "read_points", "write_points"),
-    "volume": ("Volume",),
+    "volume": ("Volume", "class_names"),
 }
 _OWNER = {name: module for module, names in _LAZY.items() for name in names}
 
-__all__ = sorted([*_OWNER, "MedSegIOError", "MedSegIOWarning", "read", "file_stem"])
+__all__ = sorted([*_OWNER, MedSegIOError.__name__, MedSegIOWarning.__name__, "read", "file_stem"])
 
 
 def __getattr__(name: str):
     module = _OWNER.get(name)
     if module is None:
+        if (Path(__file__).parent / f"{name}.py").is_file():  # a submodule: io.atomic, io.datasets ...
+            return importlib.import_module(f".{name}", __name__)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value

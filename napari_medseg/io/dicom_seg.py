@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import MedSegIOError, MedSegIOWarning
 from .volume import Volume
+from .volume import class_names as class_names_for
 
 # (category, type) SNOMED CT codes by (dataset of the model, class name); pydicom's code dictionary names
 CONCEPTS = {
@@ -146,7 +147,7 @@ def write_seg(path: str | Path, labels: np.ndarray, source: Volume, *, class_nam
     datasets, notes = source_datasets(source)
     present = [int(c) for c in np.unique(labels) if c > 0]
     k_max = max(present + [len(class_names or []) - 1, 0])
-    names = list(class_names or []) + [f"class {c}" for c in range(len(class_names or []), k_max + 1)]
+    names = class_names_for(class_names, k_max + 1)
     empty = [names[c] for c in range(1, len(names)) if c not in present]
     if empty:
         notes.append(f"empty class(es) left out of the SEG: {', '.join(empty)}")

@@ -71,3 +71,10 @@ class Volume:
             "path": self.path,
             **{k: v for k, v in self.metadata.items() if isinstance(v, (str, int, float))},
         }
+
+
+def class_names(known, n: int) -> list[str]:
+    """``n`` class names: the ``known`` ones, then ``class <i>`` for each class without one (the one
+    spelling used everywhere a label has no name: layers, checkpoints, DICOM SEG, dataset folders)."""
+    names = [str(v) for v in (known or [])]
+    return names[: max(n, 0)] + [f"class {i}" for i in range(len(names), n)]

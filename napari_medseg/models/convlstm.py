@@ -23,11 +23,6 @@ class ConvLSTMCell(nn.Module):
         self.gates = nn.Conv2d(in_channels + hidden_channels, 4 * hidden_channels, kernel_size,
                                padding=kernel_size // 2, bias=bias)
 
-    def zero_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (x.shape[0], self.hidden_channels, x.shape[2], x.shape[3])
-        zeros = x.new_zeros(shape)
-        return zeros, zeros
-
     def gate_activations(self, x, h=None):
         """``[i, f, o, g]`` from one convolution. With ``h=None`` (the zero initial state) only the
         input half of the kernel is applied: the same result for half the work."""

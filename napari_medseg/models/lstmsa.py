@@ -68,16 +68,19 @@ class SACell(ConvLSTMCell):
         return self._pe_cache[key]
 
     def attention_term(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        b, c, hh, ww = x.shape
+        hh, ww = x.shape[-2:]
         xf, hf = x.flatten(2), h.flatten(2)  # (B, C, HW)
         energy = torch.softmax(torch.bmm(xf, hf.transpose(1, 2)) / math.sqrt(hh * ww), dim=-1)  # (B, C, C)
-        attended = torch.bmm(energy, xf).reshape(b, c, hh, ww)
+        attended = torch.bmm(energy, xf).reshape_as(x)  # shaped like x (an exported graph keeps the batch free)
         fused = torch.relu(self.fuse(torch.cat([h, attended], dim=1)))
         return torch.sigmoid(self.dropout(fused + self.position_table(hh, ww, fused)))
 
     def forward(self, x, state=None):
         if state is None:  # h = c = 0: the gate convolution needs only its input half
-            s = self.attention_term(x, x.new_zeros(x.shape[0], self.hidden_channels, *x.shape[2:]))
+            # h = 0 computed from x, so that an exported (traced) graph keeps its batch size free: a zeros
+            # tensor of x's shape is folded into a constant of the traced batch size
+            h0 = (x[:, :1] * 0).expand(-1, self.hidden_channels, -1, -1)
+            s = self.attention_term(x, h0)
             i, _f, o, g = self.gate_activations(x)
             c = s
         else:
@@ -121,8 +124,7 @@ class LSTMSA(nn.Module):
         if x.ndim == 5:
             if x.shape[1] != 3:
                 raise ValueError(f"LSTMSA: 2.5D input needs 3 neighbouring slices (B, 3, C, H, W), got {tuple(x.shape)}")
-            b = x.shape[0]
-            f = self.backbone(x.flatten(0, 1)).unflatten(0, (b, 3))  # one batched backbone pass
+            f = self.backbone(x.flatten(0, 1)).unflatten(0, (-1, 3))  # one batched backbone pass
             prev, mid, nxt = f[:, 0], f[:, 1], f[:, 2]
         else:
             prev = mid = nxt = self.backbone(x)

@@ -23,7 +23,7 @@ class ModelInfo:
     output: str  # "logits" or "heatmaps"
     multiple: int  # spatial sizes must be a multiple of this
     paper: str
-    recipe: dict = field(default_factory=dict)  # the paper's training recipe (MODELS.md)
+    recipe: dict = field(default_factory=dict)  # the paper's training recipe (docs/models.md)
     # bf16 autocast is the "auto" training precision only where the network's bf16 + channels_last
     # gradient agrees with fp64 (cosine >= 0.99 on a real batch, at init and after a few steps;
     # tests/test_precision.py); elsewhere "auto" trains in fp32
@@ -39,6 +39,11 @@ class ModelInfo:
     # training memory format per size, measured (benchmarks/engine.py --memory-format, docs/benchmarks.md):
     # the faster of channels_last and contiguous for a train step in the network's training precision
     memory_format: dict = field(default_factory=lambda: {"paper": "channels_last", "small": "channels_last"})
+    # inference runtime on a CPU under ``--runtime auto`` (engine/runtime.py): "onnxruntime" only where
+    # benchmarks/runtime.py measured it faster than eager fp32 with the same labels (2026-12-03, 2 threads,
+    # bundled weights: U-Net 3.8x, bilateral 2.6x, BCDU-Net 2.0x, LSTMSA 2.0x, hourglass 5.1x; all 100 % of
+    # labels identical, disc positions within 3e-5 voxels; docs/benchmarks.md)
+    cpu_runtime: str = "torch"
 
     def parameter_group(self, parameter: str) -> str:
         """``"encoder"``, ``"heads"`` or ``"decoder"`` for a parameter name of this network."""
@@ -93,7 +98,7 @@ REGISTRY: dict[str, ModelInfo] = {
         "Ye et al., IEEE TNNLS", {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-4, "schedule": "poly0.9",
                                   "batch_size": 8, "input_size": 224, "loss": "dice_ce"},
         encoder_prefixes=("backbone.conv_0", "backbone.down_"),
-        head_prefixes=("forward_cell", "reverse_cell", "classifier")),
+        head_prefixes=("forward_cell", "reverse_cell", "classifier"), cpu_runtime="onnxruntime"),
     "bilateral": ModelInfo(
         "bilateral", "Bilateral spatial attention network", "segmentation", "2d", 3, 1, "logits", 16,
         "Sun, Sui, Liang, Hu, Du", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
@@ -101,25 +106,26 @@ REGISTRY: dict[str, ModelInfo] = {
         encoder_prefixes=("encoder.",), head_prefixes=("coarse_head.", "point_head."),
         # per parameter group the bf16 gradient fails (encoder cosine to fp64 0.96 at init, 0.970 on the
         # trained bilateral-kvasir-192 weights; docs/benchmarks.md), so "auto" trains it in fp32
-        bf16_training=False),
+        bf16_training=False, cpu_runtime="onnxruntime"),
     "bcdunet": ModelInfo(
         "bcdunet", "BCDU-Net (bi-directional ConvLSTM U-Net, dense bottleneck)", "segmentation", "2d", 3, 1,
         "logits", 8, "Azad et al., ICCVW 2019", {"optimizer": "adam", "lr": 1e-4, "schedule": "plateau0.1p7",
                                                  "batch_size": 8, "input_size": 256, "loss": "bce", "epochs": 100},
-        input_norm="zscore+minmax", encoder_prefixes=("enc1.", "enc2.", "enc3."), head_prefixes=("head.",)),
+        input_norm="zscore+minmax", encoder_prefixes=("enc1.", "enc2.", "enc3."), head_prefixes=("head.",),
+        cpu_runtime="onnxruntime"),
     "hourglass": ModelInfo(
         "hourglass", "Stacked hourglass with multi-level attention (disc labeling)", "keypoints", "2d", 3, 11,
         "heatmaps", 64, "Azad et al., MLMI 2021", {"optimizer": "rmsprop", "lr": 2.5e-4, "milestones": [60, 90],
                                                     "gamma": 0.1, "epochs": 120, "batch_size": 3, "input_size": 256,
                                                     "loss": "heatmap_mse", "balance_levels": True},
-        bf16_training=False, encoder_prefixes=("stem.",), head_prefixes=("score.",)),  # bf16 gradient cosine to fp64 0.82-0.84 at init, 0.79-0.92 after 3 steps (batch 3)
+        bf16_training=False, encoder_prefixes=("stem.",), head_prefixes=("score.",), cpu_runtime="onnxruntime"),  # bf16 gradient cosine to fp64 0.82-0.84 at init, 0.79-0.92 after 3 steps (batch 3)
     "unet": ModelInfo(
         "unet", "U-Net baseline (MONAI BasicUNet)", "segmentation", "2d", 3, 1, "logits", 16,
         "Ronneberger et al. 2015 / MONAI", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
                                              "loss": "dice_ce"},
         encoder_prefixes=("net.conv_0.", "net.down_"), head_prefixes=("net.final_conv.",),
         # paper size: contiguous trains 1.4x faster than channels_last in fp32 and bf16 (InstanceNorm)
-        memory_format={"paper": "contiguous", "small": "channels_last"}),
+        memory_format={"paper": "contiguous", "small": "channels_last"}, cpu_runtime="onnxruntime"),
 }
 
 

@@ -1,0 +1,128 @@
+"""Inference runtimes per bundled model: eager PyTorch fp32 against the same network exported to ONNX and
+run by onnxruntime (CPU execution provider), for speed and for sameness of the result.
+
+For each bundled model, on real inputs of its own test split (``--cases`` of them):
+
+1. sameness: the labels of ``Predictor(runtime="onnxruntime")`` against ``Predictor(runtime="torch",
+   precision="fp32")`` (fraction of identical pixels/voxels over all cases; the rule for choosing a
+   runtime is >= 99.9 %), and for disc models the largest distance between the discs both find (rule:
+   <= 0.5 px in the network's view);
+2. speed: the network call alone at the model's input shape and batch 2, eager fp32 and onnxruntime
+   interleaved round robin in this process, one warm-up, median of ``--repeats``; the ratio is eager /
+   onnxruntime (> 1: onnxruntime faster).
+
+    NAPARI_MEDSEG_DATA_DIR=../shared/data .venv/bin/python benchmarks/runtime.py --threads 2
+
+Writes benchmarks/results/runtime.json and prints a Markdown table (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_medseg import api, io
+from napari_medseg.engine import data as D
+from napari_medseg.engine.config import read_config
+
+try:
+    from _report import print_table, save_json
+except ImportError:  # run as a module
+    from benchmarks._report import print_table, save_json
+
+ROOT = Path(__file__).resolve().parents[1]
+SAME_PIXELS = 0.999
+DISC_PX = 0.5
+
+
+def _cases(dataset: Path, n: int) -> list[Path]:
+    layout = D.discover(dataset)
+    stems = D.split(layout)["test"][:n]
+    return [layout.pairs[s][0] for s in stems]
+
+
+def sameness(name: str, data_root: Path, n: int) -> dict:
+    card = read_config(api.bundled_weights()[name]).get("card", {})
+    eager = api.load(name, device="cpu", precision="fp32", runtime="torch")
+    graph = api.load(name, device="cpu", precision="fp32", runtime="onnxruntime")
+    files = _cases(data_root / card["dataset"], n)
+    if eager.task == "keypoints":
+        worst, matched, missing = 0.0, 0, 0
+        for f in files:
+            vol = io.read(f)[0]
+            a, b = eager.label_discs(vol), graph.label_discs(vol)
+            pa = dict(zip(a.numbers, a.voxels()))
+            pb = dict(zip(b.numbers, b.voxels()))
+            missing += len(set(pa) ^ set(pb))
+            for k in set(pa) & set(pb):
+                worst = max(worst, float(np.linalg.norm(pa[k] - pb[k])))
+                matched += 1
+        return {"cases": len(files), "discs": matched, "discs_not_in_both": missing, "max_disc_shift_vox": worst,
+                "same": missing == 0 and worst <= DISC_PX}
+    same = total = 0
+    for f in files:
+        vol = io.read(f)[0]
+        la = np.asarray(api.segment(vol, predictor=eager).labels)
+        lb = np.asarray(api.segment(vol, predictor=graph).labels)
+        same += int((la == lb).sum())
+        total += la.size
+    return {"cases": len(files), "identical": same / total, "same": same / total >= SAME_PIXELS}
+
+
+def speed(name: str, repeats: int) -> dict:
+    eager = api.load(name, device="cpu", precision="fp32", runtime="torch")
+    graph = api.load(name, device="cpu", precision="fp32", runtime="onnxruntime")
+    shape = eager.sample_shape()
+    x = torch.rand((2, *shape))
+    t0 = time.perf_counter()
+    net = graph._graph(shape)  # export (or the cache) and session start
+    first = time.perf_counter() - t0
+    runs = {"torch": lambda: eager.model(x), "onnxruntime": lambda: net(x)}
+    times = {k: [] for k in runs}
+    with torch.no_grad():
+        for fn in runs.values():
+            fn()  # warm-up
+        for _ in range(repeats):
+            for k, fn in runs.items():
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    return {"input": [2, *shape], "eager_ms": med["torch"], "onnxruntime_ms": med["onnxruntime"],
+            "ratio": med["torch"] / med["onnxruntime"], "export_or_cache_s": first}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--cases", type=int, default=10, help="test cases per model for the sameness check")
+    ap.add_argument("--models", nargs="*", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = Path(os.environ.get("NAPARI_MEDSEG_DATA_DIR", ROOT.parent / "shared" / "data"))
+    names = args.models or sorted(api.bundled_weights())
+    rows = []
+    for name in names:
+        row = {"model": name, **speed(name, args.repeats), **sameness(name, data, args.cases)}
+        rows.append(row)
+        print(row, flush=True)
+    save_json(ROOT / "benchmarks" / "results" / "runtime.json",
+              {"threads": args.threads, "repeats": args.repeats, "rows": rows})
+    print_table(["bundled model", "input", "eager fp32 (ms)", "onnxruntime (ms)", "ratio", "same result"],
+                [[r["model"], "x".join(map(str, r["input"])), f"{r['eager_ms']:.0f}", f"{r['onnxruntime_ms']:.0f}",
+                  f"{r['ratio']:.2f}x",
+                  (f"{r['identical'] * 100:.3f} % of {r['cases']} cases" if "identical" in r else
+                   f"max {r['max_disc_shift_vox']:.2f} vox, {r['discs_not_in_both']} discs not in both")
+                  + ("" if r["same"] else " (FAILS)")]
+                 for r in rows])
+
+
+if __name__ == "__main__":
+    main()

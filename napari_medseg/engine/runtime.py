@@ -1,0 +1,134 @@
+"""Inference runtimes: the network in eager PyTorch, or exported to ONNX and run by onnxruntime (CPU).
+
+Why: on CPUs the same network runs up to 2.5x faster in onnxruntime than in eager PyTorch (graph
+optimisations and fused kernels; docs/benchmarks.md, ``benchmarks/runtime.py``). The choice per network is
+measured, not assumed (``ModelInfo.cpu_runtime``), and a runtime may be chosen only where its labels are
+those of eager fp32 (``benchmarks/runtime.py`` checks >= 99.9 % identical pixels on the test split and disc
+positions within 0.5 px; ``tests/test_runtime.py`` on real inputs).
+
+The exported graph is cached under the cache folder, keyed by the SHA-256 of the weights file and the input
+shape, so the export (a few seconds) is paid once per checkpoint. onnxruntime computes in fp32: asking for
+bf16 or fp16 with it is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from .choices import RUNTIMES
+OPSET = 17
+
+
+def onnxruntime_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def choose_runtime(requested: str, network: str, device: torch.device, precision: str) -> str:
+    """The runtime a Predictor uses, given the *requested* precision (``auto``, ``fp32``, ``bf16``,
+    ``fp16``). ``auto``: the network's measured CPU choice (``models.REGISTRY[network].cpu_runtime``) on a
+    CPU where onnxruntime is installed and the precision asked for is ``auto`` or ``fp32`` (the graph then
+    computes in fp32), else torch. An explicit ``onnxruntime`` off the CPU, with a reduced precision asked
+    for, or without the package is an error."""
+    precision_name = "fp32" if precision == "auto" else precision
+    from .. import models
+
+    if requested not in RUNTIMES:
+        raise ValueError(f"unknown runtime {requested!r}; choose from {', '.join(RUNTIMES)}")
+    if requested == "torch":
+        return "torch"
+    if requested == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError(f"runtime 'onnxruntime' runs on the CPU; the device here is {device.type} "
+                             "(use --runtime torch or --device cpu)")
+        if precision_name != "fp32":
+            raise ValueError(f"runtime 'onnxruntime' computes in fp32, not {precision_name} (use --precision fp32)")
+        if not onnxruntime_available():
+            raise ValueError("runtime 'onnxruntime' needs the onnxruntime package: pip install onnxruntime")
+        return "onnxruntime"
+    info = models.REGISTRY.get(network)
+    choice = info.cpu_runtime if info is not None else "torch"
+    if choice == "onnxruntime" and device.type == "cpu" and precision_name == "fp32" and onnxruntime_available():
+        return "onnxruntime"
+    return "torch"
+
+
+def weights_digest(weights_file: Path) -> str:
+    return hashlib.sha256(Path(weights_file).read_bytes()).hexdigest()
+
+
+def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Export ``model`` (eval mode) to ONNX at ``sample``'s shape, batch size dynamic; written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about Python values in shapes
+            torch.onnx.export(model, (sample,), tmp, dynamo=False, opset_version=OPSET, input_names=["image"],
+                              output_names=["output"], dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def export_torchscript(model: torch.nn.Module, sample: torch.Tensor, path: str | os.PathLike) -> Path:
+    """A traced TorchScript file of ``model`` at ``sample``'s shape (``torch.jit.load`` reads it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model.eval(), (sample,), check_trace=False)
+    traced.save(str(path))
+    return path
+
+
+class OnnxNetwork:
+    """An ONNX graph behind the call of a torch network: ``net(x)`` takes and returns torch tensors (CPU)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        options.inter_op_num_threads = 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().to("cpu", torch.float32).contiguous()
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.numpy()})[0])
+
+
+def cached_onnx(model: torch.nn.Module, sample_shape: tuple[int, ...], weights_file: Path | None,
+                cache: Path | None = None) -> Path:
+    """The ONNX export of ``model`` for inputs of ``sample_shape`` (C, H, W), from the cache when it is
+    there. Keyed by the weights' SHA-256 (``weights_file``; without one, a hash of the state dict) and the
+    shape."""
+    from ..io.datasets import cache_dir
+
+    if weights_file is not None and Path(weights_file).is_file():
+        digest = weights_digest(weights_file)
+    else:
+        h = hashlib.sha256()
+        for k, v in model.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        digest = h.hexdigest()
+    shape = "x".join(str(int(s)) for s in sample_shape)
+    path = (cache or cache_dir() / "onnx") / f"{digest[:24]}-{shape}-opset{OPSET}.onnx"
+    if not path.is_file():
+        export_onnx(model, torch.zeros((1, *sample_shape)), path)
+    return path
