@@ -82,6 +82,7 @@ def test_onnxruntime_disc_positions_are_the_eager_positions(shared, tmp_path, mo
     assert np.abs(a.voxels() - b.voxels()).max() <= 0.5
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_writes_a_graph_that_computes_the_eager_network(fmt, shared, tmp_path):
     out = tmp_path / ("unet.onnx" if fmt == "onnx" else "unet.pt")
