@@ -126,10 +126,6 @@ def as_volume(image: ImageLike) -> io.Volume:
     return geometry.layer_to_volume(arr, rgb=rgb, name=str(getattr(image, "name", "array")))
 
 
-def _is_2d(vol: io.Volume) -> bool:
-    return vol.spatial_ndim == 2 or vol.metadata.get("layout") == "2d"
-
-
 # ---------------------------------------------------------------- segmentation
 
 
@@ -151,7 +147,7 @@ def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: i
     vol = as_volume(image)
     pred.check_input(vol, force)
     from_layer = "layer" in vol.metadata
-    if _is_2d(vol):
+    if vol.is_2d:
         data = np.asarray(vol.data)
         frames = [data] if data.ndim - int(vol.rgb) == 2 else list(data)  # an RGB stack: image by image
         outs = [pred.segment_image(f, rgb=vol.rgb, tta=tta, cleanup=cleanup, probabilities=probabilities)
@@ -203,7 +199,7 @@ def label_discs(image: ImageLike, model: str | None = None, weights=None, *, dev
     model's training levels is named right (``engine.discs.apply_prior``). ``runtime``: see :func:`load`."""
     pred = _predictor(model, weights, predictor, device=device, runtime=runtime)
     vol = as_volume(image)
-    if _is_2d(vol):
+    if vol.is_2d:
         raise ValueError(f"{vol.name}: disc labeling needs a 3-D spine volume")
     if np.ndim(vol.data) != 3:
         raise ValueError(f"{vol.name}: disc labeling needs one 3-D volume, got shape {np.shape(vol.data)}")
@@ -296,7 +292,7 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
         raise ValueError(f"unknown network {model!r}; choose from {sorted(models.REGISTRY)}")
     more = list(more)
     first = as_volume(image)
-    rules = input_rules(model, "seg2d" if _is_2d(first) else "seg3d") if model else {"context": 0, "normalize": None}
+    rules = input_rules(model, "seg2d" if first.is_2d else "seg3d") if model else {"context": 0, "normalize": None}
     size = (int(input_size),) * 2
     vol, lab, prepared, ax = _prepared_pair(image, labels, rules, size, vol=first)
     n = len(prepared.images)

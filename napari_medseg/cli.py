@@ -11,7 +11,7 @@ import signal
 import sys
 
 from .engine import choices
-from .io.errors import MedSegIOError
+from .io.errors import USER_ERRORS
 
 EXIT_BAD_INPUT, EXIT_CANCELLED = 2, 130
 
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     # bad input and refusals: one line and exit 2; anything else is a bug and shows its traceback
-    except (MedSegIOError, ValueError, MemoryError, FloatingPointError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         msg = str(err).splitlines()[0] if str(err) else err.__class__.__name__
         print(f"napari-medseg: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT

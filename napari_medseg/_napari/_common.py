@@ -42,11 +42,11 @@ def _task_of(path, name: str) -> str | None:
     import warnings
 
     from ..engine.checkpoint import read_config
-    from ..io.errors import MedSegIOError
+    from ..io.errors import USER_ERRORS
 
     try:
         return read_config(path)["model"]["task"]
-    except (MedSegIOError, OSError, KeyError, TypeError, ValueError) as err:
+    except (*USER_ERRORS, KeyError, TypeError) as err:  # KeyError, TypeError: a config without model.task
         warnings.warn(f"weights {name!r} ({path}) are unusable and not listed: {err}", stacklevel=2)
         return None
 

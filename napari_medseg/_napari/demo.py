@@ -97,12 +97,12 @@ def _open_in_napari(out: Path, headless: bool) -> dict:
 def _sample_and_model(viewer, key: str, out: Path, summary: dict):
     """Add one sample and run its bundled model; returns the picture's caption, or None (with the reason in
     the summary) when the sample cannot be had."""
-    from ..io.errors import MedSegIOError
+    from ..io.errors import USER_ERRORS
     from ._figure import Caption
 
     try:
         summary["samples"][key] = _add_sample(viewer, key)
-    except (MedSegIOError, OSError) as err:
+    except USER_ERRORS as err:
         summary["skipped"][key] = str(err)
         return None
     model = best_bundled(SAMPLE_DATASET.get(key))

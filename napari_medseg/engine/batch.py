@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
-from ..io.errors import MedSegIOError
+from ..io.errors import USER_ERRORS, MedSegIOError
 from .events import CancelToken, Progress
 from .expectations import InputMismatch
 
 MANIFEST = "manifest.csv"
 COLUMNS = ("input", "outputs", "status", "reason", "seconds", "model", "sha256")
-EXPECTED_ERRORS = (MedSegIOError, ValueError, MemoryError, OSError)
+EXPECTED_ERRORS = USER_ERRORS  # a file that fails with one of these is skipped with the reason
 
 
 # ---------------------------------------------------------------- the manifest
@@ -132,10 +132,6 @@ def read_input(path: Path) -> io.Volume:
     return vols[0]
 
 
-def is_2d(vol: io.Volume) -> bool:
-    return vol.spatial_ndim == 2 or vol.metadata.get("layout") == "2d"
-
-
 def stem_of(path: Path) -> str:
     return io.file_stem(path) if path.is_file() else path.name
 
@@ -182,7 +178,7 @@ def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = 
         return {"file": str(path), "outputs": [str(p) for p in outs], "discs": len(points),
                 "names": [d.name for d in points.discs], "verdict": points.verdict}
     names = pred.class_names()
-    if is_2d(vol):
+    if vol.is_2d:
         if fmt == "dicom-seg":
             raise MedSegIOError(path, "--format dicom-seg needs a 3-D DICOM series; this is a 2-D image")
         labels = pred.segment_image(vol.data, rgb=vol.rgb, tta=tta, cleanup=cleanup)
@@ -200,7 +196,7 @@ def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = 
             target = io.write_nifti(out / f"{stem}_seg.nii.gz", labels, reference=vol, kind="labels")
         voxel = float(np.prod(vol.spacing))
     counts = np.bincount(labels.ravel(), minlength=pred.num_classes)
-    unit = "px" if is_2d(vol) else "mm3"
+    unit = "px" if vol.is_2d else "mm3"
     return {"file": str(path), "outputs": [str(target)],
             "volumes": {f"{names[c]}_{unit}": float(counts[c] * voxel) for c in range(1, pred.num_classes)}}
 

@@ -362,7 +362,7 @@ def from_volumes(image: io.Volume, labels: np.ndarray, *, size: tuple[int, int],
     labels = np.asarray(labels)
     if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):
         raise DataError(None, "labels must be whole class numbers")
-    if vol_is_2d(image):
+    if image.is_2d:
         pre = pp.Preprocessing(input_size=tuple(size), channels=channels, normalize=normalize, layout="seg2d")
         x, t = seg2d_pair(pre, image, labels.astype(np.int64))
         pre.normalize = pre.image2d_mode(image.data.dtype)
@@ -374,10 +374,6 @@ def from_volumes(image: io.Volume, labels: np.ndarray, *, size: tuple[int, int],
     return Prepared("segmentation", np.stack(x), np.stack(t), stems=[f"{image.name}[{k}]" for k in range(len(x))],
                     num_classes=int(max(tt.max() for tt in t)) + 1, preprocessing=pre.to_dict(),
                     profiles=[input_profile(image, ax)]), ax
-
-
-def vol_is_2d(vol: io.Volume) -> bool:
-    return vol.spatial_ndim == 2 or vol.metadata.get("layout") == "2d"
 
 
 # ---------------------------------------------------------------- torch dataset with MONAI augmentation

@@ -33,14 +33,10 @@ class InputMismatch(ValueError):
     """The input is not the kind of image the model was trained on."""
 
 
-def _is_2d(vol: io.Volume) -> bool:
-    return vol.spatial_ndim == 2 or vol.metadata.get("layout") == "2d"
-
-
 def input_profile(vol: io.Volume, slice_axis: int | None = None) -> dict:
     """Image kind, intensity kind and field of view of one image or volume (cheap: a strided sample).
     ``slice_axis`` (file order) is recorded as the patient axis it runs along (``slice_ras``)."""
-    if _is_2d(vol):
+    if vol.is_2d:
         return {"dims": 2, "rgb": bool(vol.rgb), "dtype": str(np.asarray(vol.data).dtype)}
     data = np.asarray(vol.data)
     if data.ndim == 4:

@@ -16,3 +16,10 @@ class MedSegIOError(Exception):
 
 class MedSegIOWarning(UserWarning):
     """Something in a file is suspicious but it could still be read (NaN voxels, uneven steps, ...)."""
+
+
+# What bad input (a file, a path, an option, a checkpoint) can raise: the CLI answers these with one line and
+# exit 2, a batch skips the file with the reason, the widgets show the message; anything else is a bug and
+# keeps its traceback. FloatingPointError: a loss or an input that became NaN; OSError: a missing or
+# unwritable path; MemoryError: an input too large for this machine.
+USER_ERRORS = (MedSegIOError, ValueError, MemoryError, OSError, FloatingPointError)

@@ -42,6 +42,11 @@ class Volume:
         return min(nd, 3)
 
     @property
+    def is_2d(self) -> bool:
+        """A 2-D image: two spatial axes, or a volume marked ``layout="2d"`` (a napari layer of one slice)."""
+        return self.spatial_ndim == 2 or self.metadata.get("layout") == "2d"
+
+    @property
     def spacing(self) -> tuple[float, ...]:
         """Voxel size in mm along each spatial array axis (column norms of the affine)."""
         norms = np.linalg.norm(self.affine[:3, :3], axis=0)
