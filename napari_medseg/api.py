@@ -143,7 +143,7 @@ def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: i
     with :class:`~napari_medseg.engine.expectations.InputMismatch` unless ``force=True``. ``runtime``: see
     :func:`load`."""
     pred = _predictor(model, weights, predictor, device=device, runtime=runtime)
-    pred._require_segmentation()
+    pred.require_segmentation()
     vol = as_volume(image)
     pred.check_input(vol, force)
     from_layer = "layer" in vol.metadata

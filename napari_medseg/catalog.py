@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
+
+from .engine.config import bundled_weights
 
 # the task in words, by the dataset a bundled model was trained on
 TASKS = {
@@ -21,19 +22,6 @@ def _policy(info: dict) -> str:
     if not info["bf16_training"]:
         return "fp32 (a parameter group's bf16 gradient disagrees with fp64)"
     return "bf16 where the hardware has it, else fp32"
-
-
-def bundled_weights() -> dict[str, Path]:
-    """Weights shipped inside the package (``napari_medseg/weights/<name>/``)."""
-    root = resources.files("napari_medseg") / "weights"
-    out = {}
-    try:
-        for entry in root.iterdir():
-            if entry.is_dir() and (entry / "config.json").is_file():
-                out[entry.name] = Path(str(entry))
-    except FileNotFoundError:
-        pass
-    return dict(sorted(out.items()))
 
 
 def _size_on_disk(folder: Path) -> int:

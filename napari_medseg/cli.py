@@ -381,7 +381,9 @@ def _default_disc_model(args):
     if args.model is None and args.weights is None:
         from . import api
 
-        discs = [n for n, p in api.bundled_weights().items() if "hourglass" in n]
+        from .engine.config import read_config
+
+        discs = [n for n, p in api.bundled_weights().items() if read_config(p)["model"].get("task") == "keypoints"]
         if not discs:
             raise ValueError("no bundled disc-labeling weights yet; pass --weights <checkpoint folder>")
         args.model = discs[0]

@@ -13,6 +13,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QWidget
 
+from .. import models
 from ..engine.choices import DEVICES
 from ._common import NO_WEIGHTS, RunControls, WeightsPicker, notify_error, register_checkpoint
 
@@ -99,8 +100,6 @@ class _Lifecycle(QObject):
 
 class TrainWidget(Container):
     def __init__(self, napari_viewer):
-        from .. import models
-
         self.viewer = napari_viewer
         self.source = ComboBox(label="train on", choices=[LAYERS, FOLDER], value=LAYERS)
         self.image = ComboBox(label="image", choices=self._images)
@@ -108,8 +107,9 @@ class TrainWidget(Container):
         # the correct-and-retrain loop: every image corrected so far trains, not only the current one
         self.more = Select(label="also train on", choices=self._labels, allow_multiple=True, value=[])
         self.folder = FileEdit(label="dataset folder", mode="d", visible=False)
-        self.network = ComboBox(label="network", choices=[n for n, i in models.REGISTRY.items()
-                                                           if i.task == "segmentation"] + ["hourglass"], value="unet")
+        # segmentation networks first, then the disc labeler(s)
+        self.network = ComboBox(label="network", choices=sorted(models.REGISTRY, key=lambda n: (
+            models.REGISTRY[n].task != "segmentation", list(models.REGISTRY).index(n))), value="unet")
         self.size = ComboBox(label="size", choices=["small", "paper"], value="small")
         # fine-tuning: start from bundled weights or a checkpoint (this session's or a folder) of the same network
         self.start_from = WeightsPicker("segmentation", label="start from", none_choice=NO_WEIGHTS)
@@ -184,7 +184,7 @@ class TrainWidget(Container):
         return pick[0]
 
     def _network_changed(self, *_):
-        self.start_from.task = "keypoints" if self.network.value == "hourglass" else "segmentation"
+        self.start_from.task = models.REGISTRY[self.network.value].task
         self.start_from.refresh()
 
     def _source_changed(self, *_):
@@ -230,7 +230,7 @@ class TrainWidget(Container):
                     raise ValueError("choose a dataset folder")
                 folder = str(self.folder.value)
             else:
-                if self.network.value == "hourglass":
+                if models.REGISTRY[self.network.value].task == "keypoints":
                     raise ValueError("disc labeling trains on a dataset folder (images/ + labels/)")
                 data = self._layer_data()
         except (KeyError, ValueError) as err:

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from ..io.atomic import default_mode
 from .config import FORMAT, CheckpointError, read_config  # noqa: F401 - re-exported
+from .config import bundled_weights
 from .config import resolve as _resolve
 
 
@@ -176,21 +177,9 @@ def load_train_state(path: str | os.PathLike) -> dict | None:
     return _unflatten_state(skeleton, tensors)
 
 
-def bundled_path(name: str) -> Path | None:
-    """The folder of weights bundled inside the package under ``name`` (``napari_medseg/weights/<name>``)."""
-    from importlib import resources
-
-    entry = resources.files("napari_medseg") / "weights" / name
-    try:
-        path = Path(str(entry))
-    except TypeError:
-        return None
-    return path if (path / "config.json").is_file() else None
-
-
 def resolve_init(init: str) -> Path:
     """``--init``: a bundled weights name or a checkpoint folder."""
-    bundled = bundled_path(init) if "/" not in init and os.sep not in init else None
+    bundled = bundled_weights().get(init) if "/" not in init and os.sep not in init else None
     if bundled is not None:
         return bundled
     path = Path(init)

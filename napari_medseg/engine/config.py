@@ -46,3 +46,19 @@ def read_config(path: str | os.PathLike) -> dict:
     if cfg.get("format") != FORMAT:
         raise CheckpointError(cfg_path, f"unknown checkpoint format {cfg.get('format')!r}")
     return cfg
+
+
+def bundled_weights() -> dict[str, Path]:
+    """Weights shipped inside the package (``napari_medseg/weights/<name>/``), by name: the one lookup the
+    catalog, the API and ``--init`` use."""
+    from importlib import resources
+
+    root = resources.files("napari_medseg") / "weights"
+    out = {}
+    try:
+        for entry in root.iterdir():
+            if entry.is_dir() and (entry / "config.json").is_file():
+                out[entry.name] = Path(str(entry))
+    except FileNotFoundError:
+        pass
+    return dict(sorted(out.items()))

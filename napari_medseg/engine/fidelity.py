@@ -155,7 +155,7 @@ def real_batch(name: str, data_root, n: int = 4, input_size: int = 128) -> dict:
         prep = D.prepare(layout, stems, size=(input_size, input_size), channels=3)
         return {"image": torch.as_tensor(prep.images), "target": torch.as_tensor(prep.targets),
                 "visible": torch.as_tensor(prep.visible)}
-    if name == "lstmsa":
+    if info.input == "2d+2.5d":  # 2.5D stacks from a cardiac volume (LSTMSA)
         layout = D.discover(root / "acdc")
         prep = D.prepare(layout, D.split(layout)["train"][:1], size=(input_size, input_size), channels=1, context=1)
         mid = len(prep.images) // 2

@@ -91,7 +91,7 @@ class Predictor:
             raise refusal(vol.name, reasons)
         return reasons
 
-    def _require_segmentation(self):
+    def require_segmentation(self):
         if self.task != "segmentation":
             raise ValueError(f"this checkpoint ({self.config['model']['name']}) labels intervertebral discs, it does "
                              "not segment: use label-discs (napari-medseg label-discs / api.label_discs)")
@@ -178,7 +178,7 @@ class Predictor:
         ``mode="resize"`` resizes to the training size and back (how the 2D networks were trained);
         ``mode="sliding"`` runs Gaussian-blended sliding windows of the training size at native resolution
         (for images much larger than the training size, when training used native-resolution crops)."""
-        self._require_segmentation()
+        self.require_segmentation()
         image = np.asarray(image)
         rgb = (image.ndim == 3 and image.shape[-1] in (3, 4)) if rgb is None else rgb
         h, w = image.shape[:2]
@@ -207,7 +207,7 @@ class Predictor:
         (default: the one recorded at training, else the through-plane axis). A 4-D volume (x, y, z, t) is
         segmented frame by frame into (x, y, z, t) labels. ``only_slices`` predicts just those slices
         (the rest stay 0), through exactly the same steps as a full run."""
-        self._require_segmentation()
+        self.require_segmentation()
         data = np.asarray(vol.data)
         if data.ndim == 4:
             frames = [self.segment_volume(io.Volume(data[..., t], vol.affine, name=f"{vol.name}[t={t}]"), axis=axis,

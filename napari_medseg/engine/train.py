@@ -196,9 +196,10 @@ def _channels_for(layout: D.Layout) -> int:
 
 
 def input_rules(model: str, kind: str) -> dict:
-    """The per-network data rules, in one place for folders and napari layers: LSTMSA reads 2.5D stacks
-    (one neighbouring slice each side) from volumes; a network may ask for its own 2D normalisation."""
-    return {"context": 1 if (model == "lstmsa" and kind == "seg3d") else 0,
+    """The per-network data rules, in one place for folders and napari layers: a 2.5D network
+    (``ModelInfo.input == "2d+2.5d"``, LSTMSA) reads stacks of one neighbouring slice each side from volumes;
+    a network may ask for its own 2D normalisation."""
+    return {"context": 1 if (models.REGISTRY[model].input == "2d+2.5d" and kind == "seg3d") else 0,
             "normalize": models.REGISTRY[model].input_norm if kind == "seg2d" else None}
 
 
