@@ -340,7 +340,7 @@ def test_segment_image_resize_and_sliding(trained, shared):
 
 
 def test_out_of_memory_message(trained, monkeypatch):
-    pred = api.load(weights=trained["seg"], device="cpu")
+    pred = api.load(weights=trained["seg"], device="cpu", runtime="torch")  # the eager network, patched below
 
     def oom(*a, **k):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99999999999 bytes")
@@ -389,8 +389,8 @@ def test_slice_batches_give_the_same_labels_and_fit_the_memory_budget(trained, s
 
 def test_a_batch_that_runs_out_of_memory_is_halved_and_retried(trained, shared, monkeypatch):
     vol = _acdc_volume(shared)
-    ref = api.load(weights=trained["vol"], device="cpu", batch_size=1).segment_volume(vol)
-    pred = api.load(weights=trained["vol"], device="cpu", batch_size=8)
+    ref = api.load(weights=trained["vol"], device="cpu", batch_size=1, runtime="torch").segment_volume(vol)
+    pred = api.load(weights=trained["vol"], device="cpu", batch_size=8, runtime="torch")  # the eager net, patched
     forward, sizes = pred.model.forward, []
 
     def small_memory(x):
@@ -476,7 +476,9 @@ def test_cli_models_json(capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from napari_medseg.cli import main
 
-    assert main(["predict", "--weights", str(tmp_path / "nope.pt"), "x.nii.gz", "--out", str(tmp_path)]) == 2
+    (tmp_path / "x.nii.gz").write_bytes(b"")  # an input that exists: the weights are what is refused
+    assert main(["predict", "--weights", str(tmp_path / "nope.pt"), str(tmp_path / "x.nii.gz"), "--out",
+                 str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "refusing to load a pickle" in err
     assert main(["train", "--model", "unet", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2

@@ -10,6 +10,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -253,250 +254,372 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int], cancel: CancelToken 
     return train, val, summary
 
 
+@dataclass
+class Run:
+    """What one training run holds between its stages (:func:`train` reads as the list of them)."""
+
+    opts: TrainOptions
+    info: models.ModelInfo
+    recipe: dict
+    plan: dict  # resolve(opts): loss, epochs, schedule, batch size, lr ...
+    rank: int
+    world: int
+    emit: Callable
+    cancel: CancelToken
+    out: Path
+    train_data: D.Prepared
+    val_data: D.Prepared
+    summary: dict
+    device: torch.device
+    precision: Any
+    model: torch.nn.Module | None = None  # the network (wrapped in DDP under torchrun)
+    train_model: torch.nn.Module | None = None  # what the steps call: the model, or its torch.compile
+    compiled_ok: bool = False
+    frozen: list = field(default_factory=list)
+    init_info: dict | None = None
+    channels_last: bool = False
+    optimizer: Any = None
+    scheduler: Any = None
+    scaler: Any = None
+    criterion: Any = None
+    config: dict = field(default_factory=dict)
+    state: dict = field(default_factory=lambda: {"epoch": 0, "best": -math.inf, "bad_epochs": 0, "history": []})
+    dataset: Any = None
+    sampler: Any = None
+    batch_size: int = 1
+    steps_per_epoch: int = 0
+    t_start: float = 0.0
+    steps_done: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
 def train(opts: TrainOptions, callback=None, cancel: CancelToken | None = None, data=None) -> dict:
     """Train ``opts.model``; ``data`` may be a (train, val, summary) tuple of :class:`Prepared` arrays
-    instead of ``opts.data``. Returns a summary with the checkpoint paths and the history."""
-    emit = callback or (lambda e: None)
-    cancel = cancel or CancelToken()
+    instead of ``opts.data``. Returns a summary with the checkpoint paths and the history.
+
+    The stages: set up (data, device, precision), build the network (fine-tuning, freezing, layout), the
+    optimiser and the checkpoint config, resume, the sampler and loader rules (DDP and torch.compile as
+    wrappers), then per epoch: one epoch of steps, validation, the epoch's record and checkpoints."""
+    run = set_up(opts, callback, cancel or CancelToken(), data)
+    if run is None:  # cancelled while the data were prepared: nothing trained, nothing to keep
+        return _cancelled_before_start(opts)
+    build_network(run)
+    build_optimisation(run)
+    run.config = checkpoint_config(run)
+    resume_run(run)
+    prepare_sampling(run)
+    start(run)
+    reason = "done"
+    while run.state["epoch"] < run.plan["epochs"]:
+        epoch, t_epoch = run.state["epoch"], time.perf_counter()
+        lr_epoch = run.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with (history's "lr")
+        done = one_epoch(run, epoch)
+        metrics, preview = (None, None) if done is None else validate(
+            run.model, run.val_data, run.info.task, run.device, run.precision, run.batch_size, run.criterion,
+            run.cancel)
+        if metrics is None:  # cancelled in the epoch or its validation: the epoch is redone on --resume
+            reason = "cancelled"
+            save(run, "last", with_state=True)
+            break
+        end_epoch(run, epoch, done, metrics, preview, lr_epoch, time.perf_counter() - t_epoch)
+        if run.opts.patience is not None and run.state["bad_epochs"] >= run.opts.patience:
+            reason = "early_stop"
+            break
+    return finish(run, reason)
+
+
+def set_up(opts: TrainOptions, callback, cancel: CancelToken, data) -> Run | None:
+    """The run's plan, folder, data, device and precision; None when cancelled while preparing data."""
     rank, world = _dist()
-    is_main = rank == 0
-    if not is_main:
-        emit = lambda e: None  # noqa: E731
+    emit = (callback or (lambda e: None)) if rank == 0 else (lambda e: None)
     info = models.REGISTRY.get(opts.model)
     if info is None:
         raise ValueError(f"unknown network {opts.model!r}; choose from {sorted(models.REGISTRY)}")
-    recipe = _recipe(opts)
-    plan = resolve(opts)
-    if is_main:
+    recipe, plan = _recipe(opts), resolve(opts)
+    if rank == 0:
         _claim_run_folder(Path(opts.out), resume=opts.resume, overwrite=opts.overwrite)
     size = plan["input_size"]
     if size % info.multiple:
         raise ValueError(f"input size {size} must be a multiple of {info.multiple} for {opts.model}")
     try:
         train_data, val_data, summary = data if data is not None else prepare_data(opts, (size, size), cancel)
-    except InterruptedError:  # cancelled before anything was trained: nothing to keep
+    except InterruptedError:
         emit(Finished(reason="cancelled", epoch=0, best_metric=None, checkpoint=""))
-        return {"reason": "cancelled", "epochs_done": 0, "best": None, "history": [], "best_checkpoint": None,
-                "last_checkpoint": None, "device": opts.device, "precision": opts.precision, "wall_s": 0.0}
+        return None
     if info.task == "keypoints" and train_data.task != "keypoints":
         raise ValueError(f"{opts.model} labels discs: it needs a disc dataset (images/ + labels/)")
     if info.task == "segmentation" and train_data.task != "segmentation":
         raise ValueError(f"{opts.model} segments: it needs images/ + masks/ or imagesTr/ + labelsTr/")
-    out = Path(opts.out)
     device = select_device(opts.device)
-    precision = select_precision(device, opts.precision, network=opts.model)
-    channels = train_data.images.shape[-3]
-    num_classes = train_data.num_classes
+    return Run(opts=opts, info=info, recipe=recipe, plan=plan, rank=rank, world=world, emit=emit, cancel=cancel,
+               out=Path(opts.out), train_data=train_data, val_data=val_data, summary=summary, device=device,
+               precision=select_precision(device, opts.precision, network=opts.model))
 
+
+def _cancelled_before_start(opts: TrainOptions) -> dict:
+    return {"reason": "cancelled", "epochs_done": 0, "best": None, "history": [], "best_checkpoint": None,
+            "last_checkpoint": None, "device": opts.device, "precision": opts.precision, "wall_s": 0.0}
+
+
+def build_network(run: Run) -> None:
+    """The network, seeded; fine-tuned from ``--init`` and with a frozen encoder where asked; on the device
+    in the measured memory format."""
+    opts, data = run.opts, run.train_data
     torch.manual_seed(opts.seed)
-    model = models.build(opts.model, opts.size, in_channels=channels, num_classes=num_classes, **opts.model_options)
-    init_info = None
+    model = models.build(opts.model, opts.size, in_channels=data.images.shape[-3], num_classes=data.num_classes,
+                         **opts.model_options)
     if opts.init:
-        init_info = ckpt.init_from(model, opts.init, network=opts.model, size=opts.size, in_channels=channels,
-                                   numbers=train_data.preprocessing.get("disc_numbers"))
-        note = f"fine-tuning from {opts.init}: {init_info['loaded_tensors']} tensors loaded"
-        if init_info.get("mapped_by_level"):
-            note += f"; disc heads mapped level by level ({len(init_info['mapped_by_level'])} tensors)"
-        if init_info["reinitialised"]:
-            note += (f"; re-initialised (shape differs: {init_info['classes_before']} -> {num_classes} classes): "
-                     + ", ".join(init_info["reinitialised"]))
-        emit(Note(text=note))
-    frozen = []
+        run.init_info = ckpt.init_from(model, opts.init, network=opts.model, size=opts.size,
+                                       in_channels=data.images.shape[-3], numbers=data.preprocessing.get("disc_numbers"))
+        run.emit(Note(text=_init_note(opts.init, run.init_info, data.num_classes)))
     if opts.freeze:
-        if opts.freeze != "encoder":
-            raise ValueError(f"--freeze takes 'encoder', not {opts.freeze!r}")
-        prefixes = info.encoder_prefixes
-        for name, p in model.named_parameters():
-            if name.startswith(prefixes):
-                p.requires_grad_(False)
-                frozen.append(name)
-        if not frozen:
-            raise ValueError(f"{opts.model} has no encoder parameters to freeze")
-        emit(Note(text=f"frozen: the encoder ({len(frozen)} tensors: {', '.join(prefixes)})"))
-    model.to(device)
-    memory_format = choose_memory_format(opts.model, opts.size, device, opts.compile, opts.memory_format)
-    channels_last = memory_format == "channels_last"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    lr = plan["lr"]
-    epochs = plan["epochs"]
-    optimizer = build_optimizer(model, recipe, lr)
-    scheduler = build_scheduler(optimizer, recipe, epochs, plan["schedule"])
-    scaler = precision.grad_scaler()
-    config = {
-        "model": {"name": opts.model, "size": opts.size, "in_channels": channels, "num_classes": num_classes,
-                  "options": opts.model_options, "task": info.task},
-        "preprocessing": train_data.preprocessing,
-        "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_options",)}, **plan,
-                     "recipe": opts.recipe or opts.model, "world_size": world, "precision": precision.name,
-                     "memory_format": memory_format, "channels_last": channels_last, "device": str(device),
-                     # networks with a rendering module add its point loss to whichever loss is chosen
-                     "loss_used": plan["loss"] + ("+point" if getattr(model, "render", False) else "")},
-        "data": summary,
-        "init": None if init_info is None else {**init_info, "frozen": opts.freeze, "frozen_tensors": len(frozen)},
-        # what the model expects of an input, from its training cases (engine.expectations; the card's)
-        "expects": summarise(train_data.profiles),
-    }
-    state = {"epoch": 0, "best": -math.inf, "bad_epochs": 0, "history": []}
-    if opts.resume and (out / "last").is_dir():
-        prev = ckpt.read_config(out / "last")
-        if prev["model"]["name"] != opts.model or prev["model"]["num_classes"] != num_classes:
-            raise ckpt.CheckpointError(out / "last", f"cannot resume: it trains {prev['model']['name']} with "
-                                       f"{prev['model']['num_classes']} classes")
-        model.load_state_dict(ckpt.load_weights(out / "last"))
-        ts = ckpt.load_train_state(out / "last")
-        if ts is None:
-            raise ckpt.CheckpointError(out / "last", "no training state to resume from")
-        optimizer.load_state_dict(ts["optimizer"])
-        if scheduler is not None and ts.get("scheduler"):
-            scheduler.load_state_dict(ts["scheduler"])
-        if ts.get("scaler"):
-            scaler.load_state_dict(ts["scaler"])
-        state = {k: ts[k] for k in ("epoch", "best", "bad_epochs", "history")}
-    elif opts.resume:
-        raise ckpt.CheckpointError(out, "nothing to resume: no 'last' checkpoint in this folder")
+        run.frozen = _freeze_encoder(model, run.info, opts.freeze)
+        run.emit(Note(text=f"frozen: the encoder ({len(run.frozen)} tensors: {', '.join(run.info.encoder_prefixes)})"))
+    model.to(run.device)
+    memory_format = choose_memory_format(opts.model, opts.size, run.device, opts.compile, opts.memory_format)
+    run.channels_last = memory_format == "channels_last"
+    run.model = model.to(memory_format=torch.channels_last) if run.channels_last else model
 
-    repeats = D.level_repeats(train_data.visible) if plan["balance_levels"] else None
+
+def _init_note(init: str, info: dict, num_classes: int) -> str:
+    note = f"fine-tuning from {init}: {info['loaded_tensors']} tensors loaded"
+    if info.get("mapped_by_level"):
+        note += f"; disc heads mapped level by level ({len(info['mapped_by_level'])} tensors)"
+    if info["reinitialised"]:
+        note += (f"; re-initialised (shape differs: {info['classes_before']} -> {num_classes} classes): "
+                 + ", ".join(info["reinitialised"]))
+    return note
+
+
+def _freeze_encoder(model, info: models.ModelInfo, what: str) -> list[str]:
+    if what != "encoder":
+        raise ValueError(f"--freeze takes 'encoder', not {what!r}")
+    frozen = []
+    for name, p in model.named_parameters():
+        if name.startswith(info.encoder_prefixes):
+            p.requires_grad_(False)
+            frozen.append(name)
+    if not frozen:
+        raise ValueError(f"{info.name} has no encoder parameters to freeze")
+    return frozen
+
+
+def build_optimisation(run: Run) -> None:
+    """Optimizer, schedule, gradient scaler and loss of the plan."""
+    run.optimizer = build_optimizer(run.model, run.recipe, run.plan["lr"])
+    run.scheduler = build_scheduler(run.optimizer, run.recipe, run.plan["epochs"], run.plan["schedule"])
+    run.scaler = run.precision.grad_scaler()
+    run.criterion = build_loss(run.plan["loss"], run.info.task)
+
+
+def checkpoint_config(run: Run) -> dict:
+    """What every checkpoint of this run records: network, preprocessing, the training as it really ran,
+    the data, the fine-tuning source and what the model expects of an input."""
+    opts, data, plan = run.opts, run.train_data, run.plan
+    return {
+        "model": {"name": opts.model, "size": opts.size, "in_channels": data.images.shape[-3],
+                  "num_classes": data.num_classes, "options": opts.model_options, "task": run.info.task},
+        "preprocessing": data.preprocessing,
+        "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_options",)}, **plan,
+                     "recipe": opts.recipe or opts.model, "world_size": run.world, "precision": run.precision.name,
+                     "memory_format": "channels_last" if run.channels_last else "contiguous",
+                     "channels_last": run.channels_last, "device": str(run.device),
+                     # networks with a rendering module add its point loss to whichever loss is chosen
+                     "loss_used": plan["loss"] + ("+point" if getattr(run.model, "render", False) else "")},
+        "data": run.summary,
+        "init": None if run.init_info is None else {**run.init_info, "frozen": opts.freeze,
+                                                    "frozen_tensors": len(run.frozen)},
+        # what the model expects of an input, from its training cases (engine.expectations; the card's)
+        "expects": summarise(data.profiles),
+    }
+
+
+def resume_run(run: Run) -> None:
+    """``--resume``: weights, optimizer, schedule, scaler and the loop's state from ``last/``."""
+    out = run.out
+    if not run.opts.resume:
+        return
+    if not (out / "last").is_dir():
+        raise ckpt.CheckpointError(out, "nothing to resume: no 'last' checkpoint in this folder")
+    prev = ckpt.read_config(out / "last")
+    if prev["model"]["name"] != run.opts.model or prev["model"]["num_classes"] != run.train_data.num_classes:
+        raise ckpt.CheckpointError(out / "last", f"cannot resume: it trains {prev['model']['name']} with "
+                                   f"{prev['model']['num_classes']} classes")
+    run.model.load_state_dict(ckpt.load_weights(out / "last"))
+    ts = ckpt.load_train_state(out / "last")
+    if ts is None:
+        raise ckpt.CheckpointError(out / "last", "no training state to resume from")
+    run.optimizer.load_state_dict(ts["optimizer"])
+    if run.scheduler is not None and ts.get("scheduler"):
+        run.scheduler.load_state_dict(ts["scheduler"])
+    if ts.get("scaler"):
+        run.scaler.load_state_dict(ts["scaler"])
+    run.state = {k: ts[k] for k in ("epoch", "best", "bad_epochs", "history")}
+
+
+def prepare_sampling(run: Run) -> None:
+    """Dataset (with level repeats), batch size, sampler and steps per epoch; DDP and torch.compile wrap
+    the network here."""
+    repeats = D.level_repeats(run.train_data.visible) if run.plan["balance_levels"] else None
     if repeats is not None:
-        config["training"]["repeats"] = {s: int(r) for s, r in zip(train_data.stems, repeats) if r > 1}
-    dataset = D.TrainDataset(train_data, augment=plan["augment"], seed=opts.seed, repeats=repeats)
-    bs = plan["batch_size"]
-    bs = max(1, min(bs, len(dataset)))
+        run.config["training"]["repeats"] = {s: int(r) for s, r in zip(run.train_data.stems, repeats) if r > 1}
+    run.dataset = D.TrainDataset(run.train_data, augment=run.plan["augment"], seed=run.opts.seed, repeats=repeats)
+    run.batch_size = max(1, min(run.plan["batch_size"], len(run.dataset)))
     # one sampling rule for 1 and N processes: a permutation seeded by (seed, epoch), of which rank r takes
     # every N-th index; so N processes with batch B see exactly the global batches of one process with
     # batch N*B (tests/test_engine.py::test_ddp_is_data_parallel_sgd checks it)
-    sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                                              seed=opts.seed, drop_last=world > 1)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    rank_log = os.environ.get("NAPARI_MEDSEG_RANK_LOG")  # test hook: per-rank sample ids and weight digests
-    train_model = torch.compile(model) if opts.compile else model
-    compiled_ok = False
-    criterion = build_loss(plan["loss"], info.task)
-    steps_per_epoch = math.ceil(len(dataset) / (bs * world))
-    if opts.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, opts.max_steps_per_epoch)
-    emit(Started(total_epochs=epochs, steps_per_epoch=steps_per_epoch, device=str(device),
-                 precision=precision.name, start_epoch=state["epoch"]))
-    if is_main:
-        _check_writable(out)
-        if summary.get("split_stems"):  # the run folder keeps the exact split it trained on
+    run.sampler = torch.utils.data.distributed.DistributedSampler(
+        run.dataset, num_replicas=run.world, rank=run.rank, shuffle=True, seed=run.opts.seed, drop_last=run.world > 1)
+    if run.world > 1:
+        run.model = torch.nn.parallel.DistributedDataParallel(run.model)
+    run.train_model = torch.compile(run.model) if run.opts.compile else run.model
+    run.steps_per_epoch = math.ceil(len(run.dataset) / (run.batch_size * run.world))
+    if run.opts.max_steps_per_epoch:
+        run.steps_per_epoch = min(run.steps_per_epoch, run.opts.max_steps_per_epoch)
+
+
+def start(run: Run) -> None:
+    """Announce the run; check the folder can be written and keep the exact split there."""
+    run.emit(Started(total_epochs=run.plan["epochs"], steps_per_epoch=run.steps_per_epoch, device=str(run.device),
+                     precision=run.precision.name, start_epoch=run.state["epoch"]))
+    if run.is_main:
+        _check_writable(run.out)
+        if run.summary.get("split_stems"):  # the run folder keeps the exact split it trained on
             from ..io.atomic import write_text_atomic
 
-            write_text_atomic(out / "split.json", json.dumps(summary["split_stems"], indent=1) + "\n")
+            write_text_atomic(run.out / "split.json", json.dumps(run.summary["split_stems"], indent=1) + "\n")
+    run.t_start = time.perf_counter()
 
-    def save(which: str, with_state: bool):
-        if not is_main:
+
+def one_epoch(run: Run, epoch: int) -> dict | None:
+    """The optimisation steps of one epoch: ``{"losses", "data_s", "compute_s"}``, or None if cancelled."""
+    torch.manual_seed(run.opts.seed * 100_003 + epoch)  # dropout etc.: same draws with or without resume
+    run.dataset.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    loader = torch.utils.data.DataLoader(
+        run.dataset, batch_size=run.batch_size, shuffle=False, sampler=run.sampler,
+        num_workers=run.opts.num_workers, worker_init_fn=D.worker_init if run.opts.num_workers else None,
+        drop_last=len(run.dataset) > run.batch_size, persistent_workers=False)  # no batch of 1 for BatchNorm
+    _train_mode(run)
+    total_steps = (run.plan["epochs"] - epoch) * run.steps_per_epoch + run.steps_done
+    done = {"losses": [], "data_s": 0.0, "compute_s": 0.0}
+    rank_log = os.environ.get("NAPARI_MEDSEG_RANK_LOG")  # test hook: per-rank sample ids and weight digests
+    t_wait = time.perf_counter()
+    for step, batch in enumerate(loader):
+        t_got = time.perf_counter()
+        done["data_s"] += t_got - t_wait
+        if step >= run.steps_per_epoch:
+            break
+        if run.cancel.cancelled:
             return None
-        cfg = {**config, "metrics": {"best_val": state["best"], "history": state["history"][-1:] if
-                                     state["history"] else []}, "epoch": state["epoch"]}
-        ts = None
-        if with_state:
-            ts = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
-                  "scaler": scaler.state_dict() if precision.scaler else None, **state}
-        path = ckpt.save_checkpoint(out / which, model, cfg, ts)
-        (out / "history.json").write_text(json.dumps(state["history"], indent=1))
-        return path
-
-    t_start, steps_done = time.perf_counter(), 0
-    total_steps = (epochs - state["epoch"]) * steps_per_epoch
-    reason = "done"
-    while state["epoch"] < epochs:
-        epoch = state["epoch"]
-        t_epoch = time.perf_counter()
-        lr_epoch = optimizer.param_groups[0]["lr"]  # the rate this epoch trains with (history's "lr")
-        torch.manual_seed(opts.seed * 100_003 + epoch)  # dropout etc.: same draws with or without resume
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=bs, shuffle=False, sampler=sampler,
-            num_workers=opts.num_workers, worker_init_fn=D.worker_init if opts.num_workers else None,
-            drop_last=len(dataset) > bs, persistent_workers=False)  # no batch of 1 for BatchNorm
-        model.train()
-        if frozen:  # a frozen encoder keeps its normalisation statistics too
-            for name, module in model.named_modules():
-                name = name.removeprefix("module.")  # under DDP
-                if name.startswith(info.encoder_prefixes) and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        losses = []
-        data_s = compute_s = 0.0
+        loss = _step(run, batch, where=(epoch + 1, step + 1))
+        if rank_log:
+            _log_rank_step(rank_log, run.rank, epoch, step, batch, run.model)
+        done["losses"].append(float(loss.detach()))
+        run.steps_done += 1
         t_wait = time.perf_counter()
-        for step, batch in enumerate(loader):
-            t_got = time.perf_counter()
-            data_s += t_got - t_wait
-            if step >= steps_per_epoch:
-                break
-            if cancel.cancelled:
-                reason = "cancelled"
-                break
-            step_kw = dict(batch=batch, criterion=criterion, optimizer=optimizer, scaler=scaler, precision=precision,
-                           task=info.task, device=device, channels_last=channels_last, where=(epoch + 1, step + 1))
-            if train_model is not model and not compiled_ok:
-                try:  # the first compiled step: fall back to eager mode if the compiler cannot handle the net
-                    loss = train_step(train_model, **step_kw)
-                    compiled_ok = True
-                except FloatingPointError:
-                    raise
-                except Exception as err:  # noqa: BLE001 - torch.compile raises many types
-                    warnings.warn(f"torch.compile failed for {opts.model} ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0][:160]}); training continues without it", stacklevel=2)
-                    train_model = model
-                    loss = train_step(model, **step_kw)
-            else:
-                loss = train_step(train_model, **step_kw)
-            if rank_log:
-                _log_rank_step(rank_log, rank, epoch, step, batch, model)
-            losses.append(float(loss.detach()))
-            steps_done += 1
-            t_wait = time.perf_counter()
-            compute_s += t_wait - t_got
-            elapsed = time.perf_counter() - t_start
-            eta = elapsed / steps_done * (total_steps - steps_done)
-            emit(Step(epoch=epoch + 1, step=step + 1, steps_per_epoch=steps_per_epoch, loss=losses[-1], eta_s=eta))
-        if reason == "cancelled":
-            save("last", with_state=True)  # the interrupted epoch is redone on --resume
-            break
-        metrics, preview = validate(model, val_data, info.task, device, precision, bs, criterion, cancel)
-        if metrics is None:  # cancelled during validation: the epoch is redone on --resume
-            reason = "cancelled"
-            save("last", with_state=True)
-            break
-        score = metrics["dice"] if info.task == "segmentation" else -metrics["l2_px"]
-        if scheduler is not None:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(metrics["val_loss"])  # the plateau is on the validation loss, as the reference
-            else:
-                scheduler.step()
-        improved = score > state["best"]
-        if improved:
-            state["best"], state["bad_epochs"] = score, 0
+        done["compute_s"] += t_wait - t_got
+        eta = (time.perf_counter() - run.t_start) / run.steps_done * (total_steps - run.steps_done)
+        run.emit(Step(epoch=epoch + 1, step=step + 1, steps_per_epoch=run.steps_per_epoch, loss=done["losses"][-1],
+                      eta_s=eta))
+    return done
+
+
+def _train_mode(run: Run) -> None:
+    run.model.train()
+    if run.frozen:  # a frozen encoder keeps its normalisation statistics too
+        for name, module in run.model.named_modules():
+            name = name.removeprefix("module.")  # under DDP
+            if name.startswith(run.info.encoder_prefixes) and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def _step(run: Run, batch: dict, where: tuple[int, int]) -> torch.Tensor:
+    """One :func:`train_step`; the first compiled step falls back to eager mode if the compiler cannot
+    handle the network."""
+    kw = dict(batch=batch, criterion=run.criterion, optimizer=run.optimizer, scaler=run.scaler,
+              precision=run.precision, task=run.info.task, device=run.device, channels_last=run.channels_last,
+              where=where)
+    if run.train_model is run.model or run.compiled_ok:
+        return train_step(run.train_model, **kw)
+    try:
+        loss = train_step(run.train_model, **kw)
+        run.compiled_ok = True
+        return loss
+    except FloatingPointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch.compile raises many types
+        warnings.warn(f"torch.compile failed for {run.opts.model} ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0][:160]}); training continues without it", stacklevel=3)
+        run.train_model = run.model
+        return train_step(run.model, **kw)
+
+
+def end_epoch(run: Run, epoch: int, done: dict, metrics: dict, preview, lr_epoch: float, seconds: float) -> dict:
+    """The schedule's step, the best score, the history record, the checkpoints and the events of an
+    epoch. Returns the record."""
+    state = run.state
+    score = metrics["dice"] if run.info.task == "segmentation" else -metrics["l2_px"]
+    if run.scheduler is not None:
+        if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            run.scheduler.step(metrics["val_loss"])  # the plateau is on the validation loss, as the reference
         else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                  **metrics, "lr": lr_epoch, "seconds": time.perf_counter() - t_epoch,
-                  "data_s": data_s, "compute_s": compute_s, "samples": len(losses) * bs}
-        state["history"].append(record)
-        if improved:
-            save("best", with_state=False)
-        save("last", with_state=True)
-        remaining = (time.perf_counter() - t_start) / max(1, steps_done) * (epochs - state["epoch"]) * steps_per_epoch
-        emit(Epoch(epoch=epoch + 1, train_loss=record["train_loss"], metrics=metrics, best=improved,
-                   eta_s=remaining, seconds=record["seconds"]))
-        if preview is not None and (epoch + 1) % max(1, opts.preview_every) == 0:
-            emit(Preview(epoch=epoch + 1, preview=preview))
-        if opts.patience is not None and state["bad_epochs"] >= opts.patience:
-            reason = "early_stop"
-            break
+            run.scheduler.step()
+    improved = score > state["best"]
+    if improved:
+        state["best"], state["bad_epochs"] = score, 0
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch + 1
+    losses = done["losses"]
+    record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+              **metrics, "lr": lr_epoch, "seconds": seconds, "data_s": done["data_s"],
+              "compute_s": done["compute_s"], "samples": len(losses) * run.batch_size}
+    state["history"].append(record)
+    if improved:
+        save(run, "best", with_state=False)
+    save(run, "last", with_state=True)
+    remaining = (time.perf_counter() - run.t_start) / max(1, run.steps_done) * \
+        (run.plan["epochs"] - state["epoch"]) * run.steps_per_epoch
+    run.emit(Epoch(epoch=epoch + 1, train_loss=record["train_loss"], metrics=metrics, best=improved,
+                   eta_s=remaining, seconds=seconds))
+    if preview is not None and (epoch + 1) % max(1, run.opts.preview_every) == 0:
+        run.emit(Preview(epoch=epoch + 1, preview=preview))
+    return record
+
+
+def save(run: Run, which: str, with_state: bool):
+    """Write ``best/`` or ``last/`` (with the optimiser state for ``--resume``) and the history (main rank)."""
+    if not run.is_main:
+        return None
+    state = run.state
+    cfg = {**run.config, "metrics": {"best_val": state["best"], "history": state["history"][-1:] if
+                                     state["history"] else []}, "epoch": state["epoch"]}
+    ts = None
+    if with_state:
+        ts = {"optimizer": run.optimizer.state_dict(),
+              "scheduler": run.scheduler.state_dict() if run.scheduler else None,
+              "scaler": run.scaler.state_dict() if run.precision.scaler else None, **state}
+    path = ckpt.save_checkpoint(run.out / which, run.model, cfg, ts)
+    (run.out / "history.json").write_text(json.dumps(state["history"], indent=1))
+    return path
+
+
+def finish(run: Run, reason: str) -> dict:
+    """Announce the end, wait for the other ranks, and summarise the run."""
+    out, state = run.out, run.state
     best_path = out / "best" if (out / "best").is_dir() else out / "last"
-    emit(Finished(reason=reason, epoch=state["epoch"], best_metric=state["best"], checkpoint=str(best_path)))
-    if world > 1:
+    run.emit(Finished(reason=reason, epoch=state["epoch"], best_metric=state["best"], checkpoint=str(best_path)))
+    if run.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
     return {"reason": reason, "epochs_done": state["epoch"], "best": state["best"], "history": state["history"],
-            "best_checkpoint": str(best_path), "last_checkpoint": str(out / "last"), "device": str(device),
-            "precision": precision.name, "wall_s": time.perf_counter() - t_start}
+            "best_checkpoint": str(best_path), "last_checkpoint": str(out / "last"), "device": str(run.device),
+            "precision": run.precision.name, "wall_s": time.perf_counter() - run.t_start}
 
 
 def _log_rank_step(path: str, rank: int, epoch: int, step: int, batch: dict, model) -> None:
