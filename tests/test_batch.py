@@ -93,7 +93,6 @@ def test_kill_9_then_resume_gives_the_same_files(folder, tmp_path):
 
 
 def test_two_local_dask_workers_write_the_same_bytes(folder, tmp_path):
-    pytest.importorskip("distributed")
     single, spread = tmp_path / "single", tmp_path / "spread"
     api.batch(str(folder), single, model=MODEL, device="cpu", prefetch=0)
     summary = api.batch(str(folder), spread, model=MODEL, device="cpu", workers=2)
@@ -104,7 +103,6 @@ def test_two_local_dask_workers_write_the_same_bytes(folder, tmp_path):
 
 def test_a_scheduler_and_two_worker_processes(folder, tmp_path):
     """Two 'machines': a Dask scheduler and two workers started as separate processes on localhost."""
-    pytest.importorskip("distributed")
     single = tmp_path / "single"
     api.batch(str(folder), single, model=MODEL, device="cpu")
     port = 20000 + random.Random().randint(0, 20000)

@@ -10,8 +10,8 @@ from pydicom.uid import generate_uid
 from napari_medseg import io
 from napari_medseg.io import dicom
 
-imagecodecs = pytest.importorskip("imagecodecs")
-sitk = pytest.importorskip("SimpleITK")
+import imagecodecs  # a core dependency: a broken install fails here, it is not skipped
+import SimpleITK as sitk  # the testing extra's reference reader
 
 CT = "ct-dicom-series-jpeg2000"
 
