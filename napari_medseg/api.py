@@ -252,8 +252,7 @@ def _prepared_pair(image, labels, rules: dict, size: tuple[int, int], vol=None):
         lab = geometry.volume_of_labels_on(labels, image)  # also a layer made with napari's new-labels button
     else:
         lab = as_volume(labels)
-    if np.shape(vol.data)[: np.ndim(lab.data)] != np.shape(lab.data) or not np.allclose(vol.affine, lab.affine,
-                                                                                          atol=1e-4):
+    if np.shape(vol.data)[: np.ndim(lab.data)] != np.shape(lab.data) or not io.same_placement(vol.affine, lab.affine):
         raise ValueError(f"labels {lab.name} {np.shape(lab.data)} are not on the grid of image {vol.name} "
                          f"{np.shape(vol.data)}: draw them on the image (same shape and placement)")
     if np.ndim(vol.data) - int(vol.rgb) > 3:

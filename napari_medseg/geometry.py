@@ -31,7 +31,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .io import DiscPoints, Volume
+from .io import DiscPoints, Volume, same_placement
 from .io.errors import MedSegIOError
 
 META_KEY = "medseg"
@@ -194,7 +194,7 @@ def _plugin_meta(metadata: dict | None, data_shape: tuple[int, ...], matrix: np.
         return meta if tuple(meta["shape"])[:2] == tuple(data_shape)[:2] else None
     if tuple(layer_shape(meta)) != tuple(data_shape):
         return None
-    if matrix is not None and not np.allclose(matrix[-4:, -4:], layer_world_matrix(meta), atol=1e-4):
+    if matrix is not None and not same_placement(np.asarray(matrix)[-4:, -4:], layer_world_matrix(meta)):
         return None  # moved, rotated or rescaled in napari since it was read: its own transform wins
     return meta
 
@@ -252,7 +252,7 @@ def volume_of_labels_on(labels, image) -> Volume:
     image_meta = (getattr(image, "metadata", None) or {}).get(META_KEY)
     if vol.metadata.get("layer", {}).get("plugin_meta") is None and image_meta and \
             np.shape(labels.data)[-3:] == np.shape(image.data)[-3:] and \
-            np.allclose(world_matrix_of(labels), world_matrix_of(image), atol=1e-6):
+            same_placement(world_matrix_of(labels), world_matrix_of(image)):
         adopted = layer_to_volume(labels.data, matrix=world_matrix_of(labels), metadata=image.metadata,
                                   name=str(getattr(labels, "name", "labels")))
         if adopted.metadata["layer"]["plugin_meta"] is not None:

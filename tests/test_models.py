@@ -362,3 +362,15 @@ def test_listed_parameter_counts_are_those_of_the_built_networks():
             assert PARAMETERS[name][size] == models.parameter_count(name, size), (name, size)
     assert LSTMSA_HEAD_PARAMETERS == {s: _lstmsa_head(s) for s in ("paper", "small")}
     assert models.available()[0]["parameters"] == PARAMETERS["lstmsa"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_size_multiples_are_the_registry_s(name):
+    """Each network accepts inputs whose sides are multiples of ``ModelInfo.multiple`` and refuses the next
+    size that is not (the registry is the one statement of the rule the networks check)."""
+    m = models.REGISTRY[name].multiple
+    model = models.build(name).eval()
+    with torch.no_grad():
+        model(torch.zeros(1, model.in_channels, 2 * m, 2 * m))
+        with pytest.raises(ValueError, match=f"multiple of {m}"):
+            model(torch.zeros(1, model.in_channels, 2 * m + m // 2, 2 * m))

@@ -13,7 +13,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QWidget
 
-from .. import models
+from .. import io, models
 from ..engine.choices import DEVICES
 from ._common import NO_WEIGHTS, RunControls, WeightsPicker, notify_error, register_checkpoint
 
@@ -173,7 +173,7 @@ class TrainWidget(Container):
             return world_matrix_of(layer, len(spatial(layer)))
 
         fits = [lyr for lyr in self.viewer.layers if isinstance(lyr, Image) and spatial(lyr) == spatial(labels)
-                and np.allclose(placed(lyr), placed(labels), atol=1e-4)]
+                and io.same_placement(placed(lyr), placed(labels))]
         named = [lyr for lyr in fits if labels.name.startswith(lyr.name)]
         longest = max((len(lyr.name) for lyr in named), default=0)
         named = [lyr for lyr in named if len(lyr.name) == longest]  # 'scan_01' over 'scan_0' for 'scan_01_seg'

@@ -24,7 +24,7 @@ _LAZY = {
     "nifti": ("is_nifti_path", "read_nifti", "strip_nifti_suffix", "write_nifti"),
     "points": ("Disc", "DiscPoints", "disc_name", "disc_number", "is_points_path", "is_sr_file",
                "points_from_label_volume", "read_points", "write_points"),
-    "volume": ("Volume", "class_names"),
+    "volume": ("PLACEMENT_ATOL", "Volume", "class_names", "same_placement"),
 }
 _OWNER = {name: module for module, names in _LAZY.items() for name in names}
 

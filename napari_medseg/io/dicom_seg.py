@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MedSegIOError, MedSegIOWarning
-from .volume import Volume
+from .volume import Volume, same_placement
 from .volume import class_names as class_names_for
 
 # (category, type) SNOMED CT codes by (dataset of the model, class name); pydicom's code dictionary names
@@ -66,8 +66,8 @@ def find_source_series(where, affine, shape) -> Volume:
         raise MedSegIOError(where, "the DICOM series these labels lie on is no longer there; cannot reference it "
                                    "(save as NIfTI instead)")
     for vol in read(where):
-        if vol.kind == "image" and tuple(np.shape(vol.data)[:3]) == tuple(shape)[:3] and np.allclose(
-                vol.affine, np.asarray(affine, float), atol=1e-4):
+        if vol.kind == "image" and tuple(np.shape(vol.data)[:3]) == tuple(shape)[:3] and same_placement(
+                vol.affine, affine):
             return vol
     raise MedSegIOError(where, f"no DICOM series there has the labels' grid {tuple(shape)[:3]}: a SEG must lie on "
                                "its series (save as NIfTI instead)")

@@ -83,3 +83,15 @@ def class_names(known, n: int) -> list[str]:
     spelling used everywhere a label has no name: layers, checkpoints, DICOM SEG, dataset folders)."""
     names = [str(v) for v in (known or [])]
     return names[: max(n, 0)] + [f"class {i}" for i in range(len(names), n)]
+
+
+# Two placements (voxel -> world matrices, mm and direction cosines) are the same when they agree within
+# this: float32 round trips through napari layers and DICOM decimal strings stay far below it, a real
+# shift or rotation (a tenth of a voxel of 0.5 mm, a 0.01 degree tilt) far above.
+PLACEMENT_ATOL = 1e-4
+
+
+def same_placement(a, b) -> bool:
+    """Whether two affines / world matrices place voxels at the same world positions (``PLACEMENT_ATOL``)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return a.shape == b.shape and bool(np.allclose(a, b, atol=PLACEMENT_ATOL))

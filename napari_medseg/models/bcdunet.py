@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .checks import check_input
+from .registry import REGISTRY
 from .convlstm import ConvLSTM
 
 WIDTHS = {"paper": (64, 128, 256, 512), "small": (20, 40, 80, 160)}
@@ -99,7 +100,7 @@ class BCDUNet(nn.Module):
         reference_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, name="BCDU-Net", in_channels=self.in_channels, multiple=8)
+        check_input(x, name="BCDU-Net", in_channels=self.in_channels, multiple=REGISTRY["bcdunet"].multiple)
         e1 = self.enc1(x)
         e2 = self.enc2(self.pool(e1))
         e3 = self.enc3(self.pool(e2))

@@ -62,6 +62,7 @@ from monai.networks.nets.swin_unetr import BasicLayer
 from torch import nn
 
 from .checks import check_input
+from .registry import REGISTRY
 
 SIZES = {
     "paper": {"widths": (24, 48, 96, 192, 192), "blocks": (2, 3, 4, 6, 3), "heads": 6, "point_hidden": 256},
@@ -305,7 +306,7 @@ class BilateralAttentionNet(nn.Module):
         return load_swin_into(self.isam.swin, path, stage=stage)
 
     def forward(self, x: torch.Tensor):
-        check_input(x, name="bilateral", in_channels=self.in_channels, multiple=16)
+        check_input(x, name="bilateral", in_channels=self.in_channels, multiple=REGISTRY["bilateral"].multiple)
         feats = []
         for stage in self.encoder:
             x = stage(x)

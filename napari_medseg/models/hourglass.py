@@ -93,6 +93,8 @@ class AttentionHourglass(nn.Module):
         ) if attention else None
 
     def forward(self, x: torch.Tensor):
+        # the stem halves twice, each hourglass level once more: ModelInfo.multiple (64) is this at the default
+        # depth 4 (tests/test_models.py::test_size_multiples_are_the_registry_s)
         check_input(x, name="hourglass", in_channels=self.in_channels, multiple=4 * 2**self.depth)
         x = self.stem(x)
         scores, features = [], []
