@@ -35,16 +35,18 @@ def _no_dropout(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _loss(model, batch: dict, task: str, loss_name: str, dtype, autocast_dtype, channels_last: bool, seed: int):
-    x = batch["image"].to(dtype)
+    """The training loss of ``model`` on ``batch``, on the model's device (CPU or CUDA autocast)."""
+    device = next(model.parameters()).device
+    x = batch["image"].to(device, dtype)
     if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     criterion = build_loss(loss_name, task)
     torch.manual_seed(seed)
-    with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         out = model(x)
     if task == "keypoints":
-        return criterion(out, batch["target"].to(dtype), batch["visible"])
-    return criterion(out, batch["target"])
+        return criterion(out, batch["target"].to(device, dtype), batch["visible"].to(device))
+    return criterion(out, batch["target"].to(device))
 
 
 def flat_gradient(model: torch.nn.Module) -> torch.Tensor:
@@ -96,10 +98,10 @@ def _worst(cosines: dict[str, float]) -> float:
 
 def fidelity(name: str, batch: dict, *, size: str = "small", steps: int = 3, loss: str | None = None,
              lr: float | None = None, seed: int = 0, model_options: dict | None = None,
-             channels_last: bool = True, dtype: torch.dtype = torch.bfloat16) -> dict:
+             channels_last: bool = True, dtype: torch.dtype = torch.bfloat16, device="cpu") -> dict:
     """Gradient cosines of network ``name`` at initialisation and after ``steps`` fp32 Adam steps on
-    ``batch`` with its recipe's loss and learning rate; the low-precision side (``dtype``: bf16, or
-    ``torch.float32`` for an fp32-against-fp64 check) runs channels_last or contiguous (``channels_last``).
+    ``batch`` with its recipe's loss and learning rate, on ``device``; the low-precision side (``dtype``:
+    bf16, fp16, or ``torch.float32`` for an fp32-against-fp64 check) runs channels_last or contiguous.
     Returns ``{"init", "trained"}`` (whole-network cosines), ``"groups_init"``, ``"groups_trained"``
     (per parameter group) and ``"passes"`` (every group >= :data:`THRESHOLD` both times)."""
     info = models.REGISTRY[name]
@@ -108,7 +110,7 @@ def fidelity(name: str, batch: dict, *, size: str = "small", steps: int = 3, los
     channels = batch["image"].shape[-3]
     k = batch["target"].shape[1] if info.task == "keypoints" else max(2, int(batch["target"].max()) + 1)
     torch.manual_seed(seed)
-    model = models.build(name, size, in_channels=channels, num_classes=k, **(model_options or {})).train()
+    model = models.build(name, size, in_channels=channels, num_classes=k, **(model_options or {})).to(device).train()
     kw = dict(dtype=dtype, channels_last=channels_last, group_of=info.parameter_group)
     init = gradient_cosines(model, batch, info.task, loss, seed=seed, **kw)
     opt = torch.optim.Adam(model.parameters(), lr=lr or recipe.get("lr", 1e-3))
