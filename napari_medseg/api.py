@@ -314,11 +314,7 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
             validation = "the training slices themselves (too few labelled slices to hold any out)"
         preview = cur
 
-    def subset(p, idx):
-        return D.Prepared("segmentation", p.images[idx], p.targets[idx], None, [p.stems[i] for i in idx],
-                          p.num_classes, dict(p.preprocessing), list(p.profiles))
-
-    train_parts = [subset(prepared, train_idx)]
+    train_parts = [prepared.subset(train_idx)]
     for extra_image, extra_labels in more:
         evol, elab, eprep, eax = _prepared_pair(extra_image, extra_labels, rules, size)
         if eprep.preprocessing != prepared.preprocessing:
@@ -327,16 +323,12 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
         idx = _labelled(elab, eax, len(eprep.images))
         if not idx:
             raise ValueError(f"labels {elab.name} are empty: label it or leave it out")
-        train_parts.append(subset(eprep, idx))
-    train = train_parts[0] if len(train_parts) == 1 else D.Prepared(
-        "segmentation", np.concatenate([p.images for p in train_parts]),
-        np.concatenate([p.targets for p in train_parts]), None, [s for p in train_parts for s in p.stems],
-        max(p.num_classes for p in train_parts), dict(prepared.preprocessing),
-        [pr for p in train_parts for pr in p.profiles])
+        train_parts.append(eprep.subset(idx))
+    train = D.Prepared.join(train_parts)
     summary = {"layout": "napari layers", "image": vol.name, "labels": lab.name, "slice_axis": ax,
                "train_samples": len(train.images), "val_samples": len(val_idx), "preview_slice": preview,
                "validation": validation, "pairs": 1 + len(more)}
-    return train, subset(prepared, val_idx), summary
+    return train, prepared.subset(val_idx), summary
 
 
 def evaluate(data: str, model: str | None = None, weights=None, *, json_path: str | None = None,

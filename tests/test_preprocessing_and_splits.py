@@ -152,3 +152,29 @@ def test_training_without_validation_cases_says_what_it_validates_on(tmp_path):
 
     cfg = ckpt.read_config(result["best_checkpoint"])
     assert "optimistic" in cfg["data"]["validation"] and "case00" in cfg["data"]["validation"]
+
+
+def test_prepared_subset_and_join_keep_every_per_sample_array_together():
+    import numpy as np
+
+    from napari_medseg.engine.data import Prepared
+
+    def make(n, tag, k=2):
+        return Prepared("keypoints", np.arange(n * 3 * 4 * 4, dtype=np.float32).reshape(n, 3, 4, 4) + 1000 * tag,
+                        np.full((n, k, 4, 4), tag, np.float32), np.ones((n, k), bool) * (tag % 2 == 0),
+                        [f"s{tag}_{i}" for i in range(n)], k, {"input_size": [4, 4]}, [{"case": tag}] * n,
+                        np.full((n, 5, 4, 4), tag, np.float32))
+
+    a, b = make(4, 1), make(2, 2)
+    sub = a.subset([3, 1])
+    assert sub.stems == ["s1_3", "s1_1"] and np.array_equal(sub.images, a.images[[3, 1]])
+    assert sub.views.shape == (2, 5, 4, 4) and sub.visible.shape == (2, 2)
+    joined = Prepared.join([sub, b], prefixes=[None, "other"])
+    assert joined.stems == ["s1_3", "s1_1", "other/s2_0", "other/s2_1"]
+    assert np.array_equal(joined.targets[:, 0, 0, 0], [1, 1, 2, 2]) and np.array_equal(joined.visible[:, 0], [0, 0, 1, 1])
+    assert joined.views.shape == (4, 5, 4, 4) and len(joined.profiles) == 4
+    wrong = Prepared("keypoints", np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 2, 4, 4)), None, ["x"])
+    import pytest
+
+    with pytest.raises(ValueError, match="prepared by other rules"):
+        Prepared.join([a, wrong])

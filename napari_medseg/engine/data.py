@@ -143,6 +143,32 @@ class Prepared:
     # choice of slices (VIEW_CHOICES); images[i] is the view inference sees
     views: np.ndarray | None = None
 
+    def subset(self, idx) -> "Prepared":
+        """The samples ``idx`` (a list of indices), every per-sample array cut alike."""
+        idx = list(idx)
+        cut = lambda a: None if a is None else a[idx]  # noqa: E731
+        return Prepared(self.task, self.images[idx], self.targets[idx], cut(self.visible),
+                        [self.stems[i] for i in idx], self.num_classes, dict(self.preprocessing),
+                        [self.profiles[i] for i in idx] if len(self.profiles) == len(self.stems) else list(self.profiles),
+                        cut(self.views))
+
+    @classmethod
+    def join(cls, parts: list["Prepared"], prefixes: list[str] | None = None) -> "Prepared":
+        """One set from several prepared by the same rules (same task, sample shape and preprocessing, which
+        is checked); stems get ``prefixes[i] + "/"`` where given; classes: the largest count."""
+        first = parts[0]
+        for p in parts[1:]:
+            if p.task != first.task or p.images.shape[1:] != first.images.shape[1:]:
+                raise ValueError(f"cannot join samples of shape {p.images.shape[1:]} ({p.task}) to "
+                                 f"{first.images.shape[1:]} ({first.task}): prepared by other rules (channels differ?)")
+        if len(parts) == 1:
+            return first
+        stems = [(f"{prefixes[i]}/{s}" if prefixes and prefixes[i] else s) for i, p in enumerate(parts) for s in p.stems]
+        cat = lambda name: None if getattr(first, name) is None else np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+        return cls(first.task, np.concatenate([p.images for p in parts]), np.concatenate([p.targets for p in parts]),
+                   cat("visible"), stems, max(p.num_classes for p in parts), dict(first.preprocessing),
+                   [pr for p in parts for pr in p.profiles], cat("views"))
+
 
 def read_mask(path: Path) -> np.ndarray:
     """A 2D mask as class indices: JPEG masks thresholded at 127; 0/255 masks become 0/1."""

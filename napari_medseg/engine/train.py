@@ -237,11 +237,7 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int], cancel: CancelToken 
         if more.images.shape[1:] != train.images.shape[1:]:
             raise ValueError(f"{folder}: images have shape {more.images.shape[1:]} after preparation, "
                              f"{opts.data} has {train.images.shape[1:]} (channels differ?)")
-        train.images = np.concatenate([train.images, more.images])
-        train.profiles = train.profiles + more.profiles
-        train.targets = np.concatenate([train.targets, more.targets])
-        train.stems = train.stems + [f"{Path(folder).name}/{s}" for s in stems]
-        train.num_classes = max(train.num_classes, more.num_classes)
+        train = D.Prepared.join([train, more], prefixes=[None, Path(folder).name])
         extra_cases += len(stems)
     val.num_classes = train.num_classes = max(train.num_classes, val.num_classes)
     summary = {"root": str(Path(opts.data).resolve()), "layout": layout.kind, "train_cases": len(train_stems),
