@@ -270,6 +270,23 @@ def _labelled(lab, ax, n: int) -> list[int]:
     return [k for k in range(n) if lab_data[k].any()]
 
 
+def sample_labels_on(sample_labels, image: ImageLike, axis: int | None, index: int | None) -> np.ndarray:
+    """Labels of one network sample (at the input size: e.g. the Train widget's preview of validation sample
+    0) placed back on ``image``: resized to its slice (nearest), put at slice ``index`` along ``axis`` (file
+    order; None for a 2-D image) of an otherwise empty label volume, and returned in the image's own order
+    (a napari layer's), by the steps Segment's results take (``engine.preprocess.resize``, ``geometry``)."""
+    from .engine import preprocess as pp
+
+    vol = as_volume(image)
+    grid = np.shape(vol.data)[:2] if axis is None else tuple(np.delete(np.shape(vol.data)[:3], axis))
+    slice_labels = pp.resize(np.asarray(sample_labels), grid, mode="nearest").numpy().astype(np.uint8)
+    if axis is None:
+        return slice_labels
+    full = np.zeros(np.shape(vol.data)[:3], np.uint8)
+    np.moveaxis(full, axis, 0)[index] = slice_labels
+    return geometry.volume_to_layer_order(full, vol) if "layer" in vol.metadata else full
+
+
 def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size: int = 128,
                               val_fraction: float = 0.2, at=None, model: str | None = None, more=()):
     """(train, val, summary) for :func:`train` / :func:`train_in_background` from one image and its labels

@@ -221,3 +221,22 @@ def test_training_data_from_several_corrected_images(make_napari_viewer, shared)
     w.input_size.value = 64
     t2, _, s2 = w._layer_data()
     assert s2["pairs"] == 3 and len(t2.images) == 3
+
+
+def test_a_sample_s_labels_go_back_to_their_slice_on_the_image(volumes):
+    """api.sample_labels_on: a network-size label map of slice k lands on slice k of the image's own grid
+    (nearest resize: a half-and-half map stays half and half), everything else empty."""
+    import numpy as np
+
+    from napari_medseg import api, io
+
+    vol = io.read(volumes / "ct-abdomen.nii.gz")[0]
+    sample = np.zeros((8, 8), np.uint8)
+    sample[:4] = 2  # the first half of the rows
+    full = api.sample_labels_on(sample, vol, 2, 5)
+    assert full.shape == np.shape(vol.data)[:3]
+    placed = full[:, :, 5]
+    rows = np.shape(vol.data)[0]
+    assert (placed[: rows // 2] == 2).all() and (placed[rows // 2 + 1:] == 0).all()
+    assert not np.delete(full, 5, axis=2).any()
+    assert api.sample_labels_on(sample, io.Volume(np.zeros((20, 30), np.float32), np.eye(4)), None, None).shape == (20, 30)

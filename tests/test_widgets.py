@@ -197,6 +197,8 @@ def test_train_on_the_ct_sample_then_segment_it(make_napari_viewer, qtbot, tmp_p
     assert [e["kind"] for e in w.events if e["kind"] == "epoch"] == ["epoch", "epoch"]
     assert len(w.plot.loss) == 2
     assert "training preview" in [lyr.name for lyr in viewer.layers]
+    preview = viewer.layers["training preview"]
+    assert preview.data.shape == image.data.shape and preview.data.any()  # one slice, on the image's grid
     seg, _ = app.commands.execute_command("napari-medseg.segment_widget").result()
     session = [c for c in seg.weights.choice.choices if "this session" in c]
     assert session, seg.weights.choice.choices

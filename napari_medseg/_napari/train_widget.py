@@ -296,21 +296,11 @@ class TrainWidget(Container):
         img_layer = self.viewer.layers[self.image.value] if self.image.value in self.viewer.layers else None
         if img_layer is None:
             return
-        from ..geometry import volume_to_layer_order
+        from .. import api
         from ._layers import transform_of
 
         vol, ax, k = self._preview
-        preview = np.asarray(preview)
-        shape = np.shape(vol.data)[:2] if ax is None else tuple(np.delete(np.shape(vol.data)[:3], ax))
-        rows = np.arange(shape[0]) * preview.shape[0] // shape[0]  # nearest neighbour (display only)
-        cols = np.arange(shape[1]) * preview.shape[1] // shape[1]
-        pv = preview[np.ix_(rows, cols)].astype(np.uint8)
-        if ax is None:
-            full = pv
-        else:
-            full = np.zeros(np.shape(vol.data)[:3], np.uint8)
-            np.moveaxis(full, ax, 0)[k] = pv
-            full = volume_to_layer_order(full, vol)
+        full = api.sample_labels_on(preview, vol, ax, k)
         if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
             self.preview_layer = self.viewer.add_labels(full, name="training preview", opacity=0.5,
                                                         **transform_of(img_layer))
