@@ -502,7 +502,7 @@ def one_epoch(run: Run, epoch: int) -> dict | None:
     _train_mode(run)
     total_steps = (run.plan["epochs"] - epoch) * run.steps_per_epoch + run.steps_done
     done = {"losses": [], "data_s": 0.0, "compute_s": 0.0}
-    rank_log = os.environ.get("NAPARI_MEDSEG_RANK_LOG")  # test hook: per-rank sample ids and weight digests
+    rank_log = os.environ.get("NAPARI_MEDSEG_RANK_LOG")  # DDP diagnostic (docs/engine.md): ids and weight digests
     t_wait = time.perf_counter()
     for step, batch in enumerate(loader):
         t_got = time.perf_counter()
