@@ -9,7 +9,10 @@ For each bundled model, on real inputs of its own test split (``--cases`` of the
    <= 0.5 px in the network's view);
 2. speed: the network call alone at the model's input shape and batch 2, eager fp32 and onnxruntime
    interleaved round robin in this process, one warm-up, median of ``--repeats``; the ratio is eager /
-   onnxruntime (> 1: onnxruntime faster).
+   onnxruntime (> 1: onnxruntime faster);
+3. end to end (``--folder N``): ``api.batch`` (what ``napari-medseg predict`` runs) over N Kvasir-SEG
+   images with ``unet-kvasir-192`` and ``bilateral-kvasir-192``, ``runtime="torch"`` against ``"auto"``,
+   alternated, median of 2 each (the export is cached before).
 
     NAPARI_MEDSEG_DATA_DIR=../shared/data .venv/bin/python benchmarks/runtime.py --threads 2
 
@@ -98,12 +101,32 @@ def speed(name: str, repeats: int) -> dict:
             "ratio": med["torch"] / med["onnxruntime"], "export_or_cache_s": first}
 
 
+def end_to_end(name: str, data_root: Path, n: int) -> dict:
+    import tempfile
+
+    layout = D.discover(data_root / "kvasir-seg")
+    files = [layout.pairs[s][0] for s in sorted(layout.pairs)[:n]]
+    api.load(name, device="cpu", runtime="onnxruntime")._graph((3, 192, 192))  # the export, once
+    times = {"torch": [], "auto": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(2):
+            for rt in times:
+                t = time.perf_counter()
+                done = api.batch(files, Path(tmp) / rt, model=name, runtime=rt, device="cpu", overwrite=True)
+                times[rt].append(time.perf_counter() - t)
+                assert len(done["written"]) == n, done["skipped"][:3]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"model": name, "images": n, "torch_s": med["torch"], "auto_s": med["auto"],
+            "ratio": med["torch"] / med["auto"]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--cases", type=int, default=10, help="test cases per model for the sameness check")
     ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--folder", type=int, default=0, help="also time api.batch over this many Kvasir images")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = Path(os.environ.get("NAPARI_MEDSEG_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -113,8 +136,11 @@ def main():
         row = {"model": name, **speed(name, args.repeats), **sameness(name, data, args.cases)}
         rows.append(row)
         print(row, flush=True)
+    folder = [end_to_end(m, data, args.folder) for m in ("unet-kvasir-192", "bilateral-kvasir-192")] if args.folder else []
+    for r in folder:
+        print(r, flush=True)
     save_json(ROOT / "benchmarks" / "results" / "runtime.json",
-              {"threads": args.threads, "repeats": args.repeats, "rows": rows})
+              {"threads": args.threads, "repeats": args.repeats, "rows": rows, "end_to_end": folder})
     print_table(["bundled model", "input", "eager fp32 (ms)", "onnxruntime (ms)", "ratio", "same result"],
                 [[r["model"], "x".join(map(str, r["input"])), f"{r['eager_ms']:.0f}", f"{r['onnxruntime_ms']:.0f}",
                   f"{r['ratio']:.2f}x",
@@ -122,6 +148,10 @@ def main():
                    f"max {r['max_disc_shift_vox']:.2f} vox, {r['discs_not_in_both']} discs not in both")
                   + ("" if r["same"] else " (FAILS)")]
                  for r in rows])
+    if folder:
+        print_table(["bundled model", "images", "predict --runtime torch (s)", "--runtime auto (s)", "ratio"],
+                    [[r["model"], r["images"], f"{r['torch_s']:.1f}", f"{r['auto_s']:.1f}", f"{r['ratio']:.2f}x"]
+                     for r in folder])
 
 
 if __name__ == "__main__":
