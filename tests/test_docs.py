@@ -113,7 +113,7 @@ def test_error_messages_quoted_in_docs_io_are_printed_by_the_code():
     strings = _message_strings()
     text = (ROOT / "docs" / "io.md").read_text(encoding="utf-8")
     table = text[text.index("## Errors"):]
-    variable = r"\.\.\.|<\w+>|\b[XYNM]\b|\b\d+(?:\.\d+)?\b|\b[A-Z]\w*(?:Error|Exception)\b|dicom-seg|dicom-sr"
+    variable = r"\.\.\.|<\w+>|\b[XYNM]\b|\b\d+(?:\.\d+)?\b|\b[A-Z]\w*(?:Error|Exception|Warning)\b|dicom-seg|dicom-sr"
     checked, missing = 0, []
     for line in table.splitlines():
         if not line.startswith("| ") or line.startswith(("| input", "|---")):
