@@ -60,9 +60,11 @@ def main():
         rows.append(res)
         print(json.dumps(res), flush=True)
     for wname, path in api.bundled_weights().items():
-        net = read_config(path)["model"]["name"]
-        r = fidelity_of_weights(wname, batches.get(net) or real_batch(net, data, n=models.REGISTRY[net].recipe["batch_size"],
-                                                                       input_size=128))
+        cfg = read_config(path)
+        net, numbers = cfg["model"]["name"], cfg["preprocessing"].get("disc_numbers")
+        batch = real_batch(net, data, n=models.REGISTRY[net].recipe["batch_size"], input_size=128,
+                           disc_numbers=numbers) if numbers else batches[net]  # discs: the checkpoint's levels
+        r = fidelity_of_weights(wname, batch)
         trained.append(r)
         print(json.dumps(r), flush=True)
     save_json(ROOT / "benchmarks" / "results" / "gradient_fidelity.json",

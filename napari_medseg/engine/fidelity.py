@@ -70,7 +70,8 @@ def gradient_cosines(model: torch.nn.Module, batch: dict, task: str, loss_name: 
     if channels_last:
         low = low.to(memory_format=torch.channels_last)
     _loss(ref, batch, task, loss_name, torch.float64, None, False, seed).backward()
-    _loss(low, batch, task, loss_name, torch.float32, dtype, channels_last, seed).backward()
+    autocast = None if dtype == torch.float32 else dtype  # fp32 against fp64: no autocast at all
+    _loss(low, batch, task, loss_name, torch.float32, autocast, channels_last, seed).backward()
     out = {"all": _cosine(flat_gradient(ref), flat_gradient(low))}
     if group_of is None:
         return out
@@ -141,7 +142,7 @@ def fidelity_of_weights(weights, batch: dict, *, loss: str | None = None, channe
             "passes": bool(_worst(cos) >= THRESHOLD)}
 
 
-def real_batch(name: str, data_root, n: int = 4, input_size: int = 128) -> dict:
+def real_batch(name: str, data_root, n: int = 4, input_size: int = 128, disc_numbers: list | None = None) -> dict:
     """A batch of ``n`` training samples for network ``name`` from the dataset it is measured on:
     Kvasir-SEG (2D networks), ACDC (LSTMSA, 2.5D stacks from the middle of the first volume), the lumbar
     disc set (hourglass). ``data_root`` is a folder laid out like the project's shared data."""
@@ -154,7 +155,7 @@ def real_batch(name: str, data_root, n: int = 4, input_size: int = 128) -> dict:
     if info.task == "keypoints":
         layout = D.discover(root / "spine-discs")
         stems = D.split(layout)["train"][:n]
-        prep = D.prepare(layout, stems, size=(input_size, input_size), channels=3)
+        prep = D.prepare(layout, stems, size=(input_size, input_size), channels=3, disc_numbers=disc_numbers)
         return {"image": torch.as_tensor(prep.images), "target": torch.as_tensor(prep.targets),
                 "visible": torch.as_tensor(prep.visible)}
     if info.input == "2d+2.5d":  # 2.5D stacks from a cardiac volume (LSTMSA)
