@@ -61,9 +61,11 @@ def main():
         print(json.dumps(res), flush=True)
     for wname, path in api.bundled_weights().items():
         cfg = read_config(path)
-        net, numbers = cfg["model"]["name"], cfg["preprocessing"].get("disc_numbers")
+        net = cfg["model"]["name"]
+        # a batch of the checkpoint's own dataset (discs: its levels), at the recipe's batch size
         batch = real_batch(net, data, n=models.REGISTRY[net].recipe["batch_size"], input_size=128,
-                           disc_numbers=numbers) if numbers else batches[net]  # discs: the checkpoint's levels
+                           disc_numbers=cfg["preprocessing"].get("disc_numbers"),
+                           dataset=cfg.get("card", {}).get("dataset"))
         r = fidelity_of_weights(wname, batch)
         trained.append(r)
         print(json.dumps(r), flush=True)

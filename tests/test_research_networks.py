@@ -241,7 +241,7 @@ def test_zscore_minmax_input_is_recorded_and_used_by_inference(tiny, tmp_path):
     assert cfg["preprocessing"]["normalize"] == "zscore+minmax"
     assert cfg["training"]["loss"] == "bce" and cfg["training"]["loss_used"] == "bce"
     assert cfg["training"]["memory_format"] == "channels_last"  # bcdunet small: the measured choice
-    pred = Predictor.from_checkpoint(res["last_checkpoint"], device="cpu", precision="fp32")
+    pred = Predictor.from_checkpoint(res["last_checkpoint"], device="cpu", precision="fp32", runtime="torch")
     seen = []
     pred.model.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
     pred.segment_image(image)

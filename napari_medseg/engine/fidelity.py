@@ -142,10 +142,12 @@ def fidelity_of_weights(weights, batch: dict, *, loss: str | None = None, channe
             "passes": bool(_worst(cos) >= THRESHOLD)}
 
 
-def real_batch(name: str, data_root, n: int = 4, input_size: int = 128, disc_numbers: list | None = None) -> dict:
+def real_batch(name: str, data_root, n: int = 4, input_size: int = 128, disc_numbers: list | None = None,
+               dataset: str | None = None) -> dict:
     """A batch of ``n`` training samples for network ``name`` from the dataset it is measured on:
     Kvasir-SEG (2D networks), ACDC (LSTMSA, 2.5D stacks from the middle of the first volume), the lumbar
-    disc set (hourglass). ``data_root`` is a folder laid out like the project's shared data."""
+    disc set (hourglass); ``dataset`` names another folder (a trained checkpoint's own: 2-D images, or the
+    middle slices of a volume). ``data_root`` is a folder laid out like the project's shared data."""
     from pathlib import Path
 
     from . import data as D
@@ -158,13 +160,14 @@ def real_batch(name: str, data_root, n: int = 4, input_size: int = 128, disc_num
         prep = D.prepare(layout, stems, size=(input_size, input_size), channels=3, disc_numbers=disc_numbers)
         return {"image": torch.as_tensor(prep.images), "target": torch.as_tensor(prep.targets),
                 "visible": torch.as_tensor(prep.visible)}
-    if info.input == "2d+2.5d":  # 2.5D stacks from a cardiac volume (LSTMSA)
-        layout = D.discover(root / "acdc")
-        prep = D.prepare(layout, D.split(layout)["train"][:1], size=(input_size, input_size), channels=1, context=1)
+    layout = D.discover(root / (dataset or ("acdc" if info.input == "2d+2.5d" else "kvasir-seg")))
+    if layout.kind == "seg3d":  # slices (2.5D stacks for LSTMSA) from the middle of a volume
+        context = 1 if info.input == "2d+2.5d" else 0
+        prep = D.prepare(layout, D.split(layout)["train"][:1], size=(input_size, input_size), channels=1,
+                         context=context)
         mid = len(prep.images) // 2
         idx = np.arange(mid - n // 2, mid - n // 2 + n)
         return {"image": torch.as_tensor(prep.images[idx]), "target": torch.as_tensor(prep.targets[idx])}
-    layout = D.discover(root / "kvasir-seg")
     prep = D.prepare(layout, D.split(layout)["train"][:n], size=(input_size, input_size), channels=3,
                      normalize=info.input_norm)
     return {"image": torch.as_tensor(prep.images), "target": torch.as_tensor(prep.targets)}
