@@ -312,10 +312,9 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
     size = (int(input_size),) * 2
     vol, lab, prepared, ax = _prepared_pair(image, labels, rules, size, vol=first)
     n = len(prepared.images)
-    preview, validation = None, "the current slice and every k-th labelled slice"
+    preview = None
     if ax is None:
-        val_idx, train_idx = [0], [0]
-        validation = "the training image itself (one image: there is nothing to hold out)"
+        train_idx, val_idx, validation = D.slice_split([0], 0, val_fraction, single_image=True)
     else:
         labelled = _labelled(lab, ax, n)
         if not labelled:
@@ -324,11 +323,7 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
         if at is not None:
             k = int(np.round(geometry.file_index_of_world(at, vol)[ax]))
             cur = min(max(k, 0), n - 1)
-        step = max(1, int(round(1 / float(val_fraction))))
-        val_idx = [cur] + [k for k in labelled[step // 2::step] if k != cur]
-        train_idx = [k for k in labelled if k not in val_idx] or val_idx
-        if train_idx is val_idx:
-            validation = "the training slices themselves (too few labelled slices to hold any out)"
+        train_idx, val_idx, validation = D.slice_split(labelled, cur, val_fraction)
         preview = cur
 
     train_parts = [prepared.subset(train_idx)]

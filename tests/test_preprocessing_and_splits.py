@@ -178,3 +178,13 @@ def test_prepared_subset_and_join_keep_every_per_sample_array_together():
 
     with pytest.raises(ValueError, match="prepared by other rules"):
         Prepared.join([a, wrong])
+
+
+def test_slice_split_policy_for_layers():
+    from napari_medseg.engine.data import slice_split
+
+    train, val, words = slice_split(list(range(10, 20)), 14, 0.2)  # every 5th labelled slice + the current one
+    assert val == [14, 12, 17] and train == [10, 11, 13, 15, 16, 18, 19] and "every k-th" in words
+    assert not set(train) & set(val)
+    assert slice_split([7], 7, 0.2) == ([7], [7], "the training slices themselves (too few labelled slices to hold any out)")
+    assert slice_split([0], 0, 0.2, single_image=True)[2].startswith("the training image itself")

@@ -170,6 +170,22 @@ class Prepared:
                    [pr for p in parts for pr in p.profiles], cat("views"))
 
 
+def slice_split(labelled: list[int], current: int, val_fraction: float = 0.2,
+                single_image: bool = False) -> tuple[list[int], list[int], str]:
+    """The validation policy for training on one image held in memory (napari layers): ``(train, val,
+    in words)``. The ``current`` slice (the one the user looks at: the preview) and every
+    ``1/val_fraction``-th labelled slice validate, the other labelled slices train; a 2-D image
+    (``single_image``) trains and validates on itself, and so do slices too few to hold any out."""
+    if single_image:
+        return [current], [current], "the training image itself (one image: there is nothing to hold out)"
+    step = max(1, int(round(1 / float(val_fraction))))
+    val = [current] + [k for k in labelled[step // 2::step] if k != current]
+    train = [k for k in labelled if k not in val]
+    if not train:
+        return val, val, "the training slices themselves (too few labelled slices to hold any out)"
+    return train, val, "the current slice and every k-th labelled slice"
+
+
 def read_mask(path: Path) -> np.ndarray:
     """A 2D mask as class indices: JPEG masks thresholded at 127; 0/255 masks become 0/1."""
     vol = io.read_image2d(path, kind="labels")
