@@ -163,8 +163,11 @@ def real_batch(name: str, data_root, n: int = 4, input_size: int = 128, disc_num
     layout = D.discover(root / (dataset or ("acdc" if info.input == "2d+2.5d" else "kvasir-seg")))
     if layout.kind == "seg3d":  # slices (2.5D stacks for LSTMSA) from the middle of a volume
         context = 1 if info.input == "2d+2.5d" else 0
-        prep = D.prepare(layout, D.split(layout)["train"][:1], size=(input_size, input_size), channels=1,
-                         context=context)
+        stems = D.split(layout)["train"]
+        for k in range(1, len(stems) + 1):  # the first volume, or as many as give n slices
+            prep = D.prepare(layout, stems[:k], size=(input_size, input_size), channels=1, context=context)
+            if len(prep.images) >= n:
+                break
         mid = len(prep.images) // 2
         idx = np.arange(mid - n // 2, mid - n // 2 + n)
         return {"image": torch.as_tensor(prep.images[idx]), "target": torch.as_tensor(prep.targets[idx])}
