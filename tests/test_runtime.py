@@ -25,7 +25,10 @@ def _kvasir_image(shared):
 def test_choose_runtime_follows_the_measured_choice_and_refuses_what_cannot_run(monkeypatch):
     from napari_medseg import models
 
+    from napari_medseg.engine import devices
+
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)  # a laptop: eager would run fp32
     for name, info in models.REGISTRY.items():
         assert runtime.choose_runtime("auto", name, cpu, "fp32") == info.cpu_runtime, name
         assert runtime.choose_runtime("auto", name, cpu, "auto") == info.cpu_runtime, name
@@ -35,8 +38,12 @@ def test_choose_runtime_follows_the_measured_choice_and_refuses_what_cannot_run(
     assert any(info.cpu_runtime == "onnxruntime" for info in models.REGISTRY.values())
     pred = api.load("unet-kvasir-192", device="cpu")  # auto: the graph, which computes in fp32
     assert (pred.runtime, pred.precision.name) == ("onnxruntime", "fp32")
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)  # AVX512-BF16 / AMX: auto keeps eager bf16
     pred = api.load("unet-kvasir-192", device="cpu", precision="bf16")  # asked for bf16: eager
     assert (pred.runtime, pred.precision.name) == ("torch", "bf16")
+    assert runtime.choose_runtime("auto", "unet", cpu, "auto") == "torch"
+    assert runtime.choose_runtime("auto", "unet", cpu, "fp32") == "onnxruntime"
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
     with pytest.raises(ValueError, match="computes in fp32"):
         runtime.choose_runtime("onnxruntime", "unet", cpu, "bf16")
     with pytest.raises(ValueError, match="runs on the CPU"):

@@ -34,8 +34,9 @@ def onnxruntime_available() -> bool:
 def choose_runtime(requested: str, network: str, device: torch.device, precision: str) -> str:
     """The runtime a Predictor uses, given the *requested* precision (``auto``, ``fp32``, ``bf16``,
     ``fp16``). ``auto``: the network's measured CPU choice (``models.REGISTRY[network].cpu_runtime``) on a
-    CPU where onnxruntime is installed and the precision asked for is ``auto`` or ``fp32`` (the graph then
-    computes in fp32), else torch. An explicit ``onnxruntime`` off the CPU, with a reduced precision asked
+    CPU where onnxruntime is installed, when fp32 is asked for, or ``auto`` on a CPU without bf16
+    instructions (where eager would run fp32: the measured 2-5x case); on a CPU with AVX512-BF16/AMX,
+    ``auto`` keeps eager bf16, which measured as fast or faster there (docs/benchmarks.md); else torch. An explicit ``onnxruntime`` off the CPU, with a reduced precision asked
     for, or without the package is an error."""
     precision_name = "fp32" if precision == "auto" else precision
     from .. import models
@@ -53,9 +54,13 @@ def choose_runtime(requested: str, network: str, device: torch.device, precision
         if not onnxruntime_available():
             raise ValueError("runtime 'onnxruntime' needs the onnxruntime package: pip install onnxruntime")
         return "onnxruntime"
+    from . import devices
+
     info = models.REGISTRY.get(network)
     choice = info.cpu_runtime if info is not None else "torch"
-    if choice == "onnxruntime" and device.type == "cpu" and precision_name == "fp32" and onnxruntime_available():
+    if choice != "onnxruntime" or device.type != "cpu" or not onnxruntime_available():
+        return "torch"
+    if precision == "fp32" or (precision == "auto" and not devices.cpu_has_fast_bf16()):
         return "onnxruntime"
     return "torch"
 
