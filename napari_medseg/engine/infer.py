@@ -64,14 +64,13 @@ class Predictor:
         """Who made a result, for DICOM outputs: the model's name (the bundled weights' or the network's),
         the package version and the SHA-256 of the weights file (read once per Predictor: a batch asks for
         every input)."""
-        import hashlib
-
         from .. import __version__
+        from .runtime import weights_digest
 
         if self._identity is None:
             digest = None
             if self.source is not None and (self.source / "model.safetensors").is_file():
-                digest = hashlib.sha256((self.source / "model.safetensors").read_bytes()).hexdigest()
+                digest = weights_digest(self.source / "model.safetensors")
             name = (self.config.get("card") or {}).get("name") or self.config["model"]["name"]
             self._identity = {"name": name, "version": __version__, "weights_sha256": digest}
         return dict(self._identity)
@@ -126,8 +125,8 @@ class Predictor:
         if shape not in self._graphs:
             from .runtime import OnnxNetwork, cached_onnx
 
-            weights = self.source / "model.safetensors" if self.source is not None else None
-            self._graphs[shape] = OnnxNetwork(cached_onnx(self.model, shape, weights))
+            # the weights' SHA-256, hashed once per Predictor (identity() also names DICOM outputs with it)
+            self._graphs[shape] = OnnxNetwork(cached_onnx(self.model, shape, self.identity()["weights_sha256"]))
         return self._graphs[shape]
 
     def batch_for(self, shape: tuple[int, ...]) -> int:

@@ -117,16 +117,14 @@ class OnnxNetwork:
         return torch.from_numpy(self.session.run(None, {self.input_name: x.numpy()})[0])
 
 
-def cached_onnx(model: torch.nn.Module, sample_shape: tuple[int, ...], weights_file: Path | None,
+def cached_onnx(model: torch.nn.Module, sample_shape: tuple[int, ...], digest: str | None,
                 cache: Path | None = None) -> Path:
     """The ONNX export of ``model`` for inputs of ``sample_shape`` (C, H, W), from the cache when it is
-    there. Keyed by the weights' SHA-256 (``weights_file``; without one, a hash of the state dict) and the
-    shape."""
+    there. Keyed by the weights file's SHA-256 (``digest``, :func:`weights_digest`; without one, a hash of
+    the state dict) and the shape."""
     from ..io.datasets import cache_dir
 
-    if weights_file is not None and Path(weights_file).is_file():
-        digest = weights_digest(weights_file)
-    else:
+    if digest is None:
         h = hashlib.sha256()
         for k, v in model.state_dict().items():
             h.update(k.encode())
