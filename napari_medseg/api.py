@@ -416,7 +416,7 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
           tta: bool = False, cleanup: bool = False, device: str = "auto", callback=None,
           cancel: CancelToken | None = None, force: bool = False, resume: bool = False, prefetch: int = 2,
           client=None, workers: int | None = None, prior=None, format: str | None = None,
-          overwrite: bool = False, runtime: str = "auto") -> dict:
+          overwrite: bool = False, runtime: str = "auto", precision: str = "auto") -> dict:
     """Run a model over many files; a bad file is reported and skipped, the rest are written.
 
     Writes ``<stem>_seg.nii.gz`` (volumes, source geometry) or ``<stem>_seg.png`` (2D images), or for disc
@@ -429,12 +429,15 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     ``format``: ``"dicom-seg"`` writes ``<stem>_seg.dcm`` (a DICOM SEG referencing each input series)
     instead of NIfTI, ``"dicom-sr"`` writes ``<stem>_discs.dcm`` (a DICOM SR) instead of the points files;
     inputs that are not DICOM series are then skipped with the reason. A folder holding an earlier run
-    (its ``manifest.csv``) is refused unless ``resume`` or ``overwrite`` is given.
-    Returns ``{"written": [...], "skipped": [...], "results": [...], "n_inputs": N, "manifest": path}``."""
+    (its ``manifest.csv``) is refused unless ``resume`` or ``overwrite`` is given. ``runtime`` and
+    ``precision`` as in :func:`load` (``"fp32"`` gives the same labels on every CPU; ``"auto"`` is bf16 where
+    the hardware has it).
+    Returns ``{"written": [...], "skipped": [...], "results": [...], "n_inputs": N, "manifest": path,
+    "device", "runtime", "precision"}`` (what this process ran with)."""
     files = expand_inputs(inputs)  # a bad path is answered before the model (and torch) is loaded
     from .engine.batch import run_batch
 
-    pred = load(model, weights, device=device, runtime=runtime)
+    pred = load(model, weights, device=device, runtime=runtime, precision=precision)
     if task is not None and task != pred.task:
         what = "labels intervertebral discs: use label-discs" if pred.task == "keypoints" else \
             "segments: use predict"
@@ -443,7 +446,8 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     files = files[rank::world]
     path = str(bundled_weights()[model]) if weights is None else str(weights)
-    return run_batch(pred, files, Path(out), weights=path, task=task, tta=tta, cleanup=cleanup, force=force,
-                     resume=resume, prefetch=prefetch, client=client, workers=workers, device=str(pred.device),
-                     callback=callback, cancel=cancel, prior=None if prior is None else as_disc_points(prior),
-                     fmt=format, overwrite=overwrite)
+    summary = run_batch(pred, files, Path(out), weights=path, task=task, tta=tta, cleanup=cleanup, force=force,
+                        resume=resume, prefetch=prefetch, client=client, workers=workers, device=str(pred.device),
+                        callback=callback, cancel=cancel, prior=None if prior is None else as_disc_points(prior),
+                        fmt=format, overwrite=overwrite, precision=precision)
+    return {**summary, "device": str(pred.device), "runtime": pred.runtime, "precision": pred.precision.name}

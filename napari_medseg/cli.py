@@ -202,10 +202,11 @@ def _cmd_predict(args, task=None) -> int:
                             device=args.device, callback=_BatchBar(), force=args.force, resume=args.resume,
                             client=client, workers=args.workers, prior=getattr(args, "prior", None),
                             format=getattr(args, "format", None), overwrite=getattr(args, "overwrite", False),
-                            runtime=args.runtime)
+                            runtime=args.runtime, precision=args.precision)
     finally:
         if client is not None:
             client.close()
+    print(f"ran on {summary['device']}: runtime {summary['runtime']}, {summary['precision']}", file=sys.stderr)
     if summary.get("resumed"):
         print(f"{summary['resumed']} input(s) were done by an earlier run (manifest.csv); not redone", file=sys.stderr)
     for s in summary["skipped"]:
@@ -261,6 +262,11 @@ def _weights_args(p, required=True):
     p.add_argument("--runtime", default="auto", choices=choices.RUNTIMES,
                    help="inference runtime: torch (eager), onnxruntime (the network exported to ONNX once and "
                         "cached; CPU, fp32) or auto, the network's measured choice on this device (see `models`)")
+
+
+def _precision_arg(p, default="auto", help="inference precision: auto is bf16 where the CPU (AVX512-BF16/AMX) "
+                   "or GPU has it, else fp32; fp32 never rounds to bf16 (and lets auto pick onnxruntime on a CPU)"):
+    p.add_argument("--precision", default=default, choices=choices.INFERENCE_PRECISIONS, help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment images or volumes; writes <stem>_seg.nii.gz / <stem>_seg.png")
     _weights_args(p)
+    _precision_arg(p)
     p.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
     p.add_argument("--out", required=True)
     p.add_argument("--tta", action="store_true", help="average over flips")
@@ -336,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("label-discs", help="label intervertebral discs; writes _discs.csv/.json/_labels-disc.nii.gz")
     _weights_args(p, required=False)
+    _precision_arg(p)
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true",
@@ -360,8 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "split.json, else a split seeded like the training; run / folder force one")
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--tta", action="store_true")
-    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
-                   help="inference precision (default fp32, as api.evaluate: the numbers match on any CPU)")
+    _precision_arg(p, "fp32", "inference precision (default fp32, as api.evaluate: the numbers match on any CPU)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export", help="write a model as ONNX or TorchScript, with its card beside it")

@@ -94,11 +94,21 @@ def test_kill_9_then_resume_gives_the_same_files(folder, tmp_path):
 
 def test_two_local_dask_workers_write_the_same_bytes(folder, tmp_path):
     single, spread = tmp_path / "single", tmp_path / "spread"
-    api.batch(str(folder), single, model=MODEL, device="cpu", prefetch=0)
-    summary = api.batch(str(folder), spread, model=MODEL, device="cpu", workers=2)
+    api.batch(str(folder), single, model=MODEL, device="cpu", prefetch=0, runtime="torch", precision="fp32")
+    summary = api.batch(str(folder), spread, model=MODEL, device="cpu", workers=2, runtime="torch", precision="fp32")
     assert len(summary["written"]) == 8 and len(summary["skipped"]) == 2
     assert _outputs(spread) == _outputs(single)
     assert {r["status"] for r in _manifest(spread).values()} == {"ok", "skipped"}
+
+
+def test_a_worker_loads_the_runtime_and_precision_it_is_sent():
+    """Dask workers load their own Predictor: it must be the one the user chose, not the worker's default."""
+    from napari_medseg.engine.batch import _worker_predictor
+
+    weights = str(api.bundled_weights()[MODEL])
+    for runtime, precision in (("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32")):
+        pred = _worker_predictor(weights, "cpu", runtime, precision)
+        assert (pred.runtime, pred.precision.name) == (runtime, precision)
 
 
 def test_a_scheduler_and_two_worker_processes(folder, tmp_path):

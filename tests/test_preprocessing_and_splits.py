@@ -11,7 +11,7 @@ import torch
 
 from napari_medseg import api, io, models
 from napari_medseg.engine import data as D
-from napari_medseg.engine.infer import Predictor
+from napari_medseg.engine.infer import Predictor, class_argmax
 from napari_medseg.engine.train import TrainOptions, train
 from napari_medseg.geometry import layer_to_volume
 
@@ -73,6 +73,18 @@ def test_inference_input_equals_training_input(kind, model, monkeypatch):
     assert len(seen) == len(prepared.images)
     for got, want in zip(seen, prepared.images):
         np.testing.assert_array_equal(got, want)  # the same numbers, not merely close
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_class_argmax_is_argmax_with_ties_to_the_first_class(k):
+    """Labels from class scores: what torch's argmax gives (its ties go to the first maximum), for every
+    class count; scores on a coarse grid make ties common."""
+    g = torch.Generator().manual_seed(k)
+    prob = torch.randint(0, 4, (k, 37, 53), generator=g).float() / 4
+    assert k == 1 or (prob.max(0).values == prob.sort(0).values[-2]).any()  # there are ties to break
+    labels = class_argmax(prob)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, prob.argmax(0).numpy())
 
 
 def test_a_folder_and_a_layer_prepare_the_same_2d_input(tmp_path):

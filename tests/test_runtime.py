@@ -15,11 +15,15 @@ from napari_medseg.cli import main
 from napari_medseg.engine import runtime
 
 
-def _kvasir_image(shared):
+def _kvasir_source(shared):
     from napari_medseg.engine import data as D
 
     layout = D.discover(shared / "kvasir-seg")
-    return io.read(layout.pairs[D.split(layout)["test"][0]][0])[0]
+    return layout.pairs[D.split(layout)["test"][0]][0]
+
+
+def _kvasir_image(shared):
+    return io.read(_kvasir_source(shared))[0]
 
 
 def test_choose_runtime_follows_the_measured_choice_and_refuses_what_cannot_run(monkeypatch):
@@ -54,6 +58,23 @@ def test_choose_runtime_follows_the_measured_choice_and_refuses_what_cannot_run(
     assert runtime.choose_runtime("auto", "unet", cpu, "fp32") == "torch"
     with pytest.raises(ValueError, match="pip install onnxruntime"):
         runtime.choose_runtime("onnxruntime", "unet", cpu, "fp32")
+
+
+def test_predict_passes_runtime_and_precision_to_the_predictor(shared, tmp_path, monkeypatch, capsys):
+    """`predict --precision fp32 --runtime auto` is what `auto` does on a CPU without bf16: the graph."""
+    from napari_medseg.engine import devices
+
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)  # as on this project's CPUs
+    loaded, load = [], api.load
+    monkeypatch.setattr(api, "load", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    src = _kvasir_source(shared)
+    for extra, want in (([], ("torch", "bf16")), (["--precision", "fp32"], ("onnxruntime", "fp32")),
+                        (["--precision", "fp32", "--runtime", "torch"], ("torch", "fp32"))):
+        out = tmp_path / f"out{len(loaded)}"
+        assert main(["predict", "--model", "unet-kvasir-192", "--device", "cpu", *extra, str(src), "--out", str(out)]) == 0
+        assert (loaded[-1].runtime, loaded[-1].precision.name) == want, extra
+        assert f"ran on cpu: runtime {want[0]}, {want[1]}" in capsys.readouterr().err  # the user sees it
+        assert (out / f"{src.stem}_seg.png").is_file()
 
 
 @pytest.mark.parametrize("name", ["unet-kvasir-192", "bilateral-kvasir-192"])

@@ -210,13 +210,13 @@ def _status_of(err: BaseException) -> str:
 _WORKER_MODELS: dict = {}
 
 
-def _worker_predictor(weights: str, device: str, runtime: str = "auto"):
-    """One Predictor per worker process and checkpoint, loaded on first use and kept."""
+def _worker_predictor(weights: str, device: str, runtime: str = "auto", precision: str = "auto"):
+    """One Predictor per worker process, checkpoint and choice, loaded on first use and kept."""
     from .infer import Predictor
 
-    key = (weights, device, runtime)
+    key = (weights, device, runtime, precision)
     if key not in _WORKER_MODELS:
-        _WORKER_MODELS[key] = Predictor.from_checkpoint(weights, device=device, runtime=runtime)
+        _WORKER_MODELS[key] = Predictor.from_checkpoint(weights, device=device, runtime=runtime, precision=precision)
     return _WORKER_MODELS[key]
 
 
@@ -227,14 +227,14 @@ def _set_threads(n: int) -> None:
 
 
 def dask_task(weights: str, device: str, path: str, out: str, task: str, tta: bool, cleanup: bool,
-              force: bool, fmt: str | None = None, runtime: str = "auto") -> dict:
+              force: bool, fmt: str | None = None, runtime: str = "auto", precision: str = "auto") -> dict:
     """Read, check, predict and write one input on a Dask worker; expected errors come back as a row."""
     t0 = time.perf_counter()
     p = Path(path)
     digest = checksum(p)
     try:
-        row = run_one(_worker_predictor(weights, device, runtime), p, read_input(p), Path(out), task, tta, cleanup, force,
-                      fmt=fmt)
+        pred = _worker_predictor(weights, device, runtime, precision)
+        row = run_one(pred, p, read_input(p), Path(out), task, tta, cleanup, force, fmt=fmt)
         row.update(status="ok", reason="")
     except EXPECTED_ERRORS as err:
         row = {"file": path, "outputs": [], "status": _status_of(err), "reason": str(err).splitlines()[0]}
@@ -249,8 +249,11 @@ def dask_task(weights: str, device: str, path: str, out: str, task: str, tta: bo
 def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tta: bool = False,
               cleanup: bool = False, force: bool = False, resume: bool = False, prefetch: int = 2,
               client=None, workers: int | None = None, device: str = "cpu", callback=None,
-              cancel: CancelToken | None = None, prior=None, fmt: str | None = None, overwrite: bool = False) -> dict:
+              cancel: CancelToken | None = None, prior=None, fmt: str | None = None, overwrite: bool = False,
+              precision: str = "auto") -> dict:
     """Run ``pred`` (loaded from ``weights``) over ``files`` into ``out``; see the module docstring.
+    ``precision``: the mode ``pred`` was loaded with, for Dask workers to load the same (each resolves it on
+    its own hardware, as ``pred`` did here).
     ``fmt``: the output format (:func:`run_one`). An output folder that already holds a run (a
     ``manifest.csv`` with rows) is refused unless ``resume`` (skip what it finished) or ``overwrite`` (start
     a new manifest; outputs are replaced as they are written), as training refuses a run folder.
@@ -307,7 +310,7 @@ def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tt
     try:
         if client is not None or workers:
             _run_dask(todo, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel, fmt,
-                      runtime=pred.runtime)
+                      runtime=pred.runtime, precision=precision)
         else:
             _run_local(pred, todo, out, task, tta, cleanup, force, prefetch, record, cancel, prior, fmt)
     finally:
@@ -352,7 +355,7 @@ def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, ca
 
 
 def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, workers, record, cancel, fmt=None,
-              runtime="auto"):
+              runtime="auto", precision="auto"):
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError as err:  # pragma: no cover - the dask extra is not installed
@@ -366,7 +369,7 @@ def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, wo
         client.run(_set_threads, max(1, (os.cpu_count() or 1) // int(workers)))
     try:
         futures = {client.submit(dask_task, weights, device, str(p), str(out), task, tta, cleanup, force, fmt,
-                                 runtime, pure=False, retries=1): p for p in files}
+                                 runtime, precision, pure=False, retries=1): p for p in files}
         for fut in as_completed(futures):
             path = futures[fut]
             if cancel is not None and cancel.cancelled:

@@ -5,6 +5,7 @@ tuples, so a new choice is added once."""
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: CUDA only (training), see engine/devices.py
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")  # predict, label-discs, evaluate
 SEGMENTATION_LOSSES = ("dice_ce", "ce", "bce")
 LOSSES = SEGMENTATION_LOSSES + ("heatmap_mse",)
 # learning-rate schedules (engine/train.py::build_scheduler)
