@@ -14,18 +14,18 @@ try:
 except SystemExit as e:
     rc = e.code
 print(json.dumps({"rc": rc, "torch": "torch" in sys.modules, "pydicom": "pydicom" in sys.modules,
-                  "nibabel": "nibabel" in sys.modules}))
+                  "nibabel": "nibabel" in sys.modules, "monai": "monai" in sys.modules}))
 """
 
 
-def _run(*args):
-    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)
+def _run(*args, env=None):
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=300, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
 def test_help_imports_neither_torch_nor_the_readers():
     seen, _ = _run("--help")
-    assert seen == {"rc": 0, "torch": False, "pydicom": False, "nibabel": False}
+    assert seen == {"rc": 0, "torch": False, "pydicom": False, "nibabel": False, "monai": False}
 
 
 def test_missing_input_and_unknown_model_are_answered_before_torch(tmp_path):
@@ -39,3 +39,26 @@ def test_missing_input_and_unknown_model_are_answered_before_torch(tmp_path):
     seen, err = _run("label-discs", "--model", "hourglass-spine-discs", str(tmp_path / "nothing*.nii.gz"),
                      "--out", str(tmp_path / "o"))
     assert seen["rc"] == 2 and not seen["torch"] and "matches no file" in err, (seen, err)
+
+
+def test_a_cached_graph_starts_without_building_the_torch_network(shared, tmp_path):
+    """`predict --runtime onnxruntime`: the first call exports the graph (and builds the network, MONAI
+    included); a later call finds the graph in the cache and never builds the network, so MONAI (most of
+    the start-up) is not imported. The labels are the same."""
+    import os
+
+    from napari_medseg.engine import data as D
+
+    layout = D.discover(shared / "kvasir-seg")
+    image = layout.pairs[D.split(layout)["test"][0]][0]
+    env = {**os.environ, "NAPARI_MEDSEG_CACHE": str(tmp_path / "cache")}
+    outs = []
+    for i in range(2):
+        outs.append(tmp_path / f"out{i}")
+        seen, err = _run("predict", "--model", "unet-kvasir-192", "--device", "cpu", "--runtime", "onnxruntime",
+                         str(image), "--out", str(outs[-1]), env=env)
+        assert seen["rc"] == 0, err
+        assert seen["monai"] == (i == 0), (i, seen)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    name = f"{image.stem}_seg.png"
+    assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()

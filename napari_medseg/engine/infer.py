@@ -14,17 +14,20 @@ from . import preprocess as pp
 from .devices import release_memory, select_device, select_precision
 from .discs import DECODING, anchor_numbering, decode_discs, flag_discs
 from .events import CancelToken, Progress
+from .runtime import onnx_cache_path
 
 
 class Predictor:
     """A trained network plus the preprocessing it was trained with."""
 
-    def __init__(self, model: torch.nn.Module, config: dict, device: str = "auto", precision: str = "auto",
+    def __init__(self, model, config: dict, device: str = "auto", precision: str = "auto",
                  batch_size: int | str = "auto", runtime: str = "auto"):
-        """``batch_size``: slices (or images, windows) per forward pass; ``"auto"`` fits the batch to the
-        device's free memory (:mod:`.memory`), and a batch that runs out of memory is halved and retried.
-        ``runtime``: ``"torch"`` (eager), ``"onnxruntime"`` (the network exported to ONNX, CPU, fp32) or
-        ``"auto"``, the network's measured choice (:mod:`.runtime`)."""
+        """``model``: the network (``torch.nn.Module``) or a function that builds it with its weights; with
+        the onnxruntime runtime it is built only when needed (export, memory measurement), so a cached graph
+        starts without building it. ``batch_size``: slices (or images, windows) per forward pass; ``"auto"``
+        fits the batch to the device's free memory (:mod:`.memory`), and a batch that runs out of memory is
+        halved and retried. ``runtime``: ``"torch"`` (eager), ``"onnxruntime"`` (the network exported to
+        ONNX, CPU, fp32) or ``"auto"``, the network's measured choice (:mod:`.runtime`)."""
         if not (batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1)):
             raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.device = select_device(device)
@@ -33,7 +36,9 @@ class Predictor:
         # the runtime first: onnxruntime (the measured choice on CPUs) computes in fp32 whatever "auto" would pick
         self.runtime = choose_runtime(runtime, config["model"]["name"], self.device, precision)
         self.precision = select_precision(self.device, "fp32" if self.runtime == "onnxruntime" else precision)
-        self.model = model.to(self.device).eval()
+        self._model, self._build = (model, None) if isinstance(model, torch.nn.Module) else (None, model)
+        if self.runtime == "torch" or self._model is not None:
+            self.model = self.model  # eager: built now, on the device, in eval mode
         self.config = config
         self.pre = config.get("preprocessing", {})
         self.channels = int(config["model"]["in_channels"])
@@ -46,11 +51,28 @@ class Predictor:
         self.last_batch_size: int | None = None  # the batch the last prediction ran with
         self._graphs: dict[tuple, object] = {}  # input shape -> onnxruntime network
 
+    @property
+    def model(self) -> torch.nn.Module:
+        """The torch network (built on first use when the onnxruntime runtime did not need it)."""
+        if self._model is None:
+            self.model = self._build()
+        return self._model
+
+    @model.setter
+    def model(self, net: torch.nn.Module) -> None:
+        self._model = net.to(self.device).eval()
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw) -> "Predictor":
-        model, cfg = ckpt.load_model(path)
-        pred = cls(model, cfg, **kw)
+        """A Predictor for a checkpoint folder. With the onnxruntime runtime and the graph already cached
+        for these weights, the torch network is not built (start-up without the MONAI import); otherwise
+        it is built and its weights loaded here, so a checkpoint that does not fit fails at load."""
+        pred = cls(lambda: ckpt.load_model(path)[0], ckpt.read_config(path), **kw)
         pred.source = Path(path)
+        if pred.runtime == "onnxruntime":
+            digest = pred.identity()["weights_sha256"]
+            if digest is None or not onnx_cache_path(digest, pred.sample_shape()).is_file():
+                pred.model  # noqa: B018 - build (and check) the network now
         return pred
 
     source: Path | None = None  # the checkpoint folder, when loaded from one
@@ -126,7 +148,7 @@ class Predictor:
             from .runtime import OnnxNetwork, cached_onnx
 
             # the weights' SHA-256, hashed once per Predictor (identity() also names DICOM outputs with it)
-            self._graphs[shape] = OnnxNetwork(cached_onnx(self.model, shape, self.identity()["weights_sha256"]))
+            self._graphs[shape] = OnnxNetwork(cached_onnx(lambda: self.model, shape, self.identity()["weights_sha256"]))
         return self._graphs[shape]
 
     def batch_for(self, shape: tuple[int, ...]) -> int:

@@ -117,21 +117,29 @@ class OnnxNetwork:
         return torch.from_numpy(self.session.run(None, {self.input_name: x.numpy()})[0])
 
 
-def cached_onnx(model: torch.nn.Module, sample_shape: tuple[int, ...], digest: str | None,
-                cache: Path | None = None) -> Path:
+def onnx_cache_path(digest: str, sample_shape: tuple[int, ...], cache: Path | None = None) -> Path:
+    """Where the graph of the weights with SHA-256 ``digest`` for inputs of ``sample_shape`` is cached."""
+    from ..io.datasets import cache_dir
+
+    shape = "x".join(str(int(s)) for s in sample_shape)
+    return (cache or cache_dir() / "onnx") / f"{digest[:24]}-{shape}-opset{OPSET}.onnx"
+
+
+def cached_onnx(model, sample_shape: tuple[int, ...], digest: str | None, cache: Path | None = None) -> Path:
     """The ONNX export of ``model`` for inputs of ``sample_shape`` (C, H, W), from the cache when it is
     there. Keyed by the weights file's SHA-256 (``digest``, :func:`weights_digest`; without one, a hash of
-    the state dict) and the shape."""
-    from ..io.datasets import cache_dir
+    the state dict) and the shape. ``model``: the network, or a function that builds it, called only when
+    the graph has to be exported (a cached graph needs no torch network: no MONAI import at start-up)."""
+    def network() -> torch.nn.Module:
+        return model if isinstance(model, torch.nn.Module) else model()
 
     if digest is None:
         h = hashlib.sha256()
-        for k, v in model.state_dict().items():
+        for k, v in network().state_dict().items():
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
         digest = h.hexdigest()
-    shape = "x".join(str(int(s)) for s in sample_shape)
-    path = (cache or cache_dir() / "onnx") / f"{digest[:24]}-{shape}-opset{OPSET}.onnx"
+    path = onnx_cache_path(digest, sample_shape, cache)
     if not path.is_file():
-        export_onnx(model, torch.zeros((1, *sample_shape)), path)
+        export_onnx(network(), torch.zeros((1, *sample_shape)), path)
     return path
