@@ -35,6 +35,7 @@ import torch
 
 from napari_medseg import api, io
 from napari_medseg.engine import data as D
+from napari_medseg.engine import devices
 from napari_medseg.engine.config import read_config
 
 try:
@@ -90,6 +91,8 @@ def speed(name: str, repeats: int) -> dict:
     net = graph._graph(shape)  # export (or the cache) and session start
     first = time.perf_counter() - t0
     runs = {"torch": lambda: eager.model(x), "onnxruntime": lambda: net(x)}
+    if devices.cpu_has_fast_bf16():  # where auto would otherwise run eager bf16
+        runs["torch_bf16"] = lambda: _bf16(eager.model, x)
     times = {k: [] for k in runs}
     with torch.no_grad():
         for fn in runs.values():
@@ -101,7 +104,13 @@ def speed(name: str, repeats: int) -> dict:
                 times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
     return {"input": [2, *shape], "eager_ms": med["torch"], "onnxruntime_ms": med["onnxruntime"],
-            "ratio": med["torch"] / med["onnxruntime"], "export_or_cache_s": first}
+            "ratio": med["torch"] / med["onnxruntime"], "export_or_cache_s": first,
+            "eager_bf16_ms": med.get("torch_bf16")}
+
+
+def _bf16(model, x):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(x)
 
 
 def _predict(name: str, folder: Path, out: Path, runtime: str, precision: str, threads: int) -> tuple[float, str]:
@@ -186,9 +195,10 @@ def main():
     if folder:
         save_json(ROOT / "benchmarks" / "results" / "runtime_folder.json",
                   {"threads": args.threads, "repeats": args.folder_repeats, "end_to_end": folder})
-    print_table(["bundled model", "input", "eager fp32 (ms)", "onnxruntime (ms)", "ratio", "same result"],
+    print_table(["bundled model", "input", "eager fp32 (ms)", "onnxruntime (ms)", "ratio", "eager bf16 (ms)",
+                 "same result"],
                 [[r["model"], "x".join(map(str, r["input"])), f"{r['eager_ms']:.0f}", f"{r['onnxruntime_ms']:.0f}",
-                  f"{r['ratio']:.2f}x",
+                  f"{r['ratio']:.2f}x", "-" if r.get("eager_bf16_ms") is None else f"{r['eager_bf16_ms']:.0f}",
                   (f"{r['identical'] * 100:.3f} % of {r['cases']} cases" if "identical" in r else
                    f"max {r['max_disc_shift_vox']:.2f} vox, {r['discs_not_in_both']} discs not in both")
                   + ("" if r["same"] else " (FAILS)")]

@@ -42,11 +42,17 @@ def test_choose_runtime_follows_the_measured_choice_and_refuses_what_cannot_run(
     assert any(info.cpu_runtime == "onnxruntime" for info in models.REGISTRY.values())
     pred = api.load("unet-kvasir-192", device="cpu")  # auto: the graph, which computes in fp32
     assert (pred.runtime, pred.precision.name) == ("onnxruntime", "fp32")
-    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)  # AVX512-BF16 / AMX: auto keeps eager bf16
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)  # AVX512-BF16 / AMX: measured against bf16
     pred = api.load("unet-kvasir-192", device="cpu", precision="bf16")  # asked for bf16: eager
     assert (pred.runtime, pred.precision.name) == ("torch", "bf16")
-    assert runtime.choose_runtime("auto", "unet", cpu, "auto") == "torch"
-    assert runtime.choose_runtime("auto", "unet", cpu, "fp32") == "onnxruntime"
+    for name, info in models.REGISTRY.items():
+        assert runtime.choose_runtime("auto", name, cpu, "auto") == info.bf16_cpu_runtime, name
+        assert runtime.choose_runtime("auto", name, cpu, "fp32") == info.cpu_runtime, name
+    assert {models.REGISTRY[n].bf16_cpu_runtime for n in ("bcdunet", "unet")} == {"torch", "onnxruntime"}
+    pred = api.load("unet-kvasir-192", device="cpu")  # auto on a bf16 CPU: the graph, faster than eager bf16
+    assert (pred.runtime, pred.precision.name) == ("onnxruntime", "fp32")
+    pred = api.load("bcdunet-ph2", device="cpu")  # ... but BCDU-Net's eager bf16 is the faster
+    assert (pred.runtime, pred.precision.name) == ("torch", "bf16")
     monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
     with pytest.raises(ValueError, match="computes in fp32"):
         runtime.choose_runtime("onnxruntime", "unet", cpu, "bf16")
@@ -61,14 +67,16 @@ def test_choose_runtime_follows_the_measured_choice_and_refuses_what_cannot_run(
 
 
 def test_predict_passes_runtime_and_precision_to_the_predictor(shared, tmp_path, monkeypatch, capsys):
-    """`predict --precision fp32 --runtime auto` is what `auto` does on a CPU without bf16: the graph."""
+    """`predict --precision/--runtime` reach the Predictor (`--precision fp32 --runtime auto` is what `auto`
+    does on a CPU without bf16: the graph), and the user is told what ran."""
     from napari_medseg.engine import devices
 
     monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)  # as on this project's CPUs
     loaded, load = [], api.load
     monkeypatch.setattr(api, "load", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
     src = _kvasir_source(shared)
-    for extra, want in (([], ("torch", "bf16")), (["--precision", "fp32"], ("onnxruntime", "fp32")),
+    for extra, want in (([], ("onnxruntime", "fp32")), (["--precision", "bf16"], ("torch", "bf16")),
+                        (["--precision", "fp32"], ("onnxruntime", "fp32")),
                         (["--precision", "fp32", "--runtime", "torch"], ("torch", "fp32"))):
         out = tmp_path / f"out{len(loaded)}"
         assert main(["predict", "--model", "unet-kvasir-192", "--device", "cpu", *extra, str(src), "--out", str(out)]) == 0

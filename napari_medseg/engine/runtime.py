@@ -35,9 +35,11 @@ def choose_runtime(requested: str, network: str, device: torch.device, precision
     """The runtime a Predictor uses, given the *requested* precision (``auto``, ``fp32``, ``bf16``,
     ``fp16``). ``auto``: the network's measured CPU choice (``models.REGISTRY[network].cpu_runtime``) on a
     CPU where onnxruntime is installed, when fp32 is asked for, or ``auto`` on a CPU without bf16
-    instructions (where eager would run fp32: the measured 2-5x case); on a CPU with AVX512-BF16/AMX,
-    ``auto`` keeps eager bf16, which measured as fast or faster there (docs/benchmarks.md); else torch. An explicit ``onnxruntime`` off the CPU, with a reduced precision asked
-    for, or without the package is an error."""
+    instructions (where eager would run fp32); on a CPU with AVX512-BF16/AMX, ``auto`` takes the choice
+    measured against eager bf16 there (``bf16_cpu_runtime``: onnxruntime in fp32 for the U-Net, the
+    bilateral network and the hourglass, eager bf16 for BCDU-Net and LSTMSA; docs/benchmarks.md); an
+    explicit bf16 is eager; GPUs run torch. An explicit ``onnxruntime`` off the CPU, with a reduced
+    precision asked for, or without the package is an error."""
     precision_name = "fp32" if precision == "auto" else precision
     from .. import models
 
@@ -62,7 +64,7 @@ def choose_runtime(requested: str, network: str, device: torch.device, precision
         return "torch"
     if precision == "fp32" or (precision == "auto" and not devices.cpu_has_fast_bf16()):
         return "onnxruntime"
-    return "torch"
+    return info.bf16_cpu_runtime if precision == "auto" else "torch"  # a CPU with bf16 instructions
 
 
 def weights_digest(weights_file: Path) -> str:
@@ -108,6 +110,10 @@ class OnnxNetwork:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
+        # no busy-waiting between runs: the threads would spin through our own pre- and post-processing
+        # and the reader thread (measured: 60 Kvasir images end to end 1.36 s with spinning, 0.95 s without,
+        # eager fp32 1.24 s; the network call alone 8.2 vs 9.4 ms)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

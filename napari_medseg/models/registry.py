@@ -44,6 +44,11 @@ class ModelInfo:
     # bundled weights: U-Net 3.8x, bilateral 2.6x, BCDU-Net 2.0x, LSTMSA 2.0x, hourglass 5.1x; all 100 % of
     # labels identical, disc positions within 3e-5 voxels; docs/benchmarks.md)
     cpu_runtime: str = "torch"
+    # the same choice on a CPU with AVX512-BF16/AMX, where eager would run bf16 under ``--precision auto``:
+    # "onnxruntime" (fp32) only where benchmarks/runtime.py measured it faster than eager bf16 (2026-12-03,
+    # quiet, 2 threads, batch 2: bilateral 31 vs 45 ms, hourglass 11 vs 27, U-Net 10-22 vs 12-21; not
+    # BCDU-Net 65 vs 43, LSTMSA 121 vs 69; docs/benchmarks.md)
+    bf16_cpu_runtime: str = "torch"
 
     def parameter_group(self, parameter: str) -> str:
         """``"encoder"``, ``"heads"`` or ``"decoder"`` for a parameter name of this network."""
@@ -106,7 +111,7 @@ REGISTRY: dict[str, ModelInfo] = {
         encoder_prefixes=("encoder.",), head_prefixes=("coarse_head.", "point_head."),
         # per parameter group the bf16 gradient fails (encoder cosine to fp64 0.96 at init, 0.970 on the
         # trained bilateral-kvasir-192 weights; docs/benchmarks.md), so "auto" trains it in fp32
-        bf16_training=False, cpu_runtime="onnxruntime"),
+        bf16_training=False, cpu_runtime="onnxruntime", bf16_cpu_runtime="onnxruntime"),
     "bcdunet": ModelInfo(
         "bcdunet", "BCDU-Net (bi-directional ConvLSTM U-Net, dense bottleneck)", "segmentation", "2d", 3, 1,
         "logits", 8, "Azad et al., ICCVW 2019", {"optimizer": "adam", "lr": 1e-4, "schedule": "plateau0.1p7",
@@ -118,14 +123,16 @@ REGISTRY: dict[str, ModelInfo] = {
         "heatmaps", 64, "Azad et al., MLMI 2021", {"optimizer": "rmsprop", "lr": 2.5e-4, "milestones": [60, 90],
                                                     "gamma": 0.1, "epochs": 120, "batch_size": 3, "input_size": 256,
                                                     "loss": "heatmap_mse", "balance_levels": True},
-        bf16_training=False, encoder_prefixes=("stem.",), head_prefixes=("score.",), cpu_runtime="onnxruntime"),  # bf16 gradient cosine to fp64 0.82-0.84 at init, 0.79-0.92 after 3 steps (batch 3)
+        bf16_training=False, encoder_prefixes=("stem.",), head_prefixes=("score.",), cpu_runtime="onnxruntime",
+        bf16_cpu_runtime="onnxruntime"),  # bf16 gradient cosine to fp64 0.82-0.84 at init, 0.79-0.92 after 3 steps (batch 3)
     "unet": ModelInfo(
         "unet", "U-Net baseline (MONAI BasicUNet)", "segmentation", "2d", 3, 1, "logits", 16,
         "Ronneberger et al. 2015 / MONAI", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
                                              "loss": "dice_ce"},
         encoder_prefixes=("net.conv_0.", "net.down_"), head_prefixes=("net.final_conv.",),
         # paper size: contiguous trains 1.4x faster than channels_last in fp32 and bf16 (InstanceNorm)
-        memory_format={"paper": "contiguous", "small": "channels_last"}, cpu_runtime="onnxruntime"),
+        memory_format={"paper": "contiguous", "small": "channels_last"}, cpu_runtime="onnxruntime",
+        bf16_cpu_runtime="onnxruntime"),
 }
 
 
