@@ -5,7 +5,7 @@ The volume is the CT sample (``volumes/ct-abdomen.nii.gz``) upsampled in-plane t
 slices (``benchmarks/inference.py::synthetic_ct``), written once as a NIfTI; each model segments it
 through ``api.batch`` (``force=True``: the bundled models were trained on other images, the timing does
 not depend on it). Stages are timed by wrapping the engine's own functions (nothing is re-implemented
-here): ``io.read`` (read), ``Preprocessing.volume_slices`` + ``volume_sample`` (preprocess),
+here): ``io.read`` (read), ``Preprocessing.volume_slices`` + ``volume_samples`` (preprocess),
 ``Predictor._forward`` (network), ``preprocess.resize`` + ``infer.class_argmax`` (labels), the NIfTI
 writer (write). Median of ``--repeats`` runs after a warm-up on a 12-slice cut of the same volume (which
 also pays the ONNX export once: it is cached per weights and shape).
@@ -47,7 +47,7 @@ STAGES = ("read", "preprocess", "network", "labels", "write")
 def stage_timers(spent: dict):
     """Wrap the engine's functions so that the time inside each lands in ``spent[stage]``."""
     targets = [(io, "read", "read"), (pp.Preprocessing, "volume_slices", "preprocess"),
-               (pp.Preprocessing, "volume_sample", "preprocess"), (infer.Predictor, "_forward", "network"),
+               (pp.Preprocessing, "volume_samples", "preprocess"), (infer.Predictor, "_forward", "network"),
                (pp, "resize", "labels"), (infer, "class_argmax", "labels"), (io, "write_nifti", "write")]
     saved = []
     depth = defaultdict(int)

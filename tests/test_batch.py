@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from napari_medseg import api
@@ -99,6 +100,15 @@ def test_two_local_dask_workers_write_the_same_bytes(folder, tmp_path):
     assert len(summary["written"]) == 8 and len(summary["skipped"]) == 2
     assert _outputs(spread) == _outputs(single)
     assert {r["status"] for r in _manifest(spread).values()} == {"ok", "skipped"}
+
+
+def test_class_counts_are_bincount_in_any_memory_order():
+    from napari_medseg.engine.batch import class_counts
+
+    labels = np.random.default_rng(0).integers(0, 4, (6, 7, 9)).astype(np.uint8)
+    for view in (labels, np.moveaxis(labels, 0, -1), np.asfortranarray(labels), labels[:, ::2]):
+        for k in (2, 4, 6):
+            np.testing.assert_array_equal(class_counts(view, k), np.bincount(view.ravel(), minlength=k))
 
 
 def test_a_worker_loads_the_runtime_and_precision_it_is_sent():

@@ -1,6 +1,7 @@
 """One preprocessing description for training and inference, and splits that stay with the run."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 import warnings
@@ -73,6 +74,39 @@ def test_inference_input_equals_training_input(kind, model, monkeypatch):
     assert len(seen) == len(prepared.images)
     for got, want in zip(seen, prepared.images):
         np.testing.assert_array_equal(got, want)  # the same numbers, not merely close
+
+
+@pytest.mark.parametrize("channels,context", [(1, 0), (3, 0), (1, 1), (3, 1)])
+def test_volume_inputs_are_each_slice_resized_on_its_own(channels, context):
+    """The batched slice preparation of a real CT (many planes per resize, each plane once) gives exactly
+    what resizing each plane alone gives, whatever the chunk; the whole-volume statistics are summed in
+    memory order (no copy of the volume) and skip non-finite voxels."""
+    from napari_medseg.engine import preprocess as pp
+
+    vol = io.read(Path(api.__file__).parent / "samples" / "ct-abdomen-small.nii.gz")[0]
+    prep = pp.Preprocessing.from_config({"input_size": [48, 40], "normalize": "zscore", "context": context},
+                                        channels=channels)
+    ax, slices = prep.volume_slices(vol.data, vol.affine)
+    n, h, w = slices.shape
+    ks = [0, 3, n // 2, n - 1]
+    for chunk in (1, 3, 16):
+        for k, g in zip(ks, prep.volume_samples(slices, ks, chunk=chunk)):
+            idx = [min(max(k + d, 0), n - 1) for d in range(-context, context + 1)]
+            alone = [torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(slices[i]))[None, None],
+                                                     size=(48, 40), mode="bilinear", align_corners=False)[0, 0]
+                     for i in idx]
+            want = np.stack([np.repeat(a.numpy()[None], channels, 0) for a in alone])
+            np.testing.assert_array_equal(g, want if context else want[0])
+    clean = np.asarray(vol.data, dtype=np.float32)  # NIfTI volumes are read in Fortran order
+    mem = clean.ravel(order="K")  # memory order, no copy: the order the statistics are summed in
+    assert pp.volume_stats(clean, "zscore") == (float(mem.mean()), float(mem.std()))
+    np.testing.assert_allclose(pp.volume_stats(clean, "zscore"), (clean.mean(), clean.std()), rtol=1e-6)
+    dirty = clean.copy(order="K")
+    dirty[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    finite = dirty.ravel(order="K")[np.isfinite(dirty.ravel(order="K"))]
+    assert finite.size == dirty.size - 3
+    assert pp.volume_stats(dirty, "zscore") == (float(finite.mean()), float(finite.std()))
+    assert pp.volume_stats(dirty, "minmax") == tuple(float(v) for v in np.percentile(finite, [0.5, 99.5]))
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5])

@@ -152,6 +152,15 @@ def _require_dicom(vol: io.Volume, path: Path, fmt: str) -> None:
                                   "lies on); this is not one: use the default format")
 
 
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Voxels per class (``np.bincount`` of the labels, at least ``num_classes`` long) without the 8-byte
+    index copy bincount makes of a uint8 volume (630 MB for a 300-slice 512x512 CT): one comparison per
+    class over the labels in memory order."""
+    flat = np.asarray(labels).ravel(order="K")
+    k = max(int(num_classes), int(flat.max()) + 1 if flat.size else 0)
+    return np.array([np.count_nonzero(flat == c) for c in range(k)], dtype=np.int64)
+
+
 def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = False, cleanup: bool = False,
             force: bool = False, prior=None, fmt: str | None = None) -> dict:
     """Check, predict and write one input (already read). Returns the result row for the summary.
@@ -195,7 +204,7 @@ def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = 
         else:
             target = io.write_nifti(out / f"{stem}_seg.nii.gz", labels, reference=vol, kind="labels")
         voxel = float(np.prod(vol.spacing))
-    counts = np.bincount(labels.ravel(), minlength=pred.num_classes)
+    counts = class_counts(labels, pred.num_classes)
     unit = "px" if vol.is_2d else "mm3"
     return {"file": str(path), "outputs": [str(target)],
             "volumes": {f"{names[c]}_{unit}": float(counts[c] * voxel) for c in range(1, pred.num_classes)}}

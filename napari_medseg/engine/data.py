@@ -223,7 +223,7 @@ def seg3d_pairs(pre: pp.Preprocessing, vol: io.Volume, labels: np.ndarray, where
         raise DataError(where, "negative label values")
     ax, slices = pre.volume_slices(vol.data, vol.affine)
     lab = np.moveaxis(labels, ax, 0).astype(np.float32)
-    images = [pre.volume_sample(slices, k) for k in range(len(slices))]
+    images = pre.volume_samples(slices, range(len(slices)))
     targets = [pp.resize(lab[k], pre.input_size, "nearest").numpy().astype(np.int64) for k in range(len(slices))]
     return ax, images, targets
 

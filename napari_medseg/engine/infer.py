@@ -244,7 +244,7 @@ class Predictor:
         todo = list(range(n)) if only_slices is None else sorted({int(k) for k in only_slices})
         if any(not 0 <= k < n for k in todo):
             raise ValueError(f"{vol.name}: slice index out of range 0..{n - 1} along axis {ax}: {todo}")
-        samples = [self.prep.volume_sample(slices, k) for k in todo]
+        samples = self.prep.volume_samples(slices, todo)
         emit = callback or (lambda e: None)
         out = self._batched(samples, tta, cancel,
                             progress=lambda d, t: emit(Progress(done=d, total=t, item=vol.name, status="slices")))

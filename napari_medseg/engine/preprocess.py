@@ -54,7 +54,9 @@ def normalize(img: np.ndarray, mode: str, stats: tuple[float, float] | None = No
         return rescale01(normalize(img, "zscore", stats))
     if mode == "zscore":
         mean, std = stats if stats is not None else (float(img.mean()), float(img.std()))
-        return (img - mean) / (std if std > 1e-8 else 1.0)
+        out = img - mean  # then in place: one temporary, not two (a 300-slice CT is 315 MB of float32)
+        out /= std if std > 1e-8 else 1.0
+        return out
     if mode == "minmax":
         lo, hi = stats if stats is not None else np.percentile(img, [0.5, 99.5])
         return np.clip((img - lo) / (hi - lo if hi - lo > 1e-8 else 1.0), 0, 1)
@@ -62,11 +64,18 @@ def normalize(img: np.ndarray, mode: str, stats: tuple[float, float] | None = No
 
 
 def volume_stats(data: np.ndarray, mode: str) -> tuple[float, float] | None:
+    """Whole-volume statistics over the finite voxels, taken in memory order: ``ravel(order="K")`` is a view
+    of a C- or Fortran-ordered volume (NIfTI volumes read Fortran-ordered), so no copy of the volume is made
+    when every voxel is finite (a 300-slice 512x512 CT: 1.6 s of copying saved; the sums run in another
+    order than the C-order copy of before, which moves the statistics in the last bits only)."""
+    if mode not in ("zscore", "minmax"):
+        return None
+    flat = data.ravel(order="K")
+    finite = flat if np.isfinite(flat).all() else flat[np.isfinite(flat)]
     if mode == "zscore":
-        finite = data[np.isfinite(data)]
         return float(finite.mean()), float(finite.std())
     if mode == "minmax":
-        lo, hi = np.percentile(data[np.isfinite(data)], [0.5, 99.5])
+        lo, hi = np.percentile(finite, [0.5, 99.5])
         return float(lo), float(hi)
     return None
 
@@ -79,6 +88,15 @@ def resize(arr: np.ndarray | torch.Tensor, size: tuple[int, int], mode: str = "b
     kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     out = F.interpolate(t.float(), size=tuple(size), mode=mode, **kw)[0]
     return out[0] if squeeze else out
+
+
+def resize_planes(planes: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """(N, H, W) -> (N, h, w) float32, every plane resized on its own: the planes go on the batch axis, where
+    torch computes each exactly as a single plane whatever N is (on the channel axis it vectorises 8 or more
+    planes another way, which differs in the last bit)."""
+    t = torch.as_tensor(np.ascontiguousarray(planes, dtype=np.float32))[:, None]
+    kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    return F.interpolate(t, size=tuple(size), mode=mode, **kw)[:, 0].numpy()
 
 
 def slice_axis_for(affine: np.ndarray, shape: tuple[int, ...], axis: int | str | None = None) -> int:
@@ -241,10 +259,25 @@ class Preprocessing:
 
     def volume_sample(self, slices: np.ndarray, k: int) -> np.ndarray:
         """Network input for slice ``k``: (C, h, w), or (2 * context + 1, C, h, w) with context."""
-        n, h, w = slices.shape
-        if self.context:
-            idx = [min(max(k + d, 0), n - 1) for d in range(-self.context, self.context + 1)]
-            st = np.stack([np.repeat(slices[i][None], self.channels, 0) for i in idx])
-            return resize(st.reshape(-1, h, w), self.input_size, "bilinear").numpy().reshape(
-                len(idx), self.channels, *self.input_size)
-        return resize(np.repeat(slices[k][None], self.channels, 0), self.input_size, "bilinear").numpy()
+        return self.volume_samples(slices, [k])[0]
+
+    def volume_samples(self, slices: np.ndarray, ks, chunk: int = 16) -> list[np.ndarray]:
+        """Network inputs for slices ``ks`` (what :meth:`volume_sample` gives for each): every slice needed
+        (with its neighbours, for context) is resized to the input size once, ``chunk`` planes per call
+        (:func:`resize_planes`: each plane's values are those of resizing it alone; one call for many
+        planes is ~20x faster than one per slice on a 512x512 CT), then repeated to the channels."""
+        n = slices.shape[0]
+        c = self.context
+        stacks = [[min(max(k + d, 0), n - 1) for d in range(-c, c + 1)] for k in ks]
+        need = sorted({i for st in stacks for i in st})
+        small = {}
+        for j in range(0, len(need), chunk):
+            part = need[j: j + chunk]
+            for i, plane in zip(part, resize_planes(slices[part], self.input_size, "bilinear")):
+                small[i] = plane
+        out = []
+        for st in stacks:
+            planes = np.stack([small[i] for i in st])[:, None]  # (2c + 1, 1, h, w)
+            x = np.repeat(planes, self.channels, axis=1)
+            out.append(x if c else x[0])
+        return out
