@@ -139,19 +139,25 @@ def _cmd_train(args) -> int:
 
     old = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = api.train(
-            args.model, args.data, args.out, size=args.size, epochs=args.epochs, batch_size=args.batch_size,
-            lr=args.lr, device=args.device, precision=args.precision, seed=args.seed, resume=args.resume,
-            overwrite=args.overwrite,
-            input_size=args.input_size, patience=args.patience, num_workers=args.workers, compile=args.compile,
-            memory_format=args.memory_format,
-            recipe=args.recipe, max_cases=args.max_cases, max_steps_per_epoch=args.max_steps,
-            augment=args.augment, balance_levels=args.balance_levels, loss=args.loss, model_options=_parse_options(args.options),
-            extra_train=args.extra_train, init=args.init, freeze=args.freeze, callback=_TqdmEvents(), cancel=cancel)
+        result = api.train(args.model, args.data, args.out, **train_options(args), callback=_TqdmEvents(),
+                           cancel=cancel)
     finally:
         signal.signal(signal.SIGINT, old)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
     return EXIT_CANCELLED if result["reason"] == "cancelled" else 0
+
+
+# train flags whose TrainOptions field has another name; every other flag is the field of its own name
+TRAIN_FIELDS = {"workers": "num_workers", "max_steps": "max_steps_per_epoch", "options": "model_options"}
+
+
+def train_options(args) -> dict:
+    """Every `train` flag as the TrainOptions field it sets (all of them: a flag that reaches no field is a
+    TypeError in TrainOptions, not a silently ignored choice)."""
+    opts = {TRAIN_FIELDS.get(k, k): v for k, v in vars(args).items()
+            if k not in ("command", "func", "model", "data", "out")}
+    opts["model_options"] = _parse_options(opts["model_options"])
+    return opts
 
 
 def _parse_options(items: list[str]) -> dict:

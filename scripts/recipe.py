@@ -6,6 +6,8 @@
         # full metrics), evaluates it on the test split, copies it into the package
     .venv/bin/python scripts/recipe.py recipes/lstmsa-acdc.json train --seed 1
         # a repeat with another seed: trains into <runs>/<name>-seed1 (score it with scripts/score_run.py)
+    .venv/bin/python scripts/recipe.py recipes/unet-ph2-cosine.json bundle --seed 1 --as unet-ph2
+        # bundle that seed's run, under another name (replacing the weights shipped under it)
 
 Data come from $NAPARI_MEDSEG_DATA_DIR (default ../shared/data). The run folder is $NAPARI_MEDSEG_RUNS/<name>
 (default runs/<name>; point it outside the checkout so a long run survives a fresh clone and continues with
@@ -106,10 +108,13 @@ def main() -> int:
     recipe = json.loads(recipe_path.read_text())
     data = Path(os.environ.get("NAPARI_MEDSEG_DATA_DIR", ROOT.parent / "shared" / "data")) / recipe["dataset"]
     run = Path(os.environ.get("NAPARI_MEDSEG_RUNS", ROOT / "runs")) / recipe["name"]
-    if action == "train" and "--seed" in extra:  # a repeat with another seed gets its own run folder
+    seed = None
+    if "--seed" in extra:  # a repeat with another seed has its own run folder
         seed = extra[extra.index("--seed") + 1]
         if seed != recipe["train"][recipe["train"].index("--seed") + 1]:
             run = run.with_name(f"{recipe['name']}-seed{seed}")
+        else:
+            seed = None
     if action == "train":
         more = [a for d in recipe.get("extra_train", []) for a in ("--extra-train", str(data.parent / d))]
         cmd = [sys.executable, "-m", "napari_medseg.cli", "train", "--data", str(data), "--out", str(run),
@@ -124,10 +129,15 @@ def main() -> int:
     from napari_medseg.engine.data import AUGMENTATION
     from napari_medseg.io import disc_name
 
-    which = extra[0] if extra else choose_on_val(api, data, run)
+    name = extra[extra.index("--as") + 1] if "--as" in extra else recipe["name"]
+    picked = [a for a in extra if a in ("best", "last")]
+    which = picked[0] if picked else choose_on_val(api, data, run)
     history = json.loads((run / "history.json").read_text())
     cfg = ckpt.read_config(run / which)
-    target = ROOT / "napari_medseg" / "weights" / recipe["name"]
+    target = ROOT / "napari_medseg" / "weights" / name
+    train_args = list(recipe["train"])
+    if seed is not None:
+        train_args[train_args.index("--seed") + 1] = seed
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -136,9 +146,11 @@ def main() -> int:
     # the test metrics are those of the weights as shipped
     result = api.evaluate(str(data), weights=str(target), subset="test", device="cpu", precision="fp32")
     cfg["card"] = {
-        "name": recipe["name"], "about": recipe["about"], "dataset": recipe["dataset"],
-        "split": "split.json of the dataset (train / val / test stems)",
-        "extra_train": [f"{d} (its train split)" for d in recipe.get("extra_train", [])], "recipe": recipe["train"],
+        "name": name, "about": recipe["about"] + "".join(
+            [f" Recipe {recipe['name']}." if name != recipe["name"] else "",
+             f" Bundled from its run with --seed {seed}." if seed is not None else ""]),
+        "dataset": recipe["dataset"], "split": "split.json of the dataset (train / val / test stems)",
+        "extra_train": [f"{d} (its train split)" for d in recipe.get("extra_train", [])], "recipe": train_args,
         "loss": cfg["training"].get("loss_used", cfg["training"].get("loss")),
         "augmentation": AUGMENTATION[cfg["model"].get("task", "segmentation")] if cfg["training"].get("augment") else "none",
         "level_balancing": cfg["training"].get("repeats"),
@@ -154,12 +166,12 @@ def main() -> int:
         **({"accepts": recipe["accepts"]} if recipe.get("accepts") else {}),
         **({"names": [disc_name(n) for n in cfg["preprocessing"]["disc_numbers"]]}
            if cfg["preprocessing"].get("disc_numbers") else {}),
-        "reproduce": f"NAPARI_MEDSEG_DATA_DIR=../shared/data napari-medseg evaluate --model {recipe['name']} "
+        "reproduce": f"NAPARI_MEDSEG_DATA_DIR=../shared/data napari-medseg evaluate --model {name} "
                      f"--data ../shared/data/{recipe['dataset']}",
     }
     if recipe.get("label_names"):  # class names for the Labels layer's features (2-D datasets carry none)
         cfg["preprocessing"]["label_names"] = recipe["label_names"]
-    cfg["training"]["out"] = f"runs/{recipe['name']}"
+    cfg["training"]["out"] = f"runs/{run.name}"
     cfg["training"]["data"] = recipe["dataset"]  # no path of the training machine in the package
     cfg["data"]["root"] = recipe["dataset"]
     (target / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

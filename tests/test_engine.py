@@ -681,3 +681,37 @@ def test_init_works_for_every_network(network, dataset, tiny, tmp_path):
     assert enc and rest
     assert all(torch.equal(before[k], after[k]) for k in enc), "a frozen tensor changed"
     assert sum(not torch.equal(before[k], after[k]) for k in rest) > len(rest) // 4, "training changed nothing"
+
+
+def test_every_train_flag_reaches_the_trainer(monkeypatch):
+    """A flag the CLI accepts but does not hand on trains another way than its command says (it happened:
+    `--schedule` was dropped, so recipes asking for a cosine schedule trained at the recipe's default).
+    Every flag of `train`, set away from its default, must arrive in TrainOptions."""
+    from napari_medseg.cli import build_parser, main
+    from napari_medseg.engine.train import TrainOptions
+
+    seen = {}
+
+    def fake_train(model, data, out, callback=None, cancel=None, **kw):
+        seen.update(TrainOptions(model=model, data=data, out=out, **kw).__dict__)
+        return {"reason": "done"}
+
+    monkeypatch.setattr(api, "train", fake_train)
+    argv = ["train", "--model", "unet", "--data", "D", "--out", "O", "--size", "paper", "--epochs", "3",
+            "--batch-size", "5", "--lr", "0.01", "--device", "cpu", "--precision", "fp32", "--resume", "--overwrite",
+            "--seed", "7", "--input-size", "64", "--patience", "2", "--workers", "1", "--compile",
+            "--memory-format", "contiguous", "--recipe", "bcdunet", "--no-augment", "--balance-levels",
+            "--loss", "ce", "--schedule", "cosine", "--option", "cell=none", "--init", "unet-ph2",
+            "--freeze", "encoder", "--extra-train", "E", "--max-cases", "4", "--max-steps", "6"]
+    train_parser = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    flags = [a for a in train_parser._actions if a.option_strings and a.dest != "help"]
+    missing = [a.option_strings[0] for a in flags if not set(a.option_strings) & set(argv)]
+    assert not missing, f"add these train flags to this test: {missing}"
+    assert main(argv) == 0
+    want = {"model": "unet", "data": "D", "out": "O", "size": "paper", "epochs": 3, "batch_size": 5, "lr": 0.01,
+            "device": "cpu", "precision": "fp32", "resume": True, "overwrite": True, "seed": 7, "input_size": 64,
+            "patience": 2, "num_workers": 1, "compile": True, "memory_format": "contiguous", "recipe": "bcdunet",
+            "augment": False, "balance_levels": True, "loss": "ce", "schedule": "cosine",
+            "model_options": {"cell": "none"}, "init": "unet-ph2", "freeze": "encoder", "extra_train": ["E"],
+            "max_cases": 4, "max_steps_per_epoch": 6}
+    assert {k: seen[k] for k in want} == want
