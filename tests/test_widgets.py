@@ -44,14 +44,20 @@ def test_segment_2d_rgb(make_napari_viewer, qtbot, trained):
     assert list(labels.features["class"][:2]) == ["background", "class 1"]
 
 
-def test_segment_volume_lands_on_the_image_and_saves_exactly(make_napari_viewer, qtbot, trained, volumes, tmp_path):
+def test_segment_volume_lands_on_the_image_and_saves_exactly(make_napari_viewer, qtbot, trained, volumes, tmp_path,
+                                                             monkeypatch):
+    from napari_medseg.engine.infer import Predictor
+
+    forward = Predictor._forward  # each network call also waits 50 ms in the worker, so the job surely lasts
+    monkeypatch.setattr(Predictor, "_forward", lambda self, *a, **k: (time.sleep(0.05), forward(self, *a, **k))[1])
     viewer = make_napari_viewer()
     [image] = viewer.open(str(volumes / "ct-spleen-crop.nii.gz"), plugin="napari-medseg")
     w = _dock(viewer, "Segment")
     w.image.value = image.name
     _use_checkpoint(w.weights, trained["vol"])
     w.force.value = True  # the tiny test model was trained on cardiac MRI: this checks placement, not accuracy
-    # the GUI thread must stay responsive while the job runs: measure the event loop's latency
+    # the GUI thread must stay responsive while the job runs: measure the event loop's latency (the job,
+    # on this small crop, now takes well under a second; the waits above keep it long enough to measure)
     from qtpy.QtCore import QTimer
 
     ticks = []
