@@ -14,7 +14,6 @@ from . import preprocess as pp
 from .devices import release_memory, select_device, select_precision
 from .discs import DECODING, anchor_numbering, decode_discs, flag_discs
 from .events import CancelToken, Progress
-from .runtime import onnx_cache_path
 
 
 class Predictor:
@@ -64,15 +63,14 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw) -> "Predictor":
-        """A Predictor for a checkpoint folder. With the onnxruntime runtime and the graph already cached
-        for these weights, the torch network is not built (start-up without the MONAI import); otherwise
-        it is built and its weights loaded here, so a checkpoint that does not fit fails at load."""
+        """A Predictor for a checkpoint folder. With the onnxruntime runtime its graph for the model's input
+        shape is opened here: from the cache without building the torch network (start-up without the
+        MONAI import), else the network is built, its weights loaded and exported, so a checkpoint that
+        does not fit fails at load either way."""
         pred = cls(lambda: ckpt.load_model(path)[0], ckpt.read_config(path), **kw)
         pred.source = Path(path)
         if pred.runtime == "onnxruntime":
-            digest = pred.identity()["weights_sha256"]
-            if digest is None or not onnx_cache_path(digest, pred.sample_shape()).is_file():
-                pred.model  # noqa: B018 - build (and check) the network now
+            pred._graph(pred.sample_shape())
         return pred
 
     source: Path | None = None  # the checkpoint folder, when loaded from one

@@ -124,7 +124,8 @@ REGISTRY: dict[str, ModelInfo] = {
                                                     "gamma": 0.1, "epochs": 120, "batch_size": 3, "input_size": 256,
                                                     "loss": "heatmap_mse", "balance_levels": True},
         bf16_training=False, encoder_prefixes=("stem.",), head_prefixes=("score.",), cpu_runtime="onnxruntime",
-        bf16_cpu_runtime="onnxruntime"),  # bf16 gradient cosine to fp64 0.82-0.84 at init, 0.79-0.92 after 3 steps (batch 3)
+        # bf16 gradient cosine to fp64 0.82-0.84 at init, 0.79-0.92 after 3 steps (batch 3)
+        bf16_cpu_runtime="onnxruntime"),
     "unet": ModelInfo(
         "unet", "U-Net baseline (MONAI BasicUNet)", "segmentation", "2d", 3, 1, "logits", 16,
         "Ronneberger et al. 2015 / MONAI", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
