@@ -105,6 +105,7 @@ class BatchWidget(Container):
         worker.start()
 
     def _done(self, summary):
+        self.controls.busy(False)  # the result is in: Run again, activity closed (``finished`` comes later)
         if isinstance(summary, Failed):
             self.controls.status.value = notify_error(summary.error)
             return

@@ -80,6 +80,7 @@ class LabelDiscsWidget(Container):
         worker.start()
 
     def _done(self, points, layer):
+        self.controls.busy(False)  # the result is in: Run again, activity closed (``finished`` comes later)
         if isinstance(points, Failed):
             self.controls.status.value = notify_error(points.error)
             return

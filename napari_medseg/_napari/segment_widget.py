@@ -97,6 +97,7 @@ class SegmentWidget(Container):
         worker.start()
 
     def _done(self, result, layer):
+        self.controls.busy(False)  # the result is in: Run again, activity closed (``finished`` comes later)
         if isinstance(result, Failed):
             self._failed(result.error)
             return
