@@ -379,7 +379,10 @@ def test_slice_batches_give_the_same_labels_and_fit_the_memory_budget(trained, s
     assert auto.last_batch_size == memory.CAPS["cpu"]  # plenty of memory: the CPU cap
     # a tight budget: the batch shrinks to what fits (measured cost per slice x batch <= half the memory)
     shape = next(iter(auto._auto_batch))
-    cost = memory.per_sample_bytes(auto.model, torch.zeros(shape), auto.device, auto.precision.autocast)
+    if auto.runtime == "onnxruntime":  # the cost is read from the graph (tests/test_startup.py: no torch network)
+        cost = memory.graph_sample_bytes(auto._graph(shape).path)
+    else:
+        cost = memory.per_sample_bytes(auto.model, torch.zeros(shape), auto.device, auto.precision.autocast)
     tight = api.load(weights=trained["vol"], device="cpu")
     monkeypatch.setattr(memory, "available_bytes", lambda device: 3 * cost)
     got = tight.segment_volume(vol)
@@ -414,7 +417,7 @@ def test_a_batch_that_runs_out_of_memory_is_halved_and_retried(trained, shared, 
     assert sum(sizes[2:]) == vol.data.shape[2]  # every slice predicted exactly once
 
 
-def test_memory_budget_rules():
+def test_memory_budget_rules(tmp_path):
     from torch import nn
 
     from napari_medseg.engine import memory
@@ -423,6 +426,21 @@ def test_memory_budget_rules():
     # input 1x8x8 + conv 4x8x8 + relu 4x8x8, float32
     nbytes = memory.per_sample_bytes(net, torch.zeros(1, 8, 8), torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False))
     assert nbytes == (64 + 256 + 256) * 4
+    # the same rule read from the exported graph (the onnxruntime runtime): the same values, the same bytes
+    from napari_medseg.engine.runtime import export_onnx
+
+    path = export_onnx(net, torch.zeros(2, 1, 8, 8), tmp_path / "net.onnx")
+    assert memory.graph_sample_bytes(path) == nbytes
+    bigger = export_onnx(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval(),
+                         torch.zeros(1, 1, 8, 8), tmp_path / "bigger.onnx")
+    assert memory.graph_sample_bytes(bigger) == nbytes + 128 * 4
+
+    class PadToQuarter(nn.Module):  # padding computed from the input's shape at run time (as MONAI's U-Net)
+        def forward(self, x):
+            return torch.nn.functional.pad(x, (0, x.shape[-1] // 4))
+
+    padded = export_onnx(PadToQuarter(), torch.zeros(1, 1, 8, 8), tmp_path / "pad.onnx")
+    assert memory.graph_sample_bytes(padded) == (64 + 8 * 10) * 4  # the 8x10 output sized by running the graph
     assert memory.batch_for_budget(100, 1000, "cuda") == 5
     assert memory.batch_for_budget(100, 1000, "cpu") == 2
     assert memory.batch_for_budget(100, 1000, "mps") == 5

@@ -62,3 +62,29 @@ def test_a_cached_graph_starts_without_building_the_torch_network(shared, tmp_pa
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
     name = f"{image.stem}_seg.png"
     assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
+
+
+def test_a_volume_with_a_cached_graph_starts_without_the_torch_network(shared, tmp_path):
+    """A volume under `--batch-size auto` (the default) sizes its slice batches from the graph's own value
+    shapes, so the second call still never builds the torch network (no MONAI) and writes the same labels."""
+    import os
+
+    from napari_medseg.engine import data as D
+
+    layout = D.discover(shared / "acdc")
+    volume = layout.pairs[D.split(layout)["test"][0]][0]
+    env = {**os.environ, "NAPARI_MEDSEG_CACHE": str(tmp_path / "cache")}
+    outs = []
+    for i in range(2):
+        outs.append(tmp_path / f"out{i}")
+        seen, err = _run("predict", "--model", "unet-acdc-300", "--device", "cpu", "--runtime", "onnxruntime",
+                         str(volume), "--out", str(outs[-1]), env=env)
+        assert seen["rc"] == 0, err
+        assert seen["monai"] == (i == 0), (i, seen)
+    written = sorted(p.name for p in outs[0].iterdir() if p.name.endswith(".nii.gz"))
+    assert written and written == sorted(p.name for p in outs[1].iterdir() if p.name.endswith(".nii.gz"))
+    import nibabel as nib
+    import numpy as np
+
+    for name in written:
+        assert np.array_equal(np.asarray(nib.load(outs[0] / name).dataobj), np.asarray(nib.load(outs[1] / name).dataobj))

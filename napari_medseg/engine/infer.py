@@ -151,14 +151,18 @@ class Predictor:
 
     def batch_for(self, shape: tuple[int, ...]) -> int:
         """Samples of ``shape`` (C, H, W) per forward pass: the fixed ``batch_size``, or under ``"auto"``
-        the largest batch that fits the memory budget (measured once per shape, :mod:`.memory`)."""
+        the largest batch that fits the memory budget (measured once per shape, :mod:`.memory`; from the
+        graph under the onnxruntime runtime)."""
         if self.batch_size != "auto":
             return int(self.batch_size)
         shape = tuple(int(v) for v in shape)
         if shape not in self._auto_batch:
             from . import memory
 
-            cost = memory.per_sample_bytes(self.model, torch.zeros(shape), self.device, self.precision.autocast)
+            if self.runtime == "onnxruntime":  # read from the graph: the torch network is not built for it
+                cost = memory.graph_sample_bytes(self._graph(shape).path)
+            else:
+                cost = memory.per_sample_bytes(self.model, torch.zeros(shape), self.device, self.precision.autocast)
             self._auto_batch[shape] = memory.batch_for_budget(cost, memory.available_bytes(self.device),
                                                               self.device.type)
         return self._auto_batch[shape]
