@@ -79,9 +79,9 @@ def batch_for_budget(per_sample: int, available: int, device_type: str, fraction
 
 def graph_sample_bytes(path) -> int:
     """Bytes of every floating-point value in the ONNX graph at ``path`` (inputs, intermediate values,
-    outputs) for a batch of one: the CPU rule of :func:`per_sample_bytes` read from the graph instead of the torch network. Sizes
-    come from ONNX shape inference; values it leaves unsized (MONAI's U-Net pads to the skip's size at run
-    time) are sized by one run of the graph at batch 1 that returns them."""
+    outputs) for a batch of one: the CPU rule of :func:`per_sample_bytes` read from the graph instead of
+    the torch network. Sizes come from ONNX shape inference; values it leaves unsized (MONAI's U-Net pads to
+    the skip's size at run time) are sized by one run of the graph at batch 1 that returns them."""
     import numpy as np
     import onnx
     from onnx import helper, shape_inference
@@ -105,7 +105,8 @@ def graph_sample_bytes(path) -> int:
     if unsized:
         import onnxruntime as ort
 
-        model.graph.output.extend(unsized)
+        outputs = {v.name for v in model.graph.output}
+        model.graph.output.extend(v for v in unsized if v.name not in outputs)
         first = graph.input[0]
         shape = [1] + [d.dim_value for d in first.type.tensor_type.shape.dim[1:]]
         dtype = helper.tensor_dtype_to_np_dtype(first.type.tensor_type.elem_type)
