@@ -156,6 +156,21 @@ class RunControls(Container):
         if text:
             self.status.value = text
 
+    def start(self, worker, on_result):
+        """Start ``worker`` (a napari ``thread_worker``) under these controls: when it returns, the controls
+        are released first (Run enabled, activity entry closed) and then ``on_result`` shows the result; an
+        error becomes a one-line notification; ``finished`` releases them in every case. Returns the worker."""
+
+        def returned(result):
+            self.busy(False)
+            on_result(result)
+
+        worker.returned.connect(returned)
+        worker.errored.connect(lambda err: setattr(self.status, "value", notify_error(err)))
+        worker.finished.connect(lambda: self.busy(False))
+        worker.start()
+        return worker
+
     def _open_activity(self, text: str):
         from napari.utils import progress
 

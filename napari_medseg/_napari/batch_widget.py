@@ -97,15 +97,9 @@ class BatchWidget(Container):
             return api.batch(inputs, out, task=task, device=device, callback=self.controls.report, cancel=token,
                              force=force, resume=resume, overwrite=replace, **source)
 
-        worker = work()
-        worker.returned.connect(self._done)
-        worker.errored.connect(lambda err: setattr(self.controls.status, "value", notify_error(err)))
-        worker.finished.connect(lambda: self.controls.busy(False))
-        self.worker = worker
-        worker.start()
+        self.worker = self.controls.start(work(), self._done)
 
     def _done(self, summary):
-        self.controls.busy(False)  # the result is in: Run again, activity closed (``finished`` comes later)
         if isinstance(summary, Failed):
             self.controls.status.value = notify_error(summary.error)
             return

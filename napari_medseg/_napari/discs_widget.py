@@ -72,15 +72,9 @@ class LabelDiscsWidget(Container):
 
             return api.label_discs(layer, device=device, min_confidence=min_conf, force=force, prior=prior, **source)
 
-        worker = work()
-        worker.returned.connect(lambda pts: self._done(pts, layer))
-        worker.errored.connect(lambda err: setattr(self.controls.status, "value", notify_error(err)))
-        worker.finished.connect(lambda: self.controls.busy(False))
-        self.worker = worker
-        worker.start()
+        self.worker = self.controls.start(work(), lambda pts: self._done(pts, layer))
 
     def _done(self, points, layer):
-        self.controls.busy(False)  # the result is in: Run again, activity closed (``finished`` comes later)
         if isinstance(points, Failed):
             self.controls.status.value = notify_error(points.error)
             return

@@ -89,15 +89,9 @@ class SegmentWidget(Container):
                               force=opts["force"])
             return seg, _write_seg(seg, placed, layer.name, seg_file)
 
-        worker = work()
-        worker.returned.connect(lambda result: self._done(result, layer))
-        worker.errored.connect(self._failed)
-        worker.finished.connect(lambda: self.controls.busy(False))
-        self.worker = worker
-        worker.start()
+        self.worker = self.controls.start(work(), lambda result: self._done(result, layer))
 
     def _done(self, result, layer):
-        self.controls.busy(False)  # the result is in: Run again, activity closed (``finished`` comes later)
         if isinstance(result, Failed):
             self._failed(result.error)
             return
