@@ -417,7 +417,7 @@ def test_a_batch_that_runs_out_of_memory_is_halved_and_retried(trained, shared, 
     assert sum(sizes[2:]) == vol.data.shape[2]  # every slice predicted exactly once
 
 
-def test_memory_budget_rules(tmp_path):
+def test_memory_budget_rules(tmp_path, monkeypatch):
     from torch import nn
 
     from napari_medseg.engine import memory
@@ -440,7 +440,20 @@ def test_memory_budget_rules(tmp_path):
             return torch.nn.functional.pad(x, (0, x.shape[-1] // 4))
 
     padded = export_onnx(PadToQuarter(), torch.zeros(1, 1, 8, 8), tmp_path / "pad.onnx")
+    import onnxruntime as ort
+
+    opened = []
+
+    class Recording(ort.InferenceSession):  # the run that sizes values opens its session as the runtime does
+        def __init__(self, model, options=None, **kw):
+            opened.append(options)
+            super().__init__(model, options, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", Recording)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     assert memory.graph_sample_bytes(padded) == (64 + 8 * 10) * 4  # the 8x10 output sized by running the graph
+    assert [(o.intra_op_num_threads, o.inter_op_num_threads) for o in opened] == [(3, 1)]
+    assert opened[0].get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert memory.batch_for_budget(100, 1000, "cuda") == 5
     assert memory.batch_for_budget(100, 1000, "cpu") == 2
     assert memory.batch_for_budget(100, 1000, "mps") == 5

@@ -105,12 +105,14 @@ def graph_sample_bytes(path) -> int:
     if unsized:
         import onnxruntime as ort
 
+        from .runtime import session_options
+
         outputs = {v.name for v in model.graph.output}
         model.graph.output.extend(v for v in unsized if v.name not in outputs)
         first = graph.input[0]
         shape = [1] + [d.dim_value for d in first.type.tensor_type.shape.dim[1:]]
         dtype = helper.tensor_dtype_to_np_dtype(first.type.tensor_type.elem_type)
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
         names = [v.name for v in unsized]
         total += sum(a.nbytes for a in session.run(names, {first.name: np.zeros(shape, dtype)}))
     return max(1, total)
