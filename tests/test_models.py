@@ -256,6 +256,28 @@ def test_variants_run(name, options):
         assert model(_input(model, batch=1)).shape[1] == model.num_classes
 
 
+def test_bilateral_instance_norm_normalises_each_image_alone():
+    """``norm="instance"``: no BatchNorm left, the zero-initialised residual scales still zero, and in
+    training mode an image's logits do not depend on the other images of its batch (with BN they do)."""
+    torch.manual_seed(0)
+    batch = models.build("bilateral", num_classes=2, render=False)
+    torch.manual_seed(0)
+    inst = models.build("bilateral", num_classes=2, render=False, norm="instance")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in inst.modules())
+    norms = [m for m in inst.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert len(norms) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in batch.modules())
+    assert all(m.affine and not m.track_running_stats for m in norms)
+    assert float(inst.encoder[0][0].body[-1].weight.abs().sum()) == 0.0  # zero_init_residual kept
+    x = torch.rand(4, 3, 64, 64)
+    for net, alone in ((inst, True), (batch, False)):
+        net.train()
+        with torch.no_grad():
+            together, single = net(x)["logits"][:1], net(x[:1].repeat(4, 1, 1, 1))["logits"][:1]
+        assert torch.allclose(together, single, atol=1e-5) is alone
+    with pytest.raises(ValueError, match="norm must be one of batch, instance"):
+        models.build("bilateral", norm="group")
+
+
 def test_hourglass_any_number_of_discs():
     model = models.build("hourglass", num_classes=6).eval()
     with torch.no_grad():

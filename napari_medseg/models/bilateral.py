@@ -71,6 +71,7 @@ SIZES = {
 CARDINALITY = 8  # the paper's cardinality
 GROUP_WIDTH = 4  # channels per group of the grouped 3x3 (ResNeXt's 32x4d) **(our choice)**
 DECODERS = ("full", "stride4")
+NORMS = ("batch", "instance")
 
 
 def bottleneck_shape(cout: int, group_width: int | None = GROUP_WIDTH) -> tuple[int, int]:
@@ -264,13 +265,17 @@ class BilateralAttentionNet(nn.Module):
         residual: ``"zero_init"`` (shipped), ``"plain"`` or ``"preact"`` blocks (:func:`encoder_stage`).
         group_width: channels per group of the grouped 3x3 (None: the first design's cardinality 8).
         decoder: ``"full"`` (U-shaped to full resolution) or ``"stride4"`` (the first design).
+        norm: ``"batch"`` (ResNeXt's BN, shipped) or ``"instance"``: every BN becomes an affine
+            InstanceNorm with the same initial scale and shift (:func:`use_instance_norm`) **(our choice)**.
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, size: str = "small", render: bool = True,
                  swin_weights: str | Path | None = None, train_points: int = 1024, oversample: int = 3,
                  importance: float = 0.75, subdivision_points: int = 4096, residual: str = "zero_init",
-                 group_width: int | None = GROUP_WIDTH, decoder: str = "full"):
+                 group_width: int | None = GROUP_WIDTH, decoder: str = "full", norm: str = "batch"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"bilateral: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if residual not in RESIDUALS:
             raise ValueError(f"bilateral: residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
         if decoder not in DECODERS:
@@ -298,6 +303,9 @@ class BilateralAttentionNet(nn.Module):
             self.up1, self.up0 = UpBlock(w2, w1, w1), UpBlock(w1, w0, w0)
         self.coarse_head = nn.Conv2d(w0 if decoder == "full" else w2, num_classes, 1)
         self.point_head = PointHead(w0 + w1, num_classes, cfg["point_hidden"]) if render else None
+        self.norm = norm
+        if norm == "instance":
+            use_instance_norm(self)
         if swin_weights is not None:
             self.load_swin_weights(swin_weights)
 
@@ -370,6 +378,27 @@ class BilateralAttentionNet(nn.Module):
         point_logits = self.point_head(self._fine(f0, f1, coords), point_sample(coarse, coords))
         return logits.flatten(2).scatter(2, idx.unsqueeze(1).expand(-1, k, -1),
                                          point_logits.to(logits.dtype)).view(b, k, h, w)
+
+
+def use_instance_norm(module: nn.Module) -> int:
+    """Replace every ``BatchNorm2d`` under ``module`` by an affine ``InstanceNorm2d`` (no running statistics:
+    each image is normalised by its own, in training and inference alike) with the BN's initial scale and
+    shift, so that zero-initialised residual scales stay zero. Returns how many were replaced.
+
+    **Our choice**: the U-Net baseline normalises per instance (MONAI's ``BasicUNet``); with batch statistics
+    the bilateral network fit its training images worse in our short runs (docs/results.md)."""
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            inst = nn.InstanceNorm2d(child.num_features, eps=child.eps, affine=True)
+            with torch.no_grad():
+                inst.weight.copy_(child.weight)
+                inst.bias.copy_(child.bias)
+            setattr(module, name, inst)
+            count += 1
+        else:
+            count += use_instance_norm(child)
+    return count
 
 
 def point_targets(target: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
