@@ -50,11 +50,14 @@ VARIANTS = ("unet", "bilateral", "instance", "no-render", "no-isam", "no-attenti
 
 @contextmanager
 def variant_of_trainer(variant: str):
-    """The trainer's network and optimiser hooks changed for ``variant`` (restored afterwards)."""
+    """The trainer's network and optimiser hooks changed for ``variant`` (restored afterwards); yields a
+    dict whose ``"run"`` is the trainer's run once the network is built (to score the trained network)."""
     build_network, build_optimizer, widths = T.build_network, T.build_optimizer, B.SIZES["small"]["widths"]
+    kept = {}
 
     def network(run):
         build_network(run)
+        kept["run"] = run
         if variant in ("no-isam", "no-attention"):
             run.model.isam = nn.Identity()
         if variant == "no-attention":
@@ -74,7 +77,7 @@ def variant_of_trainer(variant: str):
     if variant.startswith("wide"):
         B.SIZES["small"]["widths"] = tuple(2 * w for w in widths)
     try:
-        yield
+        yield kept
     finally:
         T.build_network, T.build_optimizer, B.SIZES["small"]["widths"] = build_network, build_optimizer, widths
 
@@ -84,25 +87,14 @@ def run_variant(variant: str, seed: int, data: str, cases: int, epochs: int, siz
     if variant == "no-render":
         options = {"render": False}
     model = "unet" if variant == "unet" else "bilateral"
-    with tempfile.TemporaryDirectory() as tmp, variant_of_trainer(variant):
+    with tempfile.TemporaryDirectory() as tmp, variant_of_trainer(variant) as kept:
         opts = T.TrainOptions(model=model, out=str(Path(tmp) / "run"), data=data, size="small", epochs=epochs, batch_size=16,
                               input_size=size, seed=seed, augment=True, schedule="cosine", precision="fp32",
                               max_cases=cases, model_options=options)
         prepared = T.prepare_data(opts, (size, size))
-        kept = {}
-        build = T.build_network
-
-        def keep(run):
-            build(run)
-            kept["run"] = run
-
-        T.build_network = keep
-        try:
-            t0 = time.perf_counter()
-            result = T.train(opts, data=prepared)
-            seconds = time.perf_counter() - t0
-        finally:
-            T.build_network = build
+        t0 = time.perf_counter()
+        result = T.train(opts, data=prepared)
+        seconds = time.perf_counter() - t0
         run = kept["run"]
         fit, _ = T.validate(run.model, prepared[0], "segmentation", run.device, run.precision, 16)
     history = result["history"]
