@@ -226,7 +226,9 @@ def init_from(model, init: str, *, network: str, size: str, in_channels: int, nu
     weights = load_weights(path)
     own = model.state_dict()
     loaded = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    old_numbers = (cfg.get("preprocessing") or {}).get("disc_numbers")
+    from .disc_targets import channel_keys
+
+    old_numbers = channel_keys(cfg.get("preprocessing") or {}) or None
     mapped = []
     if numbers and old_numbers and list(numbers) != list(old_numbers):
         for k, v in weights.items():

@@ -140,8 +140,12 @@ class Prepared:
     preprocessing: dict = field(default_factory=dict)
     profiles: list = field(default_factory=list)  # engine.expectations.input_profile of each case
     # discs: other sagittal views of each case (N, V, H, W), one channel in [0, 1], for the augmentation's
-    # choice of slices (VIEW_CHOICES); images[i] is the view inference sees
+    # choice of slices (VIEW_CHOICES, then the depth sweep); images[i] is the view inference sees
     views: np.ndarray | None = None
+    # discs: (N, C, H, W) uint8, 1 where a target channel counts in the loss (engine/disc_targets.py), and
+    # the depth channels' heights (N, V, K) for each of ``views`` (targets hold them for ``images``)
+    known: np.ndarray | None = None
+    depth: np.ndarray | None = None
 
     def subset(self, idx) -> "Prepared":
         """The samples ``idx`` (a list of indices), every per-sample array cut alike."""
@@ -150,7 +154,7 @@ class Prepared:
         return Prepared(self.task, self.images[idx], self.targets[idx], cut(self.visible),
                         [self.stems[i] for i in idx], self.num_classes, dict(self.preprocessing),
                         [self.profiles[i] for i in idx] if len(self.profiles) == len(self.stems) else list(self.profiles),
-                        cut(self.views))
+                        cut(self.views), cut(self.known), cut(self.depth))
 
     @classmethod
     def join(cls, parts: list["Prepared"], prefixes: list[str] | None = None) -> "Prepared":
@@ -167,7 +171,7 @@ class Prepared:
         cat = lambda name: None if getattr(first, name) is None else np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
         return cls(first.task, np.concatenate([p.images for p in parts]), np.concatenate([p.targets for p in parts]),
                    cat("visible"), stems, max(p.num_classes for p in parts), dict(first.preprocessing),
-                   [pr for p in parts for pr in p.profiles], cat("views"))
+                   [pr for p in parts for pr in p.profiles], cat("views"), cat("known"), cat("depth"))
 
 
 def slice_split(labelled: list[int], current: int, val_fraction: float = 0.2,
@@ -291,41 +295,75 @@ VIEW_CHOICES = ((0, 7), (-2, 7), (2, 7), (-1, 5), (1, 5), (0, 3), (-1, 3), (1, 3
 
 
 def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_numbers: list[int] | None,
-                  sigma: float = 5**0.5, n_average: int = 7, cancel=None) -> Prepared:
+                  sigma: float = 5**0.5, n_average: int = 7, cancel=None, depth: bool | None = None) -> Prepared:
     """One sagittal view per volume with a Gaussian heatmap per disc level. ``visible[i, k]`` is True only
     where case ``i`` *labels* level ``k``: a level a case does not label is unknown there (its disc may
-    well be in the image), so it gets no target and no loss, and it is left out of the prior and of
-    every validation metric."""
-    views, alts, pts_all, profiles = [], [], [], []
+    well be in the image), so it gets no target and it is left out of the prior and of every validation
+    metric; the loss still counts the pixels where its disc cannot be (``known``, from the case's
+    ``vertebrae/`` mask where the dataset has one: engine/disc_targets.py). Volumes with several sagittal
+    slices also get a depth channel per level (``preprocessing.depth``), trained on thin views swept
+    across the slices (``views``, ``depth``); ``depth`` forces them on or off (validation data follow their
+    training data)."""
+    from . import disc_targets as DT
+
+    cases = []
     for s in stems:
         _check_cancel(cancel, s)
         img_path, lab_path = layout.pairs[s]
         vol = io.read_nifti(img_path, kind="image")
         view, geo = pp.sagittal_view(vol.data, vol.affine, n_average)
-        profiles.append(input_profile(vol, geo["lr"]))
         pts = disc_points(lab_path, vol)
-        rc = pp.voxel_to_view(pts.voxels(), geo)
         scale = disc_view_scale(view.shape, size)
-        views.append(disc_view_input(view, size))
-        alts.append(np.stack([disc_view_input(pp.sagittal_view(vol.data, vol.affine, n, off)[0], size)[0]
-                              for off, n in VIEW_CHOICES]))
-        pts_all.append((pts.numbers, rc * scale + (scale - 1) / 2))
-    numbers = sorted(disc_numbers or {n for nums, _ in pts_all for n in nums})
-    heat, vis = [], []
-    for nums, rc in pts_all:
-        pos = np.zeros((len(numbers), 2))
-        visible = np.zeros(len(numbers), bool)
-        for n, p in zip(nums, rc):
+        lr_mm = float(np.linalg.norm(np.asarray(vol.affine)[:3, geo["lr"]]))
+        sweep = DT.sweep_offsets(vol.data.shape[geo["lr"]], lr_mm)
+        choices = list(VIEW_CHOICES) + [(o, DT.SWEEP_SLICES) for o in sweep]
+        alt, centres = [], []
+        for off, n in choices:
+            v, g = pp.sagittal_view(vol.data, vol.affine, n, off)
+            alt.append(disc_view_input(v, size)[0])
+            centres.append(g["mid"] * lr_mm)
+        vert = layout.root / "vertebrae" / f"{s}_vertebrae.nii.gz"
+        bodies = DT.body_centres(vert, vol, geo) * scale + (scale - 1) / 2 if vert.is_file() else np.zeros((0, 2))
+        cases.append({"view": disc_view_input(view, size), "alt": alt, "centres": centres, "n_sweep": len(sweep),
+                      "mid_mm": geo["mid"] * lr_mm, "numbers": pts.numbers, "bodies": bodies,
+                      "rc": pp.voxel_to_view(pts.voxels(), geo) * scale + (scale - 1) / 2,
+                      "lr_mm": np.asarray(pts.voxels(), float)[:, geo["lr"]] * lr_mm,
+                      "profile": input_profile(vol, geo["lr"])})
+    numbers = sorted(disc_numbers or {n for c in cases for n in c["numbers"]})
+    depth = all(c["n_sweep"] >= 3 for c in cases) if depth is None else bool(depth)
+    n_views = max(len(c["alt"]) for c in cases)
+    for c in cases:  # a thinner scan's missing sweep views: copies of its inference view (same heights)
+        extra = n_views - len(c["alt"])
+        c["alt"], c["centres"] = c["alt"] + [c["alt"][0]] * extra, c["centres"] + [c["centres"][0]] * extra
+    heat, vis, known, amps = [], [], [], []
+    for c in cases:
+        pos, visible, lr = np.zeros((len(numbers), 2)), np.zeros(len(numbers), bool), np.zeros(len(numbers))
+        for n, p, d in zip(c["numbers"], c["rc"], c["lr_mm"]):
             if n in numbers:
-                pos[numbers.index(n)] = p
-                visible[numbers.index(n)] = True
-        heat.append(pp.gaussian_heatmaps(pos, visible, size, sigma))
+                k = numbers.index(n)
+                pos[k], visible[k], lr[k] = p, True, d
+        h = pp.gaussian_heatmaps(pos, visible, size, sigma)
+        kn = DT.known_masks(numbers, {n: tuple(pos[numbers.index(n)]) for n in numbers if visible[numbers.index(n)]},
+                            c["bodies"], size)
+        if depth:
+            amp = DT.depth_amplitudes(lr, visible, np.r_[c["mid_mm"], c["centres"]])
+            h = np.concatenate([h, h * amp[0][:, None, None]])
+            kn = np.concatenate([kn, kn])
+            amps.append(amp[1:])
+        heat.append(h)
         vis.append(visible)
+        known.append(kn)
+    pts_all = [(c["numbers"], c["rc"]) for c in cases]
     prior = disc_prior(pts_all, numbers)
-    return Prepared("keypoints", np.stack(views), np.stack(heat), np.stack(vis), list(stems), len(numbers),
-                    {"input_size": list(size), "channels": 3, "normalize": "zscore+minmax", "layout": "discs",
-                     "disc_numbers": numbers, "sigma": sigma, "n_average": n_average, "prior": prior},
-                    profiles=profiles, views=np.stack(alts).astype(np.float32))
+    pre = {"input_size": list(size), "channels": 3, "normalize": "zscore+minmax", "layout": "discs",
+           "disc_numbers": numbers, "sigma": sigma, "n_average": n_average, "prior": prior}
+    if depth:
+        pre["depth"] = {"sigma_mm": DT.DEPTH_SIGMA_MM, "slices": DT.SWEEP_SLICES, "sweep_mm": DT.SWEEP_MM}
+    return Prepared("keypoints", np.stack([c["view"] for c in cases]), np.stack(heat), np.stack(vis), list(stems),
+                    len(numbers) * (2 if depth else 1), pre, profiles=[c["profile"] for c in cases],
+                    views=np.stack([np.stack(c["alt"] if depth else c["alt"][: len(VIEW_CHOICES)]) for c in cases]
+                                   ).astype(np.float32),
+                    known=np.stack(known), depth=np.stack(amps) if depth else None)
 
 
 def level_repeats(visible: np.ndarray, max_repeat: int = 4) -> np.ndarray:
@@ -383,7 +421,7 @@ def disc_prior(pts_all, numbers) -> dict:
 
 def prepare(layout: Layout, stems: list[str], *, size: tuple[int, int], channels: int, context: int = 0,
             disc_numbers: list[int] | None = None, axis: int | str = "auto", normalize: str | None = None,
-            cancel=None) -> Prepared:
+            cancel=None, disc_depth: bool | None = None) -> Prepared:
     """Load, normalise and resize ``stems``; ``normalize`` overrides the 2D default (a network's own).
     ``cancel`` (a CancelToken) is checked before each case: InterruptedError when set."""
     if not stems:
@@ -392,7 +430,7 @@ def prepare(layout: Layout, stems: list[str], *, size: tuple[int, int], channels
         return prepare_seg2d(layout, stems, size, channels, normalize, cancel=cancel)
     if layout.kind == "seg3d":
         return prepare_seg3d(layout, stems, size, channels, context, axis, cancel=cancel)
-    return prepare_discs(layout, stems, size, disc_numbers, cancel=cancel)
+    return prepare_discs(layout, stems, size, disc_numbers, cancel=cancel, depth=disc_depth)
 
 
 def from_volumes(image: io.Volume, labels: np.ndarray, *, size: tuple[int, int], channels: int,
@@ -427,7 +465,9 @@ def _invert(img):
 
 
 AUGMENTATION = {  # in words, for model cards: what augmentations(task) does
-    "keypoints": "choice of sagittal slices (VIEW_CHOICES), rotation +-15 deg, scale 0.8-1.6, bias field, gamma "
+    "keypoints": "choice of sagittal slices (VIEW_CHOICES, or half the time a 3-slice view of the depth sweep), "
+                 "field-of-view crops (half the samples: the top 10-45 % cut, or the bottom 10-30 %), "
+                 "rotation +-15 deg, scale 0.8-1.6, bias field, gamma "
                  "0.6-1.7, histogram shift, intensity inversion, intensity scale/shift +-10 % (MONAI); no flips",
     "segmentation": "flips, rotation +-15 deg, intensity scale/shift +-10 % (MONAI)",
 }
@@ -443,11 +483,14 @@ def augmentations(task: str):
         # our choice, for scans of other sites and contrasts (T1, T2, TIRM, Dixon water): in-plane rotation
         # and scale (the heatmaps move with the image), then a bias field, gamma, a histogram shift and
         # inversion on the one-channel view, back to [0, 1] as inference sees it, then small scale/shift
+        # (the field-of-view crops come first, in TrainDataset: disc_targets.fov_crop); ``known`` (the pixels
+        # that count in the loss) moves with the targets, and what rotation or zoom brings in from outside
+        # does not count
         return Compose([
-            RandRotated(keys=["image", "target"], range_x=0.26, prob=0.5, mode=("bilinear", "bilinear"),
-                        padding_mode="zeros"),
-            RandZoomd(keys=["image", "target"], min_zoom=0.8, max_zoom=1.6, prob=0.5,
-                      mode=("bilinear", "bilinear"), padding_mode="constant", keep_size=True),
+            RandRotated(keys=["image", "target", "known"], range_x=0.26, prob=0.5,
+                        mode=("bilinear", "bilinear", "nearest"), padding_mode="zeros"),
+            RandZoomd(keys=["image", "target", "known"], min_zoom=0.8, max_zoom=1.6, prob=0.5,
+                      mode=("bilinear", "bilinear", "nearest"), padding_mode="constant", keep_size=True),
             RandBiasFieldd(keys="image", degree=3, coeff_range=(0.0, 0.3), prob=0.3),
             RandAdjustContrastd(keys="image", gamma=(0.6, 1.7), prob=0.4),
             RandHistogramShiftd(keys="image", num_control_points=(5, 10), prob=0.3),
@@ -488,27 +531,42 @@ class TrainDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.order)
 
-    def _disc_view(self, i: int, j: int) -> np.ndarray:
-        """Case ``i``'s view for sample ``j`` of the epoch: one of its VIEW_CHOICES when augmenting (drawn
-        from (seed, epoch, j), so a resumed run draws the same), one channel."""
-        if self.transform is None or self.data.views is None:
-            return np.asarray(self.data.images[i][:1], dtype=np.float32)
-        pick = np.random.default_rng([self.seed, self.epoch, j]).integers(len(self.data.views[i]))
-        return np.asarray(self.data.views[i][pick][None], dtype=np.float32)
+    def _disc_sample(self, i: int, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Case ``i``'s (view (1, H, W), targets (C, H, W), known (C, H, W)) for sample ``j`` of the epoch.
+        Augmenting, the view is drawn (from (seed, epoch, j), so a resumed run draws the same): half the
+        time one of VIEW_CHOICES, else one of the depth sweep's thin views (whose heights set the depth
+        channels' targets), and its field of view is cropped (disc_targets.fov_crop)."""
+        from . import disc_targets as DT
+
+        data = self.data
+        tgt = np.asarray(data.targets[i], dtype=np.float32)
+        known = np.ones_like(tgt) if data.known is None else np.asarray(data.known[i], dtype=np.float32)
+        if self.transform is None or data.views is None:
+            return np.asarray(data.images[i][:1], dtype=np.float32), tgt, known
+        rng = np.random.default_rng([self.seed, self.epoch, j])
+        n_choice = min(len(VIEW_CHOICES), data.views.shape[1])
+        if data.depth is not None and data.views.shape[1] > n_choice and rng.random() < 0.5:
+            pick = int(rng.integers(n_choice, data.views.shape[1]))
+        else:
+            pick = int(rng.integers(n_choice))
+        if data.depth is not None:
+            k = tgt.shape[0] // 2
+            tgt = np.concatenate([tgt[:k], tgt[:k] * data.depth[i, pick][:, None, None]])
+        return DT.fov_crop(rng, np.asarray(data.views[i][pick][None], dtype=np.float32), tgt, known)
 
     def __getitem__(self, j):
         i = int(self.order[j])
         tgt = self.data.targets[i]
         if self.data.task == "keypoints":
-            img = self._disc_view(i, j)
-            tgt_arr = tgt.astype(np.float32)
+            img, tgt_arr, known = self._disc_sample(i, j)
             if self.transform is not None:
-                out = self.transform({"image": img, "target": tgt_arr})
-                img, tgt_arr = np.asarray(out["image"]), np.asarray(out["target"])
+                out = self.transform({"image": img, "target": tgt_arr, "known": known})
+                img, tgt_arr, known = np.asarray(out["image"]), np.asarray(out["target"]), np.asarray(out["known"])
             img = np.repeat(img, self.data.images.shape[1], axis=0)  # the network's 3 identical channels
             return {"image": torch.as_tensor(img, dtype=torch.float32), "index": i,
                     "target": torch.as_tensor(tgt_arr, dtype=torch.float32),
-                    "visible": torch.as_tensor(self.data.visible[i])}
+                    "visible": torch.as_tensor(self.data.visible[i]),
+                    "known": torch.as_tensor(known > 0.5)}
         img = np.asarray(self.data.images[i], dtype=np.float32)
         shape5 = img.shape if img.ndim == 4 else None
         if shape5 is not None:

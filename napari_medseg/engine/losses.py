@@ -6,7 +6,7 @@
   ``binary_crossentropy`` on a 1-channel sigmoid). Our networks give K = 2 logits for a binary task,
   so the sigmoid input is the logit difference ``l1 - l0``: BCE on ``sigmoid(l1 - l0)`` is the same
   function as 2-class cross-entropy, written as the paper writes it. K > 2 is refused;
-* ``heatmap_mse``: per stack, MSE averaged over the visible discs' channels, summed over stacks
+* ``heatmap_mse``: per stack, MSE averaged over the discs' channels (the pixels of them that count), summed over stacks
   (the disc-labeling paper's loss).
 
 The bilateral network's rendering module adds its point loss (``+point``) to whichever segmentation
@@ -68,16 +68,31 @@ def binary_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class HeatmapLoss(torch.nn.Module):
-    """Per stack: MSE averaged over the visible discs' channels; summed over stacks (the paper's loss)."""
+    """Per stack: MSE averaged over the discs' channels that count; summed over stacks (the paper's loss).
+
+    ``known``: (B, K) -- a channel counts wholly or not at all (a labelled level) -- or (B, C, H, W), the
+    pixels of each channel that count (engine/disc_targets.py ``known_masks``: the empty part of an
+    unlabelled level's channel). A channel's error is its squared error summed over the pixels that count,
+    divided by all its pixels, so a channel known everywhere weighs as in the paper's loss; channels with no
+    pixel that counts are left out of the mean. A (B, K) mask for a model with depth channels (C = 2K)
+    applies to both halves."""
 
     name = "heatmap_mse"
 
-    def forward(self, out, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    def forward(self, out, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         stacks = out["stack_heatmaps"] if isinstance(out, dict) else out.unsqueeze(1)
         stacks = at_least_fp32(stacks)
-        err = (stacks - target.to(stacks.dtype).unsqueeze(1)) ** 2  # (B, S, K, H, W)
-        per_channel = err.mean(dim=(-1, -2))  # (B, S, K)
-        w = visible.to(stacks.dtype).unsqueeze(1)
+        err = (stacks - target.to(stacks.dtype).unsqueeze(1)) ** 2  # (B, S, C, H, W)
+        c = err.shape[2]
+        if known.ndim == 2 and known.shape[1] != c:
+            known = known.repeat(1, c // known.shape[1])
+        if known.ndim == 2:
+            per_channel = err.mean(dim=(-1, -2))  # (B, S, C)
+            w = known.to(stacks.dtype).unsqueeze(1)
+        else:
+            m = known.to(stacks.dtype).unsqueeze(1)  # (B, 1, C, H, W)
+            per_channel = (err * m).mean(dim=(-1, -2))
+            w = (known.flatten(2).any(-1)).to(stacks.dtype).unsqueeze(1)
         return ((per_channel * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp(min=1)).sum()
 
 
@@ -101,7 +116,10 @@ def heatmap_peaks(heatmaps: torch.Tensor) -> torch.Tensor:
 
 
 def mean_peak_error(heatmaps: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> float:
-    d = (heatmap_peaks(heatmaps) - heatmap_peaks(target)).float().norm(dim=-1)
+    """Mean pixel distance between the predicted and the true peak of each visible level's heatmap
+    (``visible``: (B, K); depth channels after the first K are not scored)."""
+    k = visible.shape[1]
+    d = (heatmap_peaks(heatmaps[:, :k]) - heatmap_peaks(target[:, :k])).float().norm(dim=-1)
     return float(d[visible].mean()) if visible.any() else float("nan")
 
 

@@ -20,6 +20,7 @@ from . import checkpoint as ckpt
 from . import data as D
 from .choices import SCHEDULES
 from .devices import select_device, select_precision
+from .disc_targets import channel_keys
 from .expectations import summarise
 from .events import CancelToken, Epoch, Finished, Note, Preview, Started, Step
 from .losses import build_loss, mean_peak_error, soft_dice
@@ -145,7 +146,10 @@ def train_step(net, *, batch: dict, criterion, optimizer, scaler, precision, tas
     y = batch["target"].to(device)
     with precision.autocast():
         outputs = net(x)
-    loss = criterion(outputs, y, batch["visible"].to(device)) if task == "keypoints" else criterion(outputs, y)
+    if task == "keypoints":
+        loss = criterion(outputs, y, batch.get("known", batch["visible"]).to(device))
+    else:
+        loss = criterion(outputs, y)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at epoch {where[0]} step {where[1]}; "
                                  "try a lower --lr or --precision fp32")
@@ -224,7 +228,8 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int], cancel: CancelToken 
                       normalize=norm, cancel=cancel)
     numbers = train.preprocessing.get("disc_numbers")
     val = D.prepare(layout, val_stems, size=size, channels=channels, context=context, disc_numbers=numbers,
-                    axis=opts.slice_axis, normalize=norm, cancel=cancel)
+                    axis=opts.slice_axis, normalize=norm, cancel=cancel,
+                    disc_depth=bool(train.preprocessing.get("depth")) if numbers else None)
     extra_cases = 0
     for folder in opts.extra_train:
         other = D.discover(folder)
@@ -369,7 +374,7 @@ def build_network(run: Run) -> None:
                          **opts.model_options)
     if opts.init:
         run.init_info = ckpt.init_from(model, opts.init, network=opts.model, size=opts.size,
-                                       in_channels=data.images.shape[-3], numbers=data.preprocessing.get("disc_numbers"))
+                                       in_channels=data.images.shape[-3], numbers=channel_keys(data.preprocessing) or None)
         run.emit(Note(text=_init_note(opts.init, run.init_info, data.num_classes)))
     if opts.freeze:
         run.frozen = _freeze_encoder(model, run.info, opts.freeze)
@@ -688,9 +693,10 @@ def validate(model, val: D.Prepared, task: str, device, precision, batch_size: i
             vis = torch.as_tensor(val.visible[i: i + batch_size], device=device)
             errors.append(mean_peak_error(out, y, vis))
             if criterion is not None:
-                loss_sum += float(criterion(out, y, vis)) * len(x)
+                known = vis if val.known is None else torch.as_tensor(val.known[i: i + batch_size], device=device)
+                loss_sum += float(criterion(out, y, known)) * len(x)
             if preview is None:
-                preview = out[0].max(0).values.cpu().numpy()
+                preview = out[0, : val.visible.shape[1]].max(0).values.cpu().numpy()
         n += len(x)
     model.train(was_training)
     metrics = {"dice": float(torch.cat(dices).mean())} if task == "segmentation" else \

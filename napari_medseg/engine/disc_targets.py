@@ -1,0 +1,156 @@
+"""Disc training targets beyond one heatmap per labelled disc (our design, issue "disc levels that hold on
+every protocol"; docs/engine.md "Disc targets"):
+
+* **Known pixels of unlabelled levels** (:func:`known_masks`). A level a case does not label is unknown
+  there, but not everywhere: the disc of the level just below the lowest labelled disc lies between the
+  lowest labelled vertebral body and the next one, so the channel of that level is known to be empty
+  everywhere else, in particular on the sacral segments further down. Without this, no case that leaves
+  L5/S1 unlabelled ever teaches the L5/S1 channel that the S1/S2 junction is not L5/S1. The disc one level
+  beyond the labelled chain is placed by reflecting the labelled disc through the vertebral body centre
+  beyond it (the ``vertebrae/`` masks; by the chain's spacing where a case has none) and a disc of
+  ``BAND`` spacings around it is left out of the loss; a level two or more beyond is left out beyond that
+  disc; every other pixel of the channel counts as empty.
+* **Depth channels** (:func:`depth_amplitudes`). A second heatmap per level whose height falls with the
+  left-right distance between the slices a view averages and the disc's own position (a Gaussian of
+  ``DEPTH_SIGMA_MM``), trained on thin views swept across the slices (``SWEEP``). At inference the depth
+  channels over the same sweep give each disc's left-right position (engine/infer.py ``disc_depth``).
+* **Field-of-view crops** (:func:`fov_crop`): the top of the view cut off (the content moves up, the
+  bottom is the scan's end, as a scan that starts lower and shows more sacrum), or the bottom cut (a scan
+  that ends early), applied to image, targets and known masks alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import io
+from . import preprocess as pp
+
+BAND = 0.6  # radius, in disc spacings, left out of the loss around an unlabelled level's expected place
+DEPTH_SIGMA_MM = 2.0  # fall-off of the depth channels with left-right distance to the disc
+SWEEP_SLICES = 3  # slices a depth view averages
+SWEEP_MM = 12.0  # the sweep covers the middle slice +- this far (and at most the scan)
+DEPTH_KEY = 1000  # channel keys: level n's heatmap is n, its depth channel n + DEPTH_KEY (checkpoint.init_from)
+
+
+def channel_keys(pre: dict) -> list[int]:
+    """One key per output channel of a disc model: its SCT numbers, then ``n + DEPTH_KEY`` for each depth
+    channel when the model has them (``preprocessing.depth``)."""
+    numbers = [int(n) for n in pre.get("disc_numbers") or []]
+    return numbers + ([n + DEPTH_KEY for n in numbers] if pre.get("depth") else [])
+
+
+def sweep_offsets(n_slices: int, lr_spacing: float) -> list[int]:
+    """Offsets from the middle slice of the thin views the depth channels are read on: every slice within
+    ``SWEEP_MM`` of the middle that the volume has."""
+    reach = int(np.floor(SWEEP_MM / max(float(lr_spacing), 1e-6)))
+    mid = n_slices // 2
+    return [o for o in range(-reach, reach + 1) if 0 <= mid + o < n_slices]
+
+
+def body_centres(path: Path, vol: io.Volume, geo: dict) -> np.ndarray:
+    """Centres of the vertebral bodies of a ``vertebrae/`` mask (one label value per body) as sagittal-view
+    (row, col), head to feet: (n, 2)."""
+    mask = np.asarray(io.read_nifti(path, kind="labels").data)
+    if mask.shape[:3] != tuple(vol.data.shape[:3]):
+        raise ValueError(f"{path.name}: vertebrae mask of shape {mask.shape} does not match its image {vol.data.shape}")
+    values = [v for v in np.unique(mask) if v != 0]
+    if not values:
+        return np.zeros((0, 2))
+    from scipy import ndimage
+
+    centres = np.array(ndimage.center_of_mass(np.ones(mask.shape, np.float32), mask, values), dtype=float)
+    rc = pp.voxel_to_view(centres, geo)
+    return rc[np.argsort(rc[:, 0])]
+
+
+def _beyond(chain: np.ndarray, bodies: np.ndarray, spacing: float, down: bool) -> np.ndarray:
+    """Expected (row, col) of the disc one level beyond the end of ``chain`` (labelled discs, head to feet):
+    the end disc reflected through the body centre beyond it, else one spacing on along the chain."""
+    end = chain[-1] if down else chain[0]
+    if len(bodies):
+        side = bodies[:, 0] > end[0] if down else bodies[:, 0] < end[0]
+        near = bodies[side]
+        if len(near):
+            b = near[np.argmin(np.abs(near[:, 0] - end[0]))]
+            if abs(b[0] - end[0]) <= 0.8 * spacing:
+                return 2 * b - end
+    if len(chain) >= 2:
+        step = (chain[-1] - chain[-2]) if down else (chain[0] - chain[1])
+        return end + step
+    return end + np.array([spacing if down else -spacing, 0.0])
+
+
+def known_masks(numbers: list[int], labelled: dict[int, tuple[float, float]], bodies: np.ndarray,
+                size: tuple[int, int]) -> np.ndarray:
+    """(K, H, W) uint8: 1 where channel ``k`` (level ``numbers[k]``) is known, in network-input pixels.
+    Labelled levels are known everywhere; see the module docstring for the others. ``labelled``: level ->
+    (row, col) of the case's labelled discs; ``bodies``: body centres (n, 2), head to feet (may be empty)."""
+    h, w = size
+    out = np.ones((len(numbers), h, w), np.uint8)
+    if not labelled:
+        out[:] = 0  # nothing labelled: nothing known
+        return out
+    levels = sorted(labelled)
+    chain = np.array([labelled[n] for n in levels], dtype=float)
+    gaps = np.linalg.norm(np.diff(chain, axis=0), axis=1)
+    spacing = float(np.median(gaps)) if len(gaps) else 0.12 * h
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    below, above = _beyond(chain, bodies, spacing, True), _beyond(chain, bodies, spacing, False)
+    for k, n in enumerate(numbers):
+        if n in labelled:
+            continue
+        beyond = n - levels[-1] if n > levels[-1] else levels[0] - n if n < levels[0] else 0
+        if beyond == 0:  # a gap inside the labelled chain: its place is between its labelled neighbours
+            lo = max(m for m in levels if m < n)
+            hi = min(m for m in levels if m > n)
+            p = np.array(labelled[lo]) + (np.array(labelled[hi]) - np.array(labelled[lo])) * (n - lo) / (hi - lo)
+            unknown = (yy - p[0]) ** 2 + (xx - p[1]) ** 2 <= (BAND * spacing) ** 2
+        else:
+            p = below if n > levels[-1] else above
+            unknown = (yy - p[0]) ** 2 + (xx - p[1]) ** 2 <= (BAND * spacing) ** 2
+            if beyond >= 2:  # further levels: everything past the next disc's place is unknown
+                unknown |= (yy > p[0] + BAND * spacing) if n > levels[-1] else (yy < p[0] - BAND * spacing)
+        out[k][unknown] = 0
+    return out
+
+
+def depth_amplitudes(disc_lr_mm: np.ndarray, visible: np.ndarray, centres_mm: np.ndarray) -> np.ndarray:
+    """(V, K) heights of the depth channels: for view ``v`` (averaging slices centred at ``centres_mm[v]``)
+    and labelled disc ``k`` at ``disc_lr_mm[k]``, a Gaussian of ``DEPTH_SIGMA_MM`` in their distance; 0 for
+    unlabelled levels."""
+    d = np.asarray(centres_mm, float)[:, None] - np.asarray(disc_lr_mm, float)[None, :]
+    amp = np.exp(-(d ** 2) / (2 * DEPTH_SIGMA_MM ** 2)).astype(np.float32)
+    return amp * np.asarray(visible, bool)[None, :]
+
+
+# ---------------------------------------------------------------- field-of-view augmentation
+
+FOV_PROB = 0.5  # probability that a training sample is cropped
+TOP_CUT = (0.1, 0.45)  # fraction of the view's height cut from the top (content moves up)
+BOTTOM_CUT = (0.1, 0.3)  # fraction cut from the bottom (the scan ends early)
+BOTTOM_SHARE = 0.25  # of the cropped samples, this share is cut at the bottom
+
+
+def fov_crop(rng: np.random.Generator, image: np.ndarray, target: np.ndarray, known: np.ndarray):
+    """Crop a square training view's field of view as a scan of another protocol would (see the module
+    docstring), with probability ``FOV_PROB``. ``image`` (1, H, W), ``target`` and ``known`` (C, H, W).
+    What leaves the view is gone from every array: a disc moved out has no target there and its channel is
+    known to be empty; the exposed rows are the view's darkest value in the image, empty and known in the
+    targets. Returns the three arrays (new ones when cropped)."""
+    if rng.random() >= FOV_PROB:
+        return image, target, known
+    h = image.shape[-2]
+    img, tgt, kn = image.copy(), np.zeros_like(target), np.ones_like(known)
+    fill = float(image.min())
+    if rng.random() >= BOTTOM_SHARE:
+        a = int(round(rng.uniform(*TOP_CUT) * h))
+        img[:, : h - a], img[:, h - a:] = image[:, a:], fill
+        tgt[:, : h - a], kn[:, : h - a] = target[:, a:], known[:, a:]
+    else:
+        a = int(round(rng.uniform(*BOTTOM_CUT) * h))
+        img[:, h - a:] = fill
+        tgt[:, : h - a], kn[:, : h - a] = target[:, : h - a], known[:, : h - a]
+    return img, tgt, kn
