@@ -345,16 +345,20 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
 
 def evaluate(data: str, model: str | None = None, weights=None, *, json_path: str | None = None,
              subset: str = "test", max_cases: int | None = None, tta: bool = False, device: str = "auto",
-             precision: str = "fp32", callback=None, split: str = "auto", runtime: str = "auto") -> dict:
+             precision: str = "fp32", callback=None, split: str = "auto", runtime: str = "auto",
+             fov_crops: bool = False) -> dict:
     """Score a checkpoint on a dataset folder at native resolution: ``{"cases": [...], "mean": {...},
     "split": "<which split>"}``. ``subset`` is test / val / train / all; ``split`` is ``auto`` (the
     checkpoint's own recorded split when it trained on this folder, else the folder's split.json, which
     may hold only ``test``, else a split seeded like the training), ``run`` or ``folder``. ``precision``
-    defaults to fp32, as the CLI's: the same call gives the same numbers on any CPU."""
+    defaults to fp32, as the CLI's: the same call gives the same numbers on any CPU. ``fov_crops`` (disc
+    datasets): every case also cropped as other protocols show the spine (engine/evaluate.py FOV_CROPS),
+    with a summary per crop (``mean["per_crop"]``)."""
     from .engine.evaluate import evaluate as _evaluate
 
     pred = load(model, weights, device=device, precision=precision, runtime=runtime)
-    result = _evaluate(pred, data, subset=subset, max_cases=max_cases, tta=tta, callback=callback, split=split)
+    result = _evaluate(pred, data, subset=subset, max_cases=max_cases, tta=tta, callback=callback, split=split,
+                       fov_crops=fov_crops)
     result["precision"], result["runtime"] = pred.precision.name, pred.runtime
     if json_path:
         io.atomic.write_text_atomic(json_path, json.dumps(result, indent=1) + "\n")

@@ -240,7 +240,7 @@ def _cmd_evaluate(args) -> int:
 
     result = api.evaluate(args.data, model=args.model, weights=args.weights, json_path=args.json, subset=args.subset,
                           max_cases=args.max_cases, tta=args.tta, device=args.device, precision=args.precision,
-                          callback=_TqdmEvents(), split=args.split, runtime=args.runtime)
+                          callback=_TqdmEvents(), split=args.split, runtime=args.runtime, fov_crops=args.fov_crops)
     print(f"scored {len(result['cases'])} {args.subset} case(s) from {result['split']}", file=sys.stderr)
     print(json.dumps(result["mean"], indent=1))
     return 0
@@ -374,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "split.json, else a split seeded like the training; run / folder force one")
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--tta", action="store_true")
+    p.add_argument("--fov-crops", action="store_true",
+                   help="disc datasets: also score each scan without its top and with more sacrum in view "
+                        "(a summary per crop, with the flags' precision and recall)")
     _precision_arg(p, "fp32", "inference precision (default fp32, as api.evaluate: the numbers match on any CPU)")
     p.set_defaults(func=_cmd_evaluate)
 

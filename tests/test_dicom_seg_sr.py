@@ -294,14 +294,14 @@ def _as_dicom_series(vol: io.Volume, folder: Path) -> Path:
 def test_label_discs_writes_a_dicom_sr_that_reopens_where_the_discs_are(shared, tmp_path):
     from napari_medseg.cli import main
 
-    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_07.nii.gz")
+    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_16.nii.gz")
     series = _as_dicom_series(vol, tmp_path / "lumbar")
     dicom_vol = io.read(series)[0]
     np.testing.assert_array_equal(np.sort(np.asarray(dicom_vol.data).ravel()), np.sort(np.asarray(vol.data).ravel()))
     assert main(["label-discs", str(series), "--out", str(tmp_path / "sr"), "--format", "dicom-sr"]) == 0
-    assert main(["label-discs", str(shared / "spine-discs/images/spine_vb1_07.nii.gz"), "--out", str(tmp_path / "csv")]) == 0
+    assert main(["label-discs", str(shared / "spine-discs/images/spine_vb1_16.nii.gz"), "--out", str(tmp_path / "csv")]) == 0
     sr = io.read_points(tmp_path / "sr" / "lumbar_discs.dcm")
-    ref = io.read_points(tmp_path / "csv" / "spine_vb1_07_discs.csv")
+    ref = io.read_points(tmp_path / "csv" / "spine_vb1_16_discs.csv")
     assert sr.names == ref.names and "L5/S1" in sr.names
     np.testing.assert_allclose(sr.world, ref.world, atol=1e-3)
     assert sr.flags == ref.flags

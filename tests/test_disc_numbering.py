@@ -176,7 +176,7 @@ def test_an_unlabelled_level_teaches_nothing():
 
 def test_prepared_spine_discs_mark_only_labelled_levels(shared):
     layout = D.discover(shared / "spine-discs")
-    stems = ["spine_vb3_01", "spine_vb2_02", "spine_vb1_03", "spine_vb1_15"]
+    stems = ["spine_vb3_01", "spine_vb2_02", "spine_vb1_06", "spine_vb1_15"]
     prep = D.prepare(layout, stems, size=SIZE, channels=3)
     assert prep.preprocessing["disc_numbers"] == NUMBERS
     l5s1 = NUMBERS.index(25)
@@ -193,8 +193,8 @@ def test_prepared_spine_discs_mark_only_labelled_levels(shared):
         scale = SIZE[0] / view.shape[0]
         rows.append(rc[0] * scale + (scale - 1) / 2)
     assert prep.preprocessing["prior"]["25"]["row"] == pytest.approx(float(np.mean(rows)))
-    # the slice-choice views: one per VIEW_CHOICES, the first is the inference view
-    assert prep.views.shape == (4, len(D.VIEW_CHOICES), *SIZE)
+    # the slice-choice views: one per VIEW_CHOICES (the first is the inference view), then the depth sweep
+    assert prep.views.shape == (4, len(D.VIEW_CHOICES) + 17, *SIZE)
     np.testing.assert_allclose(prep.views[:, 0], prep.images[:, 0], atol=1e-6)
 
 
@@ -213,8 +213,8 @@ def _bundled_discs(vol):
 
 
 def test_the_bundled_model_names_l5_s1_on_the_multisite_test_scan(shared):
-    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_07.nii.gz")
-    truth = io.read_points(shared / "spine-discs/labels/spine_vb1_07_labels-disc.nii.gz")
+    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_16.nii.gz")
+    truth = io.read_points(shared / "spine-discs/labels/spine_vb1_16_labels-disc.nii.gz")
     pts = _bundled_discs(vol)
     assert "L5/S1" in pts.names and pts.verdict == "ok"  # anchored at L5/S1, nothing to check
     l5s1 = np.linalg.norm(pts.world[pts.names.index("L5/S1")] - truth.world[truth.names.index("L5/S1")])
@@ -224,8 +224,8 @@ def test_the_bundled_model_names_l5_s1_on_the_multisite_test_scan(shared):
 
 
 def test_a_scan_cut_above_l5_is_flagged_not_silently_numbered(shared):
-    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_07.nii.gz")
-    truth = io.read_points(shared / "spine-discs/labels/spine_vb1_07_labels-disc.nii.gz")
+    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_16.nii.gz")
+    truth = io.read_points(shared / "spine-discs/labels/spine_vb1_16_labels-disc.nii.gz")
     row = (np.linalg.inv(vol.affine) @ np.r_[truth.world[truth.names.index("L4/L5")], 1.0])[0]  # axis 0: head to feet
     cut = io.Volume(vol.data[: int(row) - 8], vol.affine, name="cut above L5")
     pts = _bundled_discs(cut)
@@ -237,7 +237,7 @@ def test_an_axial_lumbar_stack_is_refused(shared):
     from napari_medseg import api
     from napari_medseg.engine.expectations import InputMismatch
 
-    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_07.nii.gz")
+    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_16.nii.gz")
     axial = io.Volume(np.ascontiguousarray(vol.data[150:198:4]), vol.affine @ np.diag([4.0, 1, 1, 1]), name="axial")
     with pytest.raises(InputMismatch, match="field of view along S-I is 48 mm"):
         api.label_discs(axial, model="hourglass-spine-discs", device="cpu")

@@ -44,3 +44,28 @@ def points_layer_data(points: DiscPoints, source, name: str, model: dict | None 
     if model:
         kwargs["metadata"][RESULT_KEY] = dict(model)
     return data, kwargs, "points"
+
+
+def show_sagittal(viewer, thickness_mm: float = 12.0) -> None:
+    """Show a 3-D viewer's sagittal plane (head up, anterior on the left: napari_medseg.geometry places
+    layers as (I, P, L)), with a ``thickness_mm`` thick slice: the discs are not all on the middle sagittal
+    plane (scoliosis, a tilted scan), and a disc point off it would hide its name; points layers project it."""
+    if viewer.dims.ndim != 3:
+        return
+    viewer.dims.order = (2, 0, 1)
+    thickness = list(viewer.dims.thickness)
+    thickness[2] = float(thickness_mm)
+    viewer.dims.thickness = thickness
+
+
+def sagittal_once_added(viewer) -> None:
+    """Show the sagittal plane (:func:`show_sagittal`) once the next layer lands in ``viewer`` (a sample or
+    reader hands napari layer data, and napari resets the dims when it adds them); then let go."""
+    if viewer is None:
+        return
+
+    def on_inserted(event=None):
+        viewer.layers.events.inserted.disconnect(on_inserted)
+        show_sagittal(viewer)
+
+    viewer.layers.events.inserted.connect(on_inserted)

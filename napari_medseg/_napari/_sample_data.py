@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..io import datasets, read_image2d
+from ._layers import sagittal_once_added
 from ._reader import read_layers
 
 
@@ -36,10 +37,22 @@ def mr_spine_discs():
 
 
 def mr_lumbar_discs():
-    """A sagittal lumbar MRI of the multi-site set (spine-discs test case spine_vb1_07) with its 8 disc points,
-    T10/T11 ... L5/S1: what the bundled ``hourglass-spine-discs`` model was trained for. A curated file: read
-    from $NAPARI_MEDSEG_DATA_DIR."""
-    return read_layers(str(datasets.fetch("mr_lumbar"))) + read_layers(str(datasets.fetch("mr_lumbar_discs")))
+    """A sagittal lumbar MRI of the multi-site set (spine-discs test case spine_vb1_16) with its 7 disc points,
+    T11/T12 ... L5/S1: what the bundled ``hourglass-spine-discs`` model was trained for (a scan it did not
+    train on). A curated file: read from $NAPARI_MEDSEG_DATA_DIR. Opens on the sagittal plane, as it was
+    acquired."""
+    layers = read_layers(str(datasets.fetch("mr_lumbar"))) + read_layers(str(datasets.fetch("mr_lumbar_discs")))
+    sagittal_once_added(_current_viewer())
+    return layers
+
+
+def _current_viewer():
+    try:
+        import napari
+
+        return napari.current_viewer()
+    except Exception:  # no viewer (a script calling the sample function): nothing to show
+        return None
 
 
 def mr_cardiac():

@@ -299,13 +299,10 @@ def _focus(viewer, key: str) -> None:
         for ax, c in zip(range(nd - len(lo), nd), (lo + hi) / 2):
             centre[ax] = float(c)
         viewer.dims.point = centre
-    if key in ("mr_spine", "mr_lumbar") and viewer.dims.ndim == 3:
-        viewer.dims.order = (2, 0, 1)  # sagittal, head up and anterior on the left (napari_medseg.geometry)
-        # a 12 mm thick slice: the discs are not all on the middle sagittal plane (scoliosis, a tilted
-        # scan), and a disc point off it would hide its name and reference ring; points layers project it
-        thickness = list(viewer.dims.thickness)
-        thickness[2] = 12.0
-        viewer.dims.thickness = thickness
+    if key in ("mr_spine", "mr_lumbar"):
+        from ._layers import show_sagittal
+
+        show_sagittal(viewer)
     viewer.reset_view()
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari 0.9 renamed it
     camera.zoom *= 0.85  # a margin, so that the names of the top and bottom discs are not cut off

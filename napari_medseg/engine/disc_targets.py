@@ -126,6 +126,38 @@ def depth_amplitudes(disc_lr_mm: np.ndarray, visible: np.ndarray, centres_mm: np
     return amp * np.asarray(visible, bool)[None, :]
 
 
+DEPTH_MIN = 0.1  # a depth profile peaking below this gives no left-right estimate (the disc keeps the middle)
+
+
+def depth_peaks(heat: np.ndarray, centres: np.ndarray, rows, cols, channels, radius: int = 2) -> np.ndarray:
+    """Left-right positions (in the units of ``centres``) of discs from depth heatmaps over a sweep of views.
+    ``heat``: (V, K, h, w) for views centred at ``centres`` (V,), increasing; disc ``i`` is read in channel
+    ``channels[i]`` as the maximum within ``radius`` pixels of (``rows[i]``, ``cols[i]``). The view where that
+    profile peaks, refined by the parabola through it and its two neighbours (at the ends of the sweep, the
+    end); NaN where the profile's peak is below ``DEPTH_MIN``."""
+    v, _, h, w = heat.shape
+    out = np.full(len(rows), np.nan)
+    for i, (r, c, k) in enumerate(zip(rows, cols, channels)):
+        r0, c0 = int(round(float(r))), int(round(float(c)))
+        win = heat[:, k, max(r0 - radius, 0): min(r0 + radius + 1, h), max(c0 - radius, 0): min(c0 + radius + 1, w)]
+        if win.size == 0:
+            continue
+        prof = win.reshape(v, -1).max(axis=1)
+        j = int(np.argmax(prof))
+        if prof[j] < DEPTH_MIN:
+            continue
+        out[i] = centres[j]
+        if 0 < j < v - 1:
+            x0, x1, x2 = centres[j - 1: j + 2]
+            y0, y1, y2 = prof[j - 1: j + 2]
+            den = (x0 - x1) * (x0 - x2) * (x1 - x2)
+            a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / den
+            b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / den
+            if a < 0:
+                out[i] = float(np.clip(-b / (2 * a), x0, x2))
+    return out
+
+
 # ---------------------------------------------------------------- field-of-view augmentation
 
 FOV_PROB = 0.5  # probability that a training sample is cropped
@@ -137,20 +169,24 @@ BOTTOM_SHARE = 0.25  # of the cropped samples, this share is cut at the bottom
 def fov_crop(rng: np.random.Generator, image: np.ndarray, target: np.ndarray, known: np.ndarray):
     """Crop a square training view's field of view as a scan of another protocol would (see the module
     docstring), with probability ``FOV_PROB``. ``image`` (1, H, W), ``target`` and ``known`` (C, H, W).
-    What leaves the view is gone from every array: a disc moved out has no target there and its channel is
-    known to be empty; the exposed rows are the view's darkest value in the image, empty and known in the
+    What leaves the view is gone from every array: a disc whose centre is cut away has no target (not even
+    the edge of its Gaussian) and its channel is known to be empty; the exposed rows are the view's darkest value in the image, empty and known in the
     targets. Returns the three arrays (new ones when cropped)."""
     if rng.random() >= FOV_PROB:
         return image, target, known
     h = image.shape[-2]
     img, tgt, kn = image.copy(), np.zeros_like(target), np.ones_like(known)
     fill = float(image.min())
+    peak = target.reshape(len(target), -1).argmax(1) // target.shape[-1]  # each channel's disc row
     if rng.random() >= BOTTOM_SHARE:
         a = int(round(rng.uniform(*TOP_CUT) * h))
         img[:, : h - a], img[:, h - a:] = image[:, a:], fill
         tgt[:, : h - a], kn[:, : h - a] = target[:, a:], known[:, a:]
+        gone = peak < a
     else:
         a = int(round(rng.uniform(*BOTTOM_CUT) * h))
         img[:, h - a:] = fill
         tgt[:, : h - a], kn[:, : h - a] = target[:, : h - a], known[:, : h - a]
+        gone = peak >= h - a
+    tgt[gone & (target.reshape(len(target), -1).max(1) > 0)] = 0.0  # a disc cut away leaves no halo
     return img, tgt, kn

@@ -83,7 +83,8 @@ def decode_discs(heatmaps: np.ndarray, numbers: list[int], prior: dict, *, min_c
 
 # decoding settings (our choices); a checkpoint may record others chosen on its validation split
 # (``preprocessing.decoding``, ``benchmarks/disc_decoding.py``), which the Predictor uses instead
-DECODING = {"min_confidence": 0.2, "prior_weight": 0.5, "anchor_confidence": 0.5}
+DECODING = {"min_confidence": 0.2, "prior_weight": 0.5, "anchor_confidence": 0.5, "second_ratio": None,
+            "low_confidence": 0.5}
 
 ANCHOR = 25  # L5/S1, the lumbosacral junction
 ANCHOR_CONFIDENCE = 0.5  # our choice: half the trained peak height, as LOW_CONFIDENCE below
@@ -120,7 +121,8 @@ NOT_ANCHORED = ("numbering not anchored: L5/S1 not found (does the scan reach th
 
 
 def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int],
-                     min_confidence: float = ANCHOR_CONFIDENCE) -> tuple[list[dict], str]:
+                     min_confidence: float = ANCHOR_CONFIDENCE, second_ratio: float | None = None
+                     ) -> tuple[list[dict], str]:
     """Renumber decoded discs (``decode_discs``'s picks, head to feet) from the L5/S1 disc.
 
     The strongest candidate of the L5/S1 channel at or above ``min_confidence`` is the anchor. The decoded
@@ -129,7 +131,12 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
     rest are renumbered upward by :func:`renumber_chain`. Returns (discs, numbering note): the note is
     ``NOT_ANCHORED`` when no anchor is found, a sentence saying so when the anchoring renamed discs the
     heatmaps had named otherwise, else "". A model without an L5/S1 channel is returned unchanged, with
-    no note (it cannot be anchored; its card says which levels it names)."""
+    no note (it cannot be anchored; its card says which levels it names).
+
+    ``second_ratio`` (our rule against the sacrum taken for L5/S1): when the L5/S1 channel has another
+    candidate at least this fraction of the anchor's height, more than half a disc spacing away, the scan
+    has two places that look like the lumbosacral junction (L5/S1 and S1/S2, or a transitional vertebra):
+    the note says so, so that every disc is flagged, whichever candidate won. None: the rule is off."""
     if ANCHOR not in numbers:
         return found, ""
     cands = candidates(heatmaps[numbers.index(ANCHOR)], min_confidence)
@@ -154,12 +161,20 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
     keep = [i for i, n in enumerate(new) if n >= min(numbers)]  # above the model's top level: unnamed
     moved = [chain[i]["number"] - new[i] for i in keep if chain[i]["number"] != new[i]]
     out = [{**chain[i], "number": new[i]} for i in keep]
-    note = ""
+    notes = []
     if moved:
         shift = int(np.median(moved))
-        note = (f"numbering anchored at L5/S1 renamed {len(moved)} disc(s) the heatmaps had named "
-                f"{abs(shift)} level(s) {'lower' if shift > 0 else 'higher'}: check the levels")
-    return out, note
+        notes.append(f"numbering anchored at L5/S1 renamed {len(moved)} disc(s) the heatmaps had named "
+                     f"{abs(shift)} level(s) {'lower' if shift > 0 else 'higher'}: check the levels")
+    if second_ratio is not None and np.isfinite(typical):
+        rivals = [c for c in cands if c is not a and abs(c["row"] - a["row"]) > typical / 2
+                  and c["confidence"] >= second_ratio * a["confidence"]]
+        if rivals:
+            r = max(rivals, key=lambda c: c["confidence"])
+            notes.append(f"two places look like L5/S1 ({r['confidence']:.2f} against {a['confidence']:.2f}, "
+                         f"{'below' if r['row'] > a['row'] else 'above'} the one taken): check that L5/S1 is not "
+                         "S1/S2 or a transitional vertebra")
+    return out, "; ".join(notes)
 
 
 # ---------------------------------------------------------------- flags: what a person should check
@@ -180,19 +195,21 @@ def _off_segment(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(p - (a + t * ab)))
 
 
-def flag_discs(points, numbering: str = ""):
+def flag_discs(points, numbering: str = "", low_confidence: float | None = None):
     """Set each disc's ``flag`` (and so the scan's ``verdict``): low confidence, a gap to a neighbouring
     disc unlike the scan's typical spacing per level, or a position off the line through its neighbours
     (e.g. a 'disc' in posterior soft tissue). Our rules, from the failure cases we saw on scans of another
     protocol; they flag for review, they do not remove anything. ``numbering``: a reason to doubt every
-    name of the scan (:func:`anchor_numbering`'s note), given to every disc first. Returns ``points``
-    (flags set in place)."""
+    name of the scan (:func:`anchor_numbering`'s note), given to every disc first. ``low_confidence``:
+    the confidence below which a disc is flagged (default ``LOW_CONFIDENCE``; a checkpoint may record
+    another, chosen on its validation split). Returns ``points`` (flags set in place)."""
+    low = LOW_CONFIDENCE if low_confidence is None else float(low_confidence)
     discs = sorted(points.discs, key=lambda d: d.number)
     for d in discs:
         d.flag = ""
     reasons: dict[int, list[str]] = {id(d): ([numbering] if numbering else []) for d in discs}
     for d in discs:
-        if d.confidence < LOW_CONFIDENCE:
+        if d.confidence < low:
             reasons[id(d)].append(f"low confidence {d.confidence:.2f}")
     if len(discs) >= 3:
         xyz = np.array([d.world for d in discs], dtype=float)

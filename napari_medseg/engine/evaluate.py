@@ -51,10 +51,17 @@ def choose_cases(layout: D.Layout, config: dict, subset: str = "test", split: st
 
 
 def evaluate(predictor: Predictor, data_dir: str, *, subset: str = "test", max_cases: int | None = None,
-             tta: bool = False, callback=None, split: str = "auto") -> dict:
+             tta: bool = False, callback=None, split: str = "auto", fov_crops: bool = False) -> dict:
+    """Score ``predictor`` on a dataset's ``subset``. ``fov_crops`` (disc datasets): also score every case
+    cropped as scans of other protocols are (:data:`FOV_CROPS`); each case then says its ``crop`` and the
+    result has a summary per crop (``per_crop``) beside the mean over all."""
     layout = D.discover(data_dir)
     stems, where = choose_cases(layout, predictor.config, subset, split)
     stems = stems[:max_cases] if max_cases else stems
+    if fov_crops and layout.kind != "discs":
+        raise ValueError("field-of-view crops are for disc datasets (sagittal spine volumes)")
+    if fov_crops:
+        return _evaluate_fov(predictor, layout, stems, subset, where, callback)
     cases = []
     for i, stem in enumerate(stems):
         img_path, tgt_path = layout.pairs[stem]
@@ -84,17 +91,85 @@ def evaluate(predictor: Predictor, data_dir: str, *, subset: str = "test", max_c
 
 def _eval_discs(predictor: Predictor, img_path, tgt_path) -> dict:
     vol = io.read_nifti(img_path, kind="image")
-    truth = D.disc_points(tgt_path, vol)
+    return eval_disc_volume(predictor, vol, D.disc_points(tgt_path, vol))
+
+
+def eval_disc_volume(predictor: Predictor, vol: io.Volume, truth: io.DiscPoints) -> dict:
+    """Disc metrics of ``predictor`` on one volume against its reference discs (same geometry): the
+    sagittal-plane metrics of :func:`disc_metrics`, the 3-D distances, the predictions and the verdict."""
     pred = predictor.label_discs(vol)
     _, geo = pp.sagittal_view(np.zeros(vol.data.shape[:3], np.float32), vol.affine, 1)
     spacing = vol.spacing
     sp_rc = (spacing[geo["si"]], spacing[geo["ap"]])
     t_rc = dict(zip(truth.numbers, pp.voxel_to_view(truth.voxels(), geo)))
     p_rc = dict(zip(pred.numbers, pp.voxel_to_view(pred.voxels(), geo))) if len(pred) else {}
-    out = disc_metrics(p_rc, t_rc, sp_rc)
+    out = disc_metrics(p_rc, t_rc, sp_rc, pred_xyz={d.number: d.world for d in pred.discs},
+                       true_xyz={d.number: d.world for d in truth.discs})
     out["predicted"] = [{"name": d.name, "confidence": d.confidence, "flag": d.flag} for d in pred.discs]
     out["verdict"] = pred.verdict
     return out
+
+
+# Crops of a sagittal spine scan as scans of other protocols show it (issue: a field of view that reaches
+# further into the sacrum, or one without the top): name -> (fraction of the head-feet extent cut from the
+# top, square: also cut front and back to a square around the spine, so the view is magnified).
+FOV_CROPS = {"whole": (0.0, False), "no-top-25": (0.25, False), "no-top-40": (0.40, False),
+             "sacrum-square": (0.35, True)}
+
+
+def crop_field_of_view(vol: io.Volume, truth: io.DiscPoints, top: float, square: bool = False
+                       ) -> tuple[io.Volume, io.DiscPoints]:
+    """``vol`` without the top ``top`` fraction of its head-feet extent (and, ``square``, cut front and back
+    to a square around the reference discs' mean front-back position), as a volume of its own with the
+    affine that keeps every voxel where it was; ``truth`` keeps the discs inside the crop."""
+    lr, si, ap, flip_si, flip_ap = pp.sagittal_axes(vol.affine)
+    shape = np.array(vol.data.shape[:3])
+    lo, hi = np.zeros(3, int), shape.copy()
+    cut = int(round(top * shape[si]))
+    if flip_si:  # index grows towards the head: the top is the end
+        hi[si] -= cut
+    else:
+        lo[si] += cut
+    if square:
+        side_mm = (hi[si] - lo[si]) * vol.spacing[si]
+        side = min(int(round(side_mm / vol.spacing[ap])), int(shape[ap]))
+        centre = float(np.mean(truth.voxels()[:, ap])) if len(truth) else shape[ap] / 2
+        start = int(np.clip(round(centre - side / 2), 0, shape[ap] - side))
+        lo[ap], hi[ap] = start, start + side
+    data = vol.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    affine = np.asarray(vol.affine, float).copy()
+    affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    out = io.Volume(np.ascontiguousarray(data), affine, f"{vol.name}", vol.kind, path=vol.path,
+                    metadata=dict(vol.metadata))
+    inv = np.linalg.inv(affine)
+    keep = []
+    for d in truth.discs:
+        v = (inv @ np.r_[np.asarray(d.world, float), 1.0])[:3]
+        if np.all(v >= -0.5) and np.all(v <= np.array(data.shape[:3]) - 0.5):
+            keep.append(d)
+    return out, io.DiscPoints(keep, affine, data.shape[:3], truth.source)
+
+
+def _evaluate_fov(predictor: Predictor, layout, stems, subset, where, callback) -> dict:
+    cases = []
+    for i, stem in enumerate(stems):
+        img_path, tgt_path = layout.pairs[stem]
+        vol = io.read_nifti(img_path, kind="image")
+        truth = D.disc_points(tgt_path, vol)
+        for name, (top, square) in FOV_CROPS.items():
+            t0 = time.perf_counter()
+            cvol, ctruth = crop_field_of_view(vol, truth, top, square)
+            case = eval_disc_volume(predictor, cvol, ctruth)
+            case.update(stem=stem, crop=name, seconds=time.perf_counter() - t0)
+            cases.append(case)
+        if callback:
+            from .events import Progress
+
+            callback(Progress(done=i + 1, total=len(stems), item=stem, status="evaluated"))
+    mean = _mean(cases, "discs")
+    mean["per_crop"] = {name: _disc_summary([c for c in cases if c["crop"] == name]) for name in FOV_CROPS}
+    return {"subset": subset, "split": where, "cases": [_jsonable(c) for c in cases], "mean": _jsonable(mean),
+            "model": predictor.config.get("model"), "data": str(layout.root), "fov_crops": list(FOV_CROPS)}
 
 
 def source_of(stem: str) -> str:
@@ -107,14 +182,23 @@ def _disc_summary(cases: list[dict]) -> dict:
     all_d = [d for c in cases for d in c["l2_all_mm"]]
     n_true = sum(c["n_true"] for c in cases)
     shifted = [c for c in cases if c.get("shift")]
+    flagged = [c for c in cases if c.get("verdict", "ok") != "ok"]
+    d3 = [d for c in cases for d in c.get("l2_3d_all_mm", [])]
     return {"l2_mm": float(np.median(all_d)) if all_d else float("nan"),
+            "l2_3d_mm": float(np.median(d3)) if d3 else float("nan"),
             "fnr": sum(c["fn"] for c in cases) / max(1, n_true),
             "fpr": sum(c["fp"] for c in cases) / max(1, n_true), "n_true": n_true,
             "misses": sum(c["fn"] for c in cases), "false_positives": sum(c["fp"] for c in cases),
             "unscored": sum(c.get("unscored", 0) for c in cases), "cases": len(cases),
             # scans whose predictions sit on labelled discs a level (or more) off their names
             "off_by_levels": len(shifted), "off_by_levels_rate": len(shifted) / max(1, len(cases)),
-            "flagged": sum(c.get("verdict", "ok") != "ok" for c in cases),
+            "flagged": len(flagged),
+            # do the flags mean something: wrong (numbered a level off) among the flagged scans, flagged among
+            # the wrong ones, and wrong scans that carry no flag at all
+            "flag_precision": (sum(bool(c.get("shift")) for c in flagged) / len(flagged)) if flagged else float("nan"),
+            "flag_recall": (sum(c.get("verdict", "ok") != "ok" for c in shifted) / len(shifted)) if shifted
+            else float("nan"),
+            "silent_shifts": sum(c.get("verdict", "ok") == "ok" for c in shifted),
             "flagged_discs": sum(bool(d.get("flag")) for c in cases for d in c.get("predicted", []))}
 
 
@@ -127,8 +211,8 @@ def _mean(cases: list[dict], kind: str) -> dict:
         for c in cases:
             for n, r in c["per_level"].items():
                 levels.setdefault(int(n), []).append(r)
-        out["per_level"] = {disc_name(n): {"l2_mm": float(np.median([r["l2_mm"] for r in rs if r["l2_mm"] is not None]))
-                                           if any(r["l2_mm"] is not None for r in rs) else float("nan"),
+        out["per_level"] = {disc_name(n): {"l2_mm": _median(r["l2_mm"] for r in rs),
+                                           "l2_3d_mm": _median(r.get("l2_3d_mm") for r in rs),
                                            "misses": sum(r["miss"] for r in rs), "n": len(rs)}
                             for n, rs in sorted(levels.items())}
         sources: dict[str, list] = {}
@@ -147,6 +231,11 @@ def _mean(cases: list[dict], kind: str) -> dict:
     out["cases"] = len(cases)
     out["seconds_per_case"] = float(np.mean([c["seconds"] for c in cases]))
     return out
+
+
+def _median(values) -> float:
+    vals = [v for v in values if v is not None]
+    return float(np.median(vals)) if vals else float("nan")
 
 
 def _jsonable(obj):

@@ -302,7 +302,8 @@ class Predictor:
         numbers = list(self.pre["disc_numbers"])
         found = decode_discs(heat, numbers, self.pre.get("prior", {}), min_confidence=dec["min_confidence"],
                              prior_weight=dec["prior_weight"])
-        found, numbering = anchor_numbering(found, heat, numbers, dec["anchor_confidence"])
+        found, numbering = anchor_numbering(found, heat, numbers, dec["anchor_confidence"],
+                                            second_ratio=dec.get("second_ratio"))
         if not found:
             return io.DiscPoints([], vol.affine, vol.data.shape[:3], vol.path)
         rows = np.array([f["row"] for f in found])
@@ -310,9 +311,35 @@ class Predictor:
         # network-input pixels -> sagittal-view pixels (the inverse of data.disc_view_scale's mapping)
         sr, sc = 1.0 / scale
         vox = pp.view_to_voxel((rows + 0.5) * sr - 0.5, (cols + 0.5) * sc - 0.5, geo)
+        lr = self.disc_depth(vol, rows, cols, [numbers.index(f["number"]) for f in found])
+        if lr is not None:
+            vox[:, geo["lr"]] = np.where(np.isfinite(lr), lr, vox[:, geo["lr"]])
         points = io.DiscPoints.from_voxels(vox, [f["number"] for f in found], vol.affine, vol.data.shape[:3],
                                            confidences=[f["confidence"] for f in found], source=vol.path)
-        return flag_discs(points, numbering)  # no output without its flags
+        return flag_discs(points, numbering, low_confidence=dec.get("low_confidence"))  # no output without flags
+
+    def disc_depth(self, vol: io.Volume, rows, cols, channels) -> np.ndarray | None:
+        """Left-right voxel position of discs found at network-input (``rows``, ``cols``) in heatmap
+        ``channels``, from the model's depth channels (engine/disc_targets.py) read on thin sagittal views
+        swept across the slices: the view where each disc's depth channel peaks, refined between its
+        neighbours by a parabola. NaN for a disc whose depth response stays below ``DEPTH_MIN`` (it keeps the
+        middle of the view); None for a model without depth channels."""
+        if not self.pre.get("depth"):
+            return None
+        from . import disc_targets as DT
+        from .data import disc_view_input
+
+        data = np.asarray(vol.data, dtype=np.float32)
+        lr_axis = pp.sagittal_axes(vol.affine)[0]
+        offsets = DT.sweep_offsets(data.shape[lr_axis], float(np.linalg.norm(np.asarray(vol.affine)[:3, lr_axis])))
+        views, centres = [], []
+        for o in offsets:
+            v, g = pp.sagittal_view(data, vol.affine, DT.SWEEP_SLICES, o)
+            views.append(disc_view_input(v, self.size))
+            centres.append(g["mid"])
+        k = len(self.pre["disc_numbers"])
+        heat = self._batched(views, tta=False).float().numpy()[:, k:]  # (V, K, h, w): the depth channels
+        return DT.depth_peaks(heat, np.asarray(centres, float), rows, cols, channels)
 
 
 def class_argmax(prob: torch.Tensor) -> np.ndarray:

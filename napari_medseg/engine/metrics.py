@@ -39,7 +39,8 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int,
 
 
 def disc_metrics(pred_rc: dict[int, np.ndarray], true_rc: dict[int, np.ndarray], spacing_rc: tuple[float, float],
-                 fn_px: float = 7.0, fp_px: float = 10.0) -> dict:
+                 fn_px: float = 7.0, fp_px: float = 10.0, pred_xyz: dict | None = None,
+                 true_xyz: dict | None = None) -> dict:
     """Disc positions in the sagittal plane, keyed by SCT number, as (row = along the spine, col) pixels.
 
     * L2: distance between a true disc and the prediction with the same number, in mm.
@@ -51,7 +52,9 @@ def disc_metrics(pred_rc: dict[int, np.ndarray], true_rc: dict[int, np.ndarray],
       labelled disc (within ``fp_px``: a wrong name); otherwise it is ``unscored``.
     * ``shift``: the median level difference between predictions and the labelled disc each sits on
       (within ``fp_px``): 0 when the numbering holds, +-1 when the scan is numbered a level off.
-    * ``per_level``: number -> {"l2_mm", "miss"} for each true disc.
+    * ``per_level``: number -> {"l2_mm", "miss"} for each true disc (and "l2_3d_mm").
+    * given world positions (mm) of the same discs, ``l2_3d_all_mm``: the 3-D distance between each true
+      disc and the prediction of its number (the sagittal-plane L2 ignores left-right).
     Rates are over the number of true discs."""
     sp = np.asarray(spacing_rc, dtype=float)
     dists, fn, fp, unscored, per_level = [], 0, 0, 0, {}
@@ -63,6 +66,10 @@ def disc_metrics(pred_rc: dict[int, np.ndarray], true_rc: dict[int, np.ndarray],
         if d is not None:
             dists.append(d)
         per_level[int(n)] = {"l2_mm": d, "miss": bool(miss)}
+        if pred_xyz is not None and true_xyz is not None:
+            d3 = None if n not in pred_xyz else float(np.linalg.norm(np.asarray(pred_xyz[n], float)
+                                                                     - np.asarray(true_xyz[n], float)))
+            per_level[int(n)]["l2_3d_mm"] = d3
     numbers = list(true_rc)
     truths = np.array(list(true_rc.values()), dtype=float).reshape(-1, 2)
     diffs = []
@@ -78,7 +85,8 @@ def disc_metrics(pred_rc: dict[int, np.ndarray], true_rc: dict[int, np.ndarray],
         else:
             unscored += 1
     n_true = max(1, len(true_rc))
-    return {"l2_mm": float(np.median(dists)) if dists else float("nan"), "l2_all_mm": dists,
+    d3 = [r["l2_3d_mm"] for r in per_level.values() if r.get("l2_3d_mm") is not None]
+    return {"l2_mm": float(np.median(dists)) if dists else float("nan"), "l2_all_mm": dists, "l2_3d_all_mm": d3,
             "fn": fn, "fp": fp, "unscored": unscored, "n_true": len(true_rc), "n_pred": len(pred_rc),
             "fnr": fn / n_true, "fpr": fp / n_true, "shift": int(np.median(diffs)) if diffs else None,
             "per_level": per_level}
