@@ -1,5 +1,5 @@
-"""Markdown tables (per level, per source, per case) from a disc-labeling evaluation written by
-``napari-medseg evaluate --json``:
+"""Markdown tables (per field of view, per level, per source, per case) from a disc-labeling evaluation
+written by ``napari-medseg evaluate --json`` (with ``--fov-crops``: a row per crop too):
 
     NAPARI_MEDSEG_DATA_DIR=../shared/data .venv/bin/napari-medseg evaluate --model hourglass-spine-discs \\
         --data ../shared/data/spine-discs --json discs-test.json
@@ -16,27 +16,46 @@ def mm(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def rate(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def main(path: str) -> int:
     result = json.loads(open(path).read())
     m = result["mean"]
-    print(f"{result['subset']} split ({m['cases']} scans, {m['n_true']} labelled discs): median L2 {mm(m['l2_mm'])} mm, "
+    cases = result["cases"]
+    whole = [c for c in cases if c.get("crop", "whole") == "whole"]
+    print(f"{result['subset']} split ({len(whole)} scans): median L2 {mm(m['l2_mm'])} mm in the sagittal plane, "
+          f"{mm(m.get('l2_3d_mm'))} mm in 3-D over {m['n_true']} labelled discs{' (whole and cropped)' if len(whole) < len(cases) else ''}, "
           f"misses {m['misses']} ({m['fnr']:.1%}), false positives {m['false_positives']} ({m['fpr']:.1%}), "
-          f"unscored {m['unscored']}, scans numbered a level off {m['off_by_levels']}, flagged {m['flagged']}\n")
-    print("| level | labelled discs | median L2 (mm) | misses |")
-    print("|---|---|---|---|")
+          f"unscored {m['unscored']}, scans numbered a level off {m['off_by_levels']} (silent {m.get('silent_shifts')}), "
+          f"flagged {m['flagged']} (precision {rate(m.get('flag_precision'))}, recall {rate(m.get('flag_recall'))})\n")
+    if "per_crop" in m:
+        print("| field of view | scans | labelled discs | median L2 (mm) | 3-D (mm) | misses | false positives "
+              "| numbered a level off | of them silent | flagged | flag precision | flag recall |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, r in m["per_crop"].items():
+            print(f"| {name} | {r['cases']} | {r['n_true']} | {mm(r['l2_mm'])} | {mm(r.get('l2_3d_mm'))} | "
+                  f"{r['misses']} | {r['false_positives']} | {r['off_by_levels']} | {r['silent_shifts']} | "
+                  f"{r['flagged']} | {rate(r['flag_precision'])} | {rate(r['flag_recall'])} |")
+        print()
+    print("| level | labelled discs | median L2 (mm) | 3-D (mm) | misses |")
+    print("|---|---|---|---|---|")
     for name, r in m["per_level"].items():
-        print(f"| {name} | {r['n']} | {mm(r['l2_mm'])} | {r['misses']} |")
-    print("\n| source | scans | labelled discs | median L2 (mm) | misses | false positives | numbered a level off | flagged |")
-    print("|---|---|---|---|---|---|---|---|")
+        print(f"| {name} | {r['n']} | {mm(r['l2_mm'])} | {mm(r.get('l2_3d_mm'))} | {r['misses']} |")
+    print("\n| source | scans | labelled discs | median L2 (mm) | 3-D (mm) | misses | false positives | numbered a level off "
+          "| flagged |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in m["per_source"].items():
-        print(f"| {name} | {r['cases']} | {r['n_true']} | {mm(r['l2_mm'])} | {r['misses']} ({r['fnr']:.0%}) | "
-              f"{r['false_positives']} | {r['off_by_levels']} | {r['flagged']} |")
-    print("\n| scan | labelled | named by the model | median L2 (mm) | misses | verdict |")
-    print("|---|---|---|---|---|---|")
-    for c in result["cases"]:
+        print(f"| {name} | {r['cases']} | {r['n_true']} | {mm(r['l2_mm'])} | {mm(r.get('l2_3d_mm'))} | "
+              f"{r['misses']} ({r['fnr']:.0%}) | {r['false_positives']} | {r['off_by_levels']} | {r['flagged']} |")
+    print("\n| scan | field of view | labelled | named by the model | median L2 (mm) | misses | level shift | verdict |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in cases:
         names = ", ".join(p["name"] for p in c["predicted"])
         verdict = c.get("verdict", "")
-        print(f"| {c['stem']} | {c['n_true']} | {names} | {mm(c['l2_mm'])} | {c['fn']} | "
+        print(f"| {c['stem']} | {c.get('crop', 'whole')} | {c['n_true']} | {names} | {mm(c['l2_mm'])} | {c['fn']} | "
+              f"{c.get('shift') if c.get('shift') is not None else '-'} | "
               f"{'ok' if verdict == 'ok' else verdict[:90] + ('...' if len(verdict) > 90 else '')} |")
     return 0
 

@@ -233,6 +233,25 @@ def test_a_scan_cut_above_l5_is_flagged_not_silently_numbered(shared):
     assert pts.verdict.startswith("check: all discs (numbering not anchored")
 
 
+@pytest.mark.parametrize("top, square", [(0.40, False), (0.35, True)])
+def test_a_scan_that_shows_more_sacrum_is_not_named_from_s1_s2_silently(shared, top, square):
+    """The multi-site test scan without its top (starting at L1/L2 or lower) and, in the second case, cut to
+    a magnified square around the spine: S1 and S2 take a larger part of the view, as on scans of another
+    protocol. L5/S1 must be named on the L5/S1 disc, or the scan must be flagged: never the S1/S2 junction
+    (about one vertebra lower) silently."""
+    from napari_medseg.engine.evaluate import crop_field_of_view
+
+    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_16.nii.gz")
+    truth = io.read_points(shared / "spine-discs/labels/spine_vb1_16_labels-disc.nii.gz")
+    crop, kept = crop_field_of_view(vol, truth, top, square)
+    assert "L5/S1" in kept.names and len(kept) < len(truth)  # the top discs are gone
+    pts = _bundled_discs(crop)
+    true = kept.world[kept.names.index("L5/S1")]
+    if "L5/S1" in pts.names and np.linalg.norm(pts.world[pts.names.index("L5/S1")] - true) < 10.0:
+        return  # named on the right disc
+    assert pts.verdict.startswith("check: all discs"), pts.verdict
+
+
 def test_an_axial_lumbar_stack_is_refused(shared):
     from napari_medseg import api
     from napari_medseg.engine.expectations import InputMismatch

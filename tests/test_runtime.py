@@ -139,3 +139,35 @@ def test_export_writes_a_graph_that_computes_the_eager_network(fmt, shared, tmp_
         got = torch.jit.load(str(out))(x)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     assert main(["export", "--model", "unet-kvasir-192", str(tmp_path)]) == 2  # a folder is not a file
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_cached_graph_is_rebuilt_once_with_a_warning(damage, shared, tmp_path, monkeypatch):
+    """A graph cut short or overwritten in the cache (an interrupted copy, a full disk) used to make every
+    later prediction die with onnxruntime's INVALID_PROTOBUF until the user found the file."""
+    monkeypatch.setenv("NAPARI_MEDSEG_CACHE", str(tmp_path / "cache"))
+    vol = _kvasir_image(shared)
+    first = api.load("unet-kvasir-192", device="cpu", precision="fp32", runtime="onnxruntime")
+    want = np.asarray(api.segment(vol, predictor=first).labels)
+    (path,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 3] if damage == "truncated" else b"\x00not a graph" * 100)
+    with pytest.warns(runtime.GraphCacheWarning, match="could not be loaded .*rebuilding it"):
+        again = api.load("unet-kvasir-192", device="cpu", precision="fp32", runtime="onnxruntime")
+    np.testing.assert_array_equal(np.asarray(api.segment(vol, predictor=again).labels), want)
+    assert path.read_bytes() == good  # the cache holds a good graph again
+
+
+def test_a_graph_that_cannot_be_rebuilt_is_one_clear_error(shared, tmp_path, monkeypatch):
+    from napari_medseg.io.errors import MedSegIOError
+
+    monkeypatch.setenv("NAPARI_MEDSEG_CACHE", str(tmp_path / "cache"))
+
+    def broken_export(model, sample, path):  # a disk that keeps writing damaged files
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x00" * 64)
+        return path
+
+    monkeypatch.setattr(runtime, "export_onnx", broken_export)
+    with pytest.warns(runtime.GraphCacheWarning), pytest.raises(MedSegIOError, match="cannot be loaded either"):
+        api.load("unet-kvasir-192", device="cpu", precision="fp32", runtime="onnxruntime")

@@ -141,12 +141,13 @@ class Predictor:
 
     def _graph(self, shape: tuple[int, ...]):
         """The onnxruntime network for inputs of ``shape`` (C, H, W): exported once per weights and shape
-        into the cache (:func:`.runtime.cached_onnx`)."""
+        into the cache (:func:`.runtime.open_cached_graph`)."""
         if shape not in self._graphs:
-            from .runtime import OnnxNetwork, cached_onnx
+            from .runtime import open_cached_graph
 
-            # the weights' SHA-256, hashed once per Predictor (identity() also names DICOM outputs with it)
-            self._graphs[shape] = OnnxNetwork(cached_onnx(lambda: self.model, shape, self.identity()["weights_sha256"]))
+            # the weights' SHA-256, hashed once per Predictor (identity() also names DICOM outputs with it); a
+            # damaged cached graph is rebuilt once
+            self._graphs[shape] = open_cached_graph(lambda: self.model, shape, self.identity()["weights_sha256"])
         return self._graphs[shape]
 
     def batch_for(self, shape: tuple[int, ...]) -> int:

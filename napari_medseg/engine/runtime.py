@@ -157,3 +157,32 @@ def cached_onnx(model, sample_shape: tuple[int, ...], digest: str | None, cache:
     if not path.is_file():
         export_onnx(network(), torch.zeros((1, *sample_shape)), path)
     return path
+
+
+class GraphCacheWarning(UserWarning):
+    """A damaged graph in the cache was removed and rebuilt."""
+
+
+def open_cached_graph(model, sample_shape: tuple[int, ...], digest: str | None, cache: Path | None = None,
+                      threads: int | None = None) -> OnnxNetwork:
+    """:func:`cached_onnx` opened as an :class:`OnnxNetwork`, healing the cache: a cached graph that
+    onnxruntime cannot load (a copy cut short, a full disk, a bad sector) is removed and exported again once,
+    with a one-line warning; if the rebuilt graph cannot be loaded either, a one-line error naming the file
+    (``MedSegIOError``: the CLI's exit 2), nothing else touched."""
+    from ..io.errors import MedSegIOError
+
+    path = cached_onnx(model, sample_shape, digest, cache)
+    try:
+        return OnnxNetwork(path, threads)
+    except Exception as err:  # onnxruntime raises its own classes (InvalidProtobuf, Fail) for a damaged file
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        warnings.warn(f"{path}: the cached ONNX graph could not be loaded ({first}); rebuilding it",
+                      GraphCacheWarning, stacklevel=2)
+    path.unlink(missing_ok=True)
+    path = cached_onnx(model, sample_shape, digest, cache)
+    try:
+        return OnnxNetwork(path, threads)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise MedSegIOError(path, f"the ONNX graph rebuilt in the cache cannot be loaded either ({first}); "
+                                  "use --runtime torch, or free the disk and try again") from None
