@@ -175,6 +175,19 @@ def test_discs_off_the_midline_are_placed_off_it_in_csv_and_sr(shared, tmp_path)
     sr = io.read_points(write_sr(tmp_path / "discs_sr.dcm", on_dicom, dicom_vol))
     assert sr.numbers == NUMBERS
     np.testing.assert_allclose(sr.world, truth.world, atol=0.75)
+    # read independently of our reader: pydicom walking the SR's content tree for its 3-D points (LPS)
+    import pydicom
+
+    def scoords(items):
+        for item in items:
+            if getattr(item, "ValueType", "") == "SCOORD3D":
+                yield np.asarray(item.GraphicData, float)
+            yield from scoords(getattr(item, "ContentSequence", []))
+
+    lps = np.array(list(scoords(pydicom.dcmread(tmp_path / "discs_sr.dcm").ContentSequence)))
+    want = truth.world * np.array([-1.0, -1.0, 1.0])  # RAS -> LPS, from the synthetic volume's own geometry
+    assert len(lps) == len(NUMBERS)
+    assert max(np.linalg.norm(lps - w, axis=1).min() for w in want) < 0.75
     off = [i for i, lr in enumerate(DISC_LR) if abs(lr - 8) >= 3]
     middle = truth.world.copy()
     middle[:, 0] = (vol.affine @ np.r_[0, 0, 8, 1.0])[0]  # the same discs on the middle slice: 3-5 mm off
