@@ -135,6 +135,20 @@ def test_label_discs_on_pam50(make_napari_viewer, qtbot, trained, volumes, tmp_p
     np.testing.assert_allclose(saved.world[0], world_to_ras(pts.data[0])[0], atol=1e-4)
 
 
+def test_the_lumbar_sample_opens_on_its_sagittal_plane(make_napari_viewer):
+    """A sagittal scan (17 slices left to right) opened from File > Open Sample shows the sagittal plane,
+    head up, not an axial 361 x 17 strip."""
+    viewer = make_napari_viewer()
+    image, _truth = viewer.open_sample("napari-medseg", "mr_lumbar")
+    assert viewer.dims.order == (2, 0, 1)  # world axes (I, P, L): the displayed ones are I (rows) and P
+    displayed = [image.data.shape[a] for a in viewer.dims.displayed]
+    assert displayed == [302, 302] and image.data.shape[viewer.dims.not_displayed[0]] == 17
+    assert viewer.dims.thickness[2] == 12.0  # a slab, so that off-midline discs keep their names on screen
+    again = make_napari_viewer()  # the hook lets go: the next layer of another viewer is left as napari puts it
+    again.add_image(np.zeros((4, 5, 6)))
+    assert again.dims.order == (0, 1, 2)
+
+
 def test_newcomer_labels_lumbar_discs_from_the_menus(make_napari_viewer, qtbot):
     """The done-when path: File > Open Sample > lumbar MRI, Layers > Annotate > Label discs with the bundled
     weights (the default choice), Run: named discs where the sample's own disc points are."""

@@ -25,7 +25,7 @@ SAMPLE_DATASET = {"skin": "ph2", "mr_lumbar": "spine-discs", "endoscopy": "kvasi
 SAMPLE_TITLES = {
     "skin": "Dermoscopy image (ISIC 2016 test set, CC-0; shipped in the package)",
     "ct_dicom": "Abdominal CT, 20-slice DICOM series (TotalSegmentator test data, Apache-2.0), middle slice",
-    "mr_lumbar": "Sagittal lumbar MRI (multi-site disc set, test scan spine_vb1_07), middle slice (points within 6 mm)",
+    "mr_lumbar": "Sagittal lumbar MRI (multi-site disc set, test scan spine_vb1_16), a 12 mm slab around the middle slice",
     "endoscopy": "Colonoscopy image (Kvasir-SEG test split)",
     "mr_cardiac": "Short-axis cardiac cine MRI (ACDC test case, end-diastole), middle slice",
 }
