@@ -439,14 +439,22 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     Returns ``{"written": [...], "skipped": [...], "results": [...], "n_inputs": N, "manifest": path,
     "device", "runtime", "precision"}`` (what this process ran with)."""
     files = expand_inputs(inputs)  # a bad path is answered before the model (and torch) is loaded
-    from .engine.batch import run_batch
+    # so are the model's name, its task and an output folder that would lose something (engine/config.py
+    # reads the card without torch)
+    from .engine.batch import check_output_folder, run_batch
+    from .engine.config import read_config
 
-    pred = load(model, weights, device=device, runtime=runtime, precision=precision)
-    if task is not None and task != pred.task:
-        what = "labels intervertebral discs: use label-discs" if pred.task == "keypoints" else \
+    if weights is None and (model is None or model not in bundled_weights()):
+        load(model)  # the one message for a missing or unknown name
+    card = read_config(bundled_weights()[model] if weights is None else weights)
+    model_task = (card.get("model") or {}).get("task", "segmentation")
+    if task is not None and task != model_task:
+        what = "labels intervertebral discs: use label-discs" if model_task == "keypoints" else \
             "segments: use predict"
-        raise ValueError(f"this checkpoint ({pred.config['model']['name']}) {what}")
-    task = task or pred.task
+        raise ValueError(f"this checkpoint ({card['model']['name']}) {what}")
+    task = task or model_task
+    check_output_folder(Path(out), files, task, format, resume=resume, overwrite=overwrite)
+    pred = load(model, weights, device=device, runtime=runtime, precision=precision)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     files = files[rank::world]
     path = str(bundled_weights()[model]) if weights is None else str(weights)

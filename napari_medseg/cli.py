@@ -9,6 +9,7 @@ import argparse
 import json
 import signal
 import sys
+from pathlib import Path
 
 from .engine import choices
 from .io.errors import USER_ERRORS
@@ -219,7 +220,8 @@ def _cmd_predict(args, task=None) -> int:
         print(f"skipped {s['file']}: {s['error']}", file=sys.stderr)
     for r in summary["results"]:
         if r.get("verdict", "ok") != "ok":
-            print(f"warning: {r['file']}: {r['verdict']} (the 'flag' column of its _discs.csv)", file=sys.stderr)
+            where = ", ".join(Path(o).name for o in r.get("outputs", [])) or "its outputs"
+            print(f"warning: {r['file']}: {r['verdict']} (each disc's flag is in {where})", file=sys.stderr)
     print(f"wrote {len(summary['written'])} file(s) for {len(summary['results'])} of {summary['n_inputs']} "
           f"input(s); skipped {len(summary['skipped'])}")
     if not summary["results"]:

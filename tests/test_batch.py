@@ -163,3 +163,41 @@ def test_overwrite_starts_a_new_manifest(folder, tmp_path):
     assert len(again["written"]) == 8 and len(read_manifest(out)) == 10  # one row per input, not two
     with pytest.raises(ValueError, match="resume or overwrite"):
         api.batch(str(folder), out, model=MODEL, device="cpu", overwrite=True, resume=True)
+
+
+def test_the_users_own_files_are_never_written_over_and_refusals_come_before_the_model(folder, tmp_path, monkeypatch):
+    """Tried as a new user would: ``--out`` naming a folder of the user's own results (no manifest) used to
+    replace ``a_seg.png`` silently; ``--out`` naming a file gave a raw ``[Errno 17]`` after the model loaded."""
+    from napari_medseg.cli import main
+
+    def no_model(*_a, **_k):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    out = tmp_path / "userout"
+    out.mkdir()
+    stem = sorted(p for p in folder.iterdir() if p.suffix == ".jpg")[0].stem
+    mine = out / f"{stem}_seg.png"
+    mine.write_bytes(b"the user's own work")
+    with monkeypatch.context() as m:
+        m.setattr(api, "load", no_model)
+        with pytest.raises(MedSegIOError, match=rf"{stem}_seg.png.*would write over it \(1 file"):
+            api.batch(str(folder), out, model=MODEL, device="cpu")
+        afile = tmp_path / "results.txt"
+        afile.write_text("not a folder")
+        with pytest.raises(MedSegIOError, match="exists and is not a folder"):
+            api.batch(str(folder), afile, model=MODEL, device="cpu")
+        assert main(["predict", "--model", MODEL, str(folder), "--out", str(out), "--device", "cpu"]) == 2
+    assert mine.read_bytes() == b"the user's own work" and sorted(p.name for p in out.iterdir()) == [mine.name]
+    done = api.batch(str(folder), out, model=MODEL, device="cpu", overwrite=True)  # asked for: replaced
+    assert str(mine) in done["written"] and mine.read_bytes() != b"the user's own work"
+
+
+def test_a_run_that_wrote_nothing_does_not_block_the_next(shared, tmp_path):
+    """Every input refused by the input check: the manifest records why, and the rerun with --force is not
+    told to --resume or --overwrite a run that has nothing to keep."""
+    out = tmp_path / "out"
+    ct = shared / "volumes" / "ct-spleen-crop.nii.gz"
+    first = api.batch(str(ct), out, model=MODEL, device="cpu")
+    assert not first["written"] and (out / "manifest.csv").is_file()
+    again = api.batch(str(ct), out, model=MODEL, device="cpu", force=True)
+    assert len(again["written"]) == 1

@@ -139,6 +139,45 @@ def stem_of(path: Path) -> str:
 FORMATS = {"segmentation": ("nifti", "dicom-seg"), "keypoints": ("files", "dicom-sr")}
 
 
+def output_names(stem: str, task: str, fmt: str | None, two_d: bool) -> list[str]:
+    """The files one input writes (the one naming rule of :func:`run_one` and the output-folder check)."""
+    fmt = fmt or FORMATS[task][0]
+    if task == "keypoints":
+        return [f"{stem}_discs.dcm"] if fmt == "dicom-sr" else \
+            [f"{stem}_discs.csv", f"{stem}_discs.json", f"{stem}_labels-disc.nii.gz"]
+    if two_d:
+        return [f"{stem}_seg.png"]
+    return [f"{stem}_seg.dcm"] if fmt == "dicom-seg" else [f"{stem}_seg.nii.gz"]
+
+
+def check_output_folder(out: Path, files: list[Path], task: str, fmt: str | None = None, *, resume: bool = False,
+                        overwrite: bool = False) -> None:
+    """Refuse, before any model loads, an output folder whose use would lose something: a file where the
+    folder should be; a folder holding an earlier run's results (a manifest with finished inputs) without
+    ``resume`` or ``overwrite``; files that this run would write over without ``overwrite``, whether or not
+    the folder has a manifest (the user's own ``a_seg.png``). A manifest whose inputs all failed or were
+    refused holds nothing to lose and does not block the next run."""
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError("choose resume or overwrite, not both")
+    if out.exists() and not out.is_dir():
+        raise MedSegIOError(out, "exists and is not a folder: --out names the folder the results are written to")
+    if not out.is_dir() or overwrite:
+        return
+    finished = [r for r in latest_rows(read_manifest(out)) if r.get("status") == "ok"]
+    if finished and not resume:
+        raise MedSegIOError(out / MANIFEST, f"this folder already holds the results of an earlier run "
+                                            f"({len(finished)} input(s)): continue it (--resume) or "
+                                            "replace it (--overwrite), or choose another folder")
+    done = {r["input"] for r in finished}
+    clash = [out / name for f in files if not (resume and str(f) in done)
+             for name in output_names(stem_of(f), task, fmt, f.suffix.lower() in io.IMAGE2D_SUFFIXES)
+             if (out / name).exists()]
+    if clash:
+        raise MedSegIOError(clash[0], f"exists and this run would write over it ({len(clash)} file(s) in all): "
+                                      "choose another folder, or --overwrite to replace them")
+
+
 def check_format(task: str, fmt: str) -> None:
     if fmt not in FORMATS[task]:
         raise ValueError(f"output format {fmt!r} is not one of {', '.join(FORMATS[task])} for "
@@ -172,7 +211,7 @@ def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = 
     pred.check_input(vol, force)  # refused before anything is written
     if fmt.startswith("dicom"):
         _require_dicom(vol, path, fmt)
-    stem = stem_of(path)
+    names_out = output_names(stem_of(path), task, fmt, vol.is_2d)
     if task == "keypoints":
         points = pred.label_discs(vol)
         if prior is not None:
@@ -180,10 +219,10 @@ def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = 
 
             points = apply_prior(points, prior)
         if fmt == "dicom-sr":
-            outs = [io.write_points(out / f"{stem}_discs.dcm", points, reference=vol, algorithm=pred.identity())]
+            outs = [io.write_points(out / names_out[0], points, reference=vol, algorithm=pred.identity())]
         else:
-            outs = [io.write_points(out / f"{stem}_discs.csv", points), io.write_points(out / f"{stem}_discs.json", points),
-                    io.write_points(out / f"{stem}_labels-disc.nii.gz", points, reference=vol)]
+            outs = [io.write_points(out / names_out[0], points), io.write_points(out / names_out[1], points),
+                    io.write_points(out / names_out[2], points, reference=vol)]
         return {"file": str(path), "outputs": [str(p) for p in outs], "discs": len(points),
                 "names": [d.name for d in points.discs], "verdict": points.verdict}
     names = pred.class_names()
@@ -191,18 +230,18 @@ def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = 
         if fmt == "dicom-seg":
             raise MedSegIOError(path, "--format dicom-seg needs a 3-D DICOM series; this is a 2-D image")
         labels = pred.segment_image(vol.data, rgb=vol.rgb, tta=tta, cleanup=cleanup)
-        target = io.write_image2d(out / f"{stem}_seg.png", labels)
+        target = io.write_image2d(out / names_out[0], labels)
         voxel = 1.0
     else:
         labels = pred.segment_volume(vol, tta=tta, cleanup=cleanup)
         if fmt == "dicom-seg":
             from ..io.dicom_seg import write_seg
 
-            target, _notes = write_seg(out / f"{stem}_seg.dcm", labels, vol, class_names=names,
+            target, _notes = write_seg(out / names_out[0], labels, vol, class_names=names,
                                        dataset=(pred.config.get("card") or {}).get("dataset"),
                                        algorithm=pred.identity())
         else:
-            target = io.write_nifti(out / f"{stem}_seg.nii.gz", labels, reference=vol, kind="labels")
+            target = io.write_nifti(out / names_out[0], labels, reference=vol, kind="labels")
         voxel = float(np.prod(vol.spacing))
     counts = class_counts(labels, pred.num_classes)
     unit = "px" if vol.is_2d else "mm3"
@@ -269,13 +308,7 @@ def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tt
     Returns ``{"written", "skipped", "results", "n_inputs", "manifest"}``."""
     if fmt is not None:
         check_format(task, fmt)
-    if resume and overwrite:
-        raise ValueError("choose resume or overwrite, not both")
-    earlier = read_manifest(out) if Path(out).is_dir() else []
-    if earlier and not (resume or overwrite):
-        raise MedSegIOError(Path(out) / MANIFEST, f"this folder already holds the results of an earlier run "
-                                                  f"({len(latest_rows(earlier))} input(s)): continue it (--resume) or "
-                                                  "replace it (--overwrite), or choose another folder")
+    check_output_folder(Path(out), files, task, fmt, resume=resume, overwrite=overwrite)
     if overwrite and (Path(out) / MANIFEST).is_file():
         (Path(out) / MANIFEST).unlink()
     if prior is not None and (len(files) != 1 or client is not None or workers):
