@@ -190,7 +190,9 @@ class _BatchBar:
             self.bar = tqdm(total=event.total, desc="inputs", unit="file")
         self.bar.update(event.done - self.bar.n)
         if not event.status.startswith("ok"):
-            self.bar.write(f"{event.item}: {event.status}")
+            # the reason names the file already (MedSegIOError: "path: what"); else say which file
+            line = event.status if str(event.item) in event.status else f"{event.item}: {event.status}"
+            self.bar.write(line, file=sys.stderr)
         if event.done >= event.total:
             self.bar.close()
 
@@ -216,8 +218,7 @@ def _cmd_predict(args, task=None) -> int:
     print(f"ran on {summary['device']}: runtime {summary['runtime']}, {summary['precision']}", file=sys.stderr)
     if summary.get("resumed"):
         print(f"{summary['resumed']} input(s) were done by an earlier run (manifest.csv); not redone", file=sys.stderr)
-    for s in summary["skipped"]:
-        print(f"skipped {s['file']}: {s['error']}", file=sys.stderr)
+    # each skipped input was said once, as it happened (the progress bar's line); the count is below
     for r in summary["results"]:
         if r.get("verdict", "ok") != "ok":
             where = ", ".join(Path(o).name for o in r.get("outputs", [])) or "its outputs"

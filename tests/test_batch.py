@@ -201,3 +201,12 @@ def test_a_run_that_wrote_nothing_does_not_block_the_next(shared, tmp_path):
     assert not first["written"] and (out / "manifest.csv").is_file()
     again = api.batch(str(ct), out, model=MODEL, device="cpu", force=True)
     assert len(again["written"]) == 1
+
+
+def test_a_skipped_input_is_said_once(folder, tmp_path, capsys):
+    from napari_medseg.cli import main
+
+    assert main(["predict", "--model", MODEL, str(folder), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "inputs:" not in line]
+    assert sum("broken.png" in line for line in lines) == 1 and sum("ct.nii.gz" in line for line in lines) == 1, lines
+    assert next(line for line in lines if "broken.png" in line).startswith("skipped: ")
