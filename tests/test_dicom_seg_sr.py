@@ -308,3 +308,23 @@ def test_label_discs_writes_a_dicom_sr_that_reopens_where_the_discs_are(shared, 
     ds = pydicom.dcmread(tmp_path / "sr" / "lumbar_discs.dcm")
     evidence = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.SeriesInstanceUID == pydicom.dcmread(next(series.iterdir())).SeriesInstanceUID
+
+
+def test_an_invalid_source_attribute_is_left_out_of_the_seg_and_said(shared, tmp_path):
+    """A series whose Patient's Age is "0Y" (AS wants nnnY): copied as it was, a strict validator rejected
+    our SEG. Now it is left out, the other patient attributes are kept, and the note says so."""
+    vol = io.read_nifti(shared / "spine-discs/images/spine_vb1_16.nii.gz")
+    series = _as_dicom_series(io.Volume(np.asarray(vol.data)[::8, ::8], vol.affine @ np.diag([8.0, 8, 1, 1]),
+                                        name="small"), tmp_path / "src")
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.PatientAge = "0Y"
+        ds.save_as(f)
+    src = io.read(series)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MedSegIOWarning)
+        path, notes = write_seg(tmp_path / "seg.dcm", (np.asarray(src.data) > np.median(src.data)).astype(np.uint8),
+                                src, class_names=["background", "spine"])
+    ds = pydicom.dcmread(path)
+    assert "PatientAge" not in ds and ds.PatientName == "test^lumbar"
+    assert any("PatientAge not valid for their DICOM type" in n for n in notes), notes

@@ -73,9 +73,32 @@ def find_source_series(where, affine, shape) -> Volume:
                                "its series (save as NIfTI instead)")
 
 
+TEXT_VRS = ("AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
+
+
+def _drop_invalid(ds) -> set[str]:
+    """Remove from a source header (in memory) the plain attributes whose value is invalid for their VR (a
+    Patient's Age "0Y"), so that a SEG or SR copying them stays valid; returns their keywords."""
+    import pydicom.config
+    from pydicom.valuerep import validate_value
+
+    bad = set()
+    for elem in list(ds):  # text values as stored (numbers were parsed already, bytes are not copied)
+        if elem.VR not in TEXT_VRS or elem.value in (None, ""):
+            continue
+        values = elem.value if isinstance(elem.value, (list, tuple, pydicom.multival.MultiValue)) else [elem.value]
+        try:
+            for v in values:
+                validate_value(elem.VR, str(v), pydicom.config.RAISE)
+        except (ValueError, TypeError):
+            bad.add(elem.keyword or str(elem.tag))
+            del ds[elem.tag]
+    return bad
+
+
 def source_datasets(source: Volume) -> tuple[list, list[str]]:
     """The source series' datasets (headers only) in the volume's slice order, with missing UIDs filled
-    by derived ones (said in the returned notes). A one-line error when ``source`` is not a DICOM series
+    by derived ones and attributes invalid for their VR left out (both said in the returned notes). A one-line error when ``source`` is not a DICOM series
     read by this package."""
     import pydicom
 
@@ -99,7 +122,7 @@ def source_datasets(source: Volume) -> tuple[list, list[str]]:
         datasets = [datasets[i] for i in order]
         files = [files[i] for i in order]
     fills = {"StudyInstanceUID": "study", "SeriesInstanceUID": "series", "FrameOfReferenceUID": "frame of reference"}
-    filled = set()
+    filled, invalid = set(), set()
     series_key = str(datasets[0].get("SeriesInstanceUID") or "") or hashlib.sha256(
         "".join(sorted(Path(f).name for f in files)).encode()).hexdigest()
     for f, ds in zip(files, datasets):
@@ -114,10 +137,14 @@ def source_datasets(source: Volume) -> tuple[list, list[str]]:
                 filled.add(what)
         if not ds.get("SliceThickness") and not meta.get("multiframe"):  # the SEG's pixel measures need one
             ds.SliceThickness = round(float(meta.get("slice_step_mm") or 1.0), 6)
+        invalid.update(_drop_invalid(ds))
         for tag in ("PatientID", "PatientName", "StudyID", "AccessionNumber", "StudyDate", "StudyTime",
                     "ReferringPhysicianName", "PatientBirthDate", "PatientSex"):
             if tag not in ds:
                 setattr(ds, tag, None)
+    if invalid:
+        notes.append(f"{name}: {', '.join(sorted(invalid))} not valid for their DICOM type in the source series: "
+                     "left out of what is copied from it")
     if filled:
         notes.append(f"{name} has no {', '.join(sorted(filled))} UID(s): derived ones were used, so a PACS will not "
                      "link this SEG to the original images")
