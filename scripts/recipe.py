@@ -34,8 +34,14 @@ def choose_on_val(api, data: Path, run: Path) -> str:
     with the full metrics (discs: median L2, then FNR + FPR; segmentation: Dice) and keep the better."""
     scores = {}
     for which in ("best", "last"):
-        m = api.evaluate(str(data), weights=str(run / which), subset="val", device="cpu", precision="fp32")["mean"]
-        scores[which] = (m["fnr"] + m["fpr"], m["l2_mm"]) if "l2_mm" in m else (-m["dice"],)
+        from napari_medseg.engine.config import read_config
+
+        discs = read_config(run / which)["model"].get("task") == "keypoints"
+        # discs: on the scans and their field-of-view crops; silent level shifts first, then scans a level off
+        m = api.evaluate(str(data), weights=str(run / which), subset="val", device="cpu", precision="fp32",
+                         fov_crops=discs)["mean"]
+        scores[which] = (m["silent_shifts"], m["off_by_levels"], m["fnr"] + m["fpr"], m["l2_mm"]) if discs \
+            else (-m["dice"],)
         print(which, "on val:", m, flush=True)
     return min(scores, key=scores.get)
 
@@ -145,6 +151,10 @@ def main() -> int:
     (target / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     # the test metrics are those of the weights as shipped
     result = api.evaluate(str(data), weights=str(target), subset="test", device="cpu", precision="fp32")
+    fov = None
+    if cfg["model"].get("task") == "keypoints":  # the test scans cropped as other protocols show them too
+        fov = api.evaluate(str(data), weights=str(target), subset="test", device="cpu", precision="fp32",
+                           fov_crops=True)["mean"]["per_crop"]
     cfg["card"] = {
         "name": name, "about": recipe["about"] + "".join(
             [f" Recipe {recipe['name']}." if name != recipe["name"] else "",
@@ -161,6 +171,7 @@ def main() -> int:
         "train_wall_s": round(sum(h["seconds"] for h in history), 1),
         "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {cfg['software']['torch']}",
         "test_metrics": result["mean"], "test_precision": result["precision"], "weights_stored_as": stored,
+        **({"test_metrics_fov_crops": fov} if fov else {}),
         "licence": recipe["licence"],
         "expects": _describe(cfg),
         **({"accepts": recipe["accepts"]} if recipe.get("accepts") else {}),
