@@ -6,7 +6,9 @@ and the low-confidence flag's threshold is scored on ``spine-discs``' validation
 other protocols show the spine (engine/evaluate.py ``FOV_CROPS``: without the top, more sacrum in view).
 The best has no silent level shift (a scan numbered a level off without a flag), then the fewest misses +
 false positives + scans a level off, then the fewest flagged scans that were right (a flag on a right
-answer costs a person's time), then the lowest median L2. It is printed and, with ``--write``, recorded in
+answer costs a person's time), then the lowest median L2. The depth channels' left-right positions are kept
+(``use_depth``) only when their median 3-D error on the same scans is below the middle slice's. The choice
+is printed and, with ``--write``, recorded in
 the checkpoint's config (``preprocessing.decoding``), where the Predictor takes it from. The network runs
 once per view (its outputs are kept): only the decoding changes between rows. The table is what ran.
 
@@ -87,9 +89,18 @@ def main() -> int:
               f"{r['flagged']} | {r['right_but_flagged']} | {r['l2_mm']:.2f} | {r['l2_3d_mm']:.2f} |")
     best = min(rows, key=key)
     choice = {**DECODING, **{k: best[k] for k in ("anchor_confidence", "prior_weight", "second_ratio", "low_confidence")}}
+    # the depth channels' left-right positions against the middle slice, on the same scans: kept only where
+    # they bring the 3-D error down (a model without depth channels keeps the middle slice either way)
+    depth = {}
+    for use in (True, False):
+        pred.pre["decoding"] = {**choice, "use_depth": use}
+        depth[use] = evaluate(pred, str(data), subset="val", split="folder", fov_crops=True)["mean"]["l2_3d_mm"]
+    choice["use_depth"] = bool(pred.pre.get("depth")) and depth[True] < depth[False]
+    print(f"3-D median error on val and its crops: depth channels {depth[True]:.2f} mm, middle slice {depth[False]:.2f} mm")
     print(f"\n(the 25 best of {len(rows)} rows) chosen on val and its crops: {json.dumps(choice)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "rows": rows, "chosen": choice},
+        Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "rows": rows, "chosen": choice,
+                                               "l2_3d_mm": {"depth": depth[True], "middle": depth[False]}},
                                               indent=1) + "\n")
     if args.write:
         cfg_path = Path(args.checkpoint) / "config.json"

@@ -312,7 +312,8 @@ class Predictor:
         # network-input pixels -> sagittal-view pixels (the inverse of data.disc_view_scale's mapping)
         sr, sc = 1.0 / scale
         vox = pp.view_to_voxel((rows + 0.5) * sr - 0.5, (cols + 0.5) * sc - 0.5, geo)
-        lr = self.disc_depth(vol, rows, cols, [numbers.index(f["number"]) for f in found])
+        lr = self.disc_depth(vol, rows, cols, [numbers.index(f["number"]) for f in found]) \
+            if dec.get("use_depth", True) else None
         if lr is not None:
             vox[:, geo["lr"]] = np.where(np.isfinite(lr), lr, vox[:, geo["lr"]])
         points = io.DiscPoints.from_voxels(vox, [f["number"] for f in found], vol.affine, vol.data.shape[:3],
