@@ -1,6 +1,7 @@
 """Choose the disc decoding settings of a checkpoint on its validation split (never on test).
 
-Every combination of the L5/S1 anchor's confidence (and no anchoring at all), the position prior's weight,
+Every combination of the anchor (L5/S1 alone, or the stronger of L4/L5 and L5/S1: engine/discs.py
+``anchor_numbering``) and its confidence (and no anchoring at all), the position prior's weight,
 the rule that flags a second L5/S1-like place (``second_ratio``, off or a fraction of the anchor's height)
 and the low-confidence flag's threshold is scored on ``spine-discs``' validation scans, whole and cropped as
 other protocols show the spine (engine/evaluate.py ``FOV_CROPS``: without the top, more sacrum in view).
@@ -29,10 +30,11 @@ from napari_medseg.engine.evaluate import evaluate
 from napari_medseg.engine.infer import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHORS = (0.15, 0.2, 0.3, 0.5, 2.0)  # 2.0: never anchored (heatmaps are <= ~1)
-PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
-SECOND_RATIOS = (None, 0.3, 0.5, 0.7)
-LOW_CONFIDENCE = (0.5, 0.35, 0.2)
+ANCHORS = (0.2, 0.3, 0.5, 2.0)  # 2.0: never anchored (heatmaps are <= ~1)
+ANCHOR_LEVELS = ((25,), (24, 25))  # count from L5/S1 only, or from the stronger of L4/L5 and L5/S1
+PRIOR_WEIGHTS = (0.0, 0.5, 1.0)
+SECOND_RATIOS = (None, 0.5, 0.7)
+LOW_CONFIDENCE = (0.5, 0.3)
 
 
 def remember_outputs(pred: Predictor) -> None:
@@ -58,25 +60,28 @@ def main() -> int:
     pred = Predictor.from_checkpoint(args.checkpoint, device="cpu", precision="fp32", runtime="torch")
     remember_outputs(pred)
     rows = []
-    for anchor in ANCHORS:
+    grid = [(a, lv) for a in ANCHORS for lv in ANCHOR_LEVELS if a <= 1 or lv == ANCHOR_LEVELS[0]]
+    for anchor, levels in grid:
         for weight in PRIOR_WEIGHTS:
             for second in SECOND_RATIOS:
                 for low in LOW_CONFIDENCE:
                     pred.pre["decoding"] = {**DECODING, "anchor_confidence": anchor, "prior_weight": weight,
-                                            "second_ratio": second, "low_confidence": low}
+                                            "second_ratio": second, "low_confidence": low,
+                                            "anchor_levels": list(levels)}
                     res = evaluate(pred, str(data), subset="val", split="folder", fov_crops=True)
                     m = res["mean"]
                     right_flagged = sum(c["verdict"] != "ok" and not c.get("shift") for c in res["cases"])
-                    rows.append({"anchor_confidence": anchor, "prior_weight": weight, "second_ratio": second,
+                    rows.append({"anchor_confidence": anchor, "anchor_levels": list(levels),
+                                 "prior_weight": weight, "second_ratio": second,
                                  "low_confidence": low, "misses": m["misses"], "false_positives": m["false_positives"],
                                  "off_by_levels": m["off_by_levels"], "silent_shifts": m["silent_shifts"],
                                  "flagged": m["flagged"], "right_but_flagged": right_flagged,
                                  "l2_mm": m["l2_mm"], "l2_3d_mm": m["l2_3d_mm"], "n_true": m["n_true"],
                                  "cases": m["cases"]})
     print(f"{rows[0]['cases']} validation scans and crops")
-    print("| L5/S1 anchor | prior weight | second L5/S1 rule | low confidence | misses | false positives "
+    print("| anchor | at confidence | prior weight | second reading rule | low confidence | misses | false positives "
           "| scans a level off | of them silent | flagged scans | of them right | median L2 (mm) | 3-D (mm) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def key(r):
         return (r["silent_shifts"], r["misses"] + r["false_positives"] + r["off_by_levels"], r["right_but_flagged"],
@@ -84,11 +89,14 @@ def main() -> int:
 
     for r in sorted(rows, key=key)[:25]:
         anchor = "never" if r["anchor_confidence"] > 1 else r["anchor_confidence"]
-        print(f"| {anchor} | {r['prior_weight']} | {r['second_ratio'] or 'off'} | {r['low_confidence']} | "
+        at = "-" if r["anchor_confidence"] > 1 else " or ".join(
+            {24: "L4/L5", 25: "L5/S1"}[lv] for lv in sorted(r["anchor_levels"], reverse=True))
+        print(f"| {at} | {anchor} | {r['prior_weight']} | {r['second_ratio'] or 'off'} | {r['low_confidence']} | "
               f"{r['misses']} of {r['n_true']} | {r['false_positives']} | {r['off_by_levels']} | {r['silent_shifts']} | "
               f"{r['flagged']} | {r['right_but_flagged']} | {r['l2_mm']:.2f} | {r['l2_3d_mm']:.2f} |")
     best = min(rows, key=key)
-    choice = {**DECODING, **{k: best[k] for k in ("anchor_confidence", "prior_weight", "second_ratio", "low_confidence")}}
+    choice = {**DECODING, **{k: best[k] for k in ("anchor_confidence", "anchor_levels", "prior_weight", "second_ratio",
+                                                   "low_confidence")}}
     # the depth channels' left-right positions against the middle slice, on the same scans: kept only where
     # they bring the 3-D error down (a model without depth channels keeps the middle slice either way)
     depth = {}

@@ -84,7 +84,7 @@ def decode_discs(heatmaps: np.ndarray, numbers: list[int], prior: dict, *, min_c
 # decoding settings (our choices); a checkpoint may record others chosen on its validation split
 # (``preprocessing.decoding``, ``benchmarks/disc_decoding.py``), which the Predictor uses instead
 DECODING = {"min_confidence": 0.2, "prior_weight": 0.5, "anchor_confidence": 0.5, "second_ratio": None,
-            "low_confidence": 0.5}
+            "low_confidence": 0.5, "anchor_levels": [25]}
 
 ANCHOR = 25  # L5/S1, the lumbosacral junction
 ANCHOR_CONFIDENCE = 0.5  # our choice: half the trained peak height, as LOW_CONFIDENCE below
@@ -116,65 +116,88 @@ def renumber_chain(positions, anchor: int, number: int) -> list[int]:
     return out
 
 
-NOT_ANCHORED = ("numbering not anchored: L5/S1 not found (does the scan reach the sacrum?), so the levels rest "
-                "on the heatmaps and the position prior: check them or name one disc")
+NOT_ANCHORED = ("numbering not anchored: neither L4/L5 nor L5/S1 found (does the scan reach the sacrum?), so "
+                "the levels rest on the heatmaps and the position prior: check them or name one disc")
 
 
 def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int],
-                     min_confidence: float = ANCHOR_CONFIDENCE, second_ratio: float | None = None
-                     ) -> tuple[list[dict], str]:
-    """Renumber decoded discs (``decode_discs``'s picks, head to feet) from the L5/S1 disc.
+                     min_confidence: float = ANCHOR_CONFIDENCE, second_ratio: float | None = None,
+                     levels=(ANCHOR,)) -> tuple[list[dict], str]:
+    """Renumber decoded discs (``decode_discs``'s picks, head to feet) from the lumbosacral junction.
 
-    The strongest candidate of the L5/S1 channel at or above ``min_confidence`` is the anchor. The decoded
-    disc within half a typical spacing of it becomes L5/S1 (otherwise the anchor joins the chain as a new
-    disc), discs more than half a spacing below it are dropped (sacral segments, not lumbar discs), and the
-    rest are renumbered upward by :func:`renumber_chain`. Returns (discs, numbering note): the note is
-    ``NOT_ANCHORED`` when no anchor is found, a sentence saying so when the anchoring renamed discs the
-    heatmaps had named otherwise, else "". A model without an L5/S1 channel is returned unchanged, with
-    no note (it cannot be anchored; its card says which levels it names).
+    ``levels``: the SCT numbers that may anchor the count, L5/S1 (25) and, where the decoding chose it,
+    L4/L5 (24): the disc just above the L5 body, labelled in every training case, whose channel has learnt
+    on every case that the discs and sacral segments below it are not L4/L5. The strongest candidate of
+    those channels at or above ``min_confidence`` is the anchor. The decoded disc within half a typical
+    spacing of it takes the anchor's level (otherwise the anchor joins the chain as a new disc), discs that
+    would be numbered below L5/S1 are dropped (sacral segments, not lumbar discs), and the rest are
+    renumbered outward by :func:`renumber_chain`. Returns (discs, numbering note): the note is
+    ``NOT_ANCHORED`` when no anchor is found, a sentence when the anchoring renamed discs the heatmaps had
+    named otherwise, else "". A model without any of ``levels`` is returned unchanged, with no note (it
+    cannot be anchored; its card says which levels it names).
 
-    ``second_ratio`` (our rule against the sacrum taken for L5/S1): when the L5/S1 channel has another
-    candidate at least this fraction of the anchor's height, more than half a disc spacing away, the scan
-    has two places that look like the lumbosacral junction (L5/S1 and S1/S2, or a transitional vertebra):
-    the note says so, so that every disc is flagged, whichever candidate won. None: the rule is off."""
-    if ANCHOR not in numbers:
+    ``second_ratio`` (our rules against the sacrum taken for L5/S1): when the anchor's channel has another
+    candidate at least this fraction of the anchor's height, more than half a disc spacing away, or when
+    the other anchoring channel's strongest candidate (at least this fraction too) sits at another level
+    than the anchor's count gives it, the scan has two readings of the lumbosacral junction (L5/S1 and
+    S1/S2, or a transitional vertebra): the note says so, so that every disc is flagged. None: off."""
+    levels = [lv for lv in levels if lv in numbers]
+    if not levels:
         return found, ""
-    cands = candidates(heatmaps[numbers.index(ANCHOR)], min_confidence)
-    if not cands:
+    cands = {lv: candidates(heatmaps[numbers.index(lv)], min_confidence) for lv in levels}
+    pool = [(c["confidence"], lv, i) for lv, cs in cands.items() for i, c in enumerate(cs)]
+    if not pool:
         return found, NOT_ANCHORED
-    a = max(cands, key=lambda c: c["confidence"])
+    _, level, i = max(pool)
+    a = cands[level][i]
     chain = sorted(found, key=lambda f: f["row"])
     rows = np.array([f["row"] for f in chain], dtype=float)
     gaps = np.diff(rows)
     typical = float(np.median(gaps)) if len(gaps) else float("inf")
     near = int(np.argmin(np.abs(rows - a["row"]))) if len(rows) else -1
     if near >= 0 and abs(rows[near] - a["row"]) <= typical / 2:
-        if chain[near]["number"] != ANCHOR:  # the anchor's own position replaces the other channel's
+        if chain[near]["number"] != level:  # the anchor's own position replaces the other channel's
             chain[near] = {**chain[near], "row": a["row"], "col": a["col"], "confidence": a["confidence"]}
         idx = near
     else:
-        chain.append({**a, "number": ANCHOR})
+        chain.append({**a, "number": level})
         chain.sort(key=lambda f: f["row"])
-        idx = next(i for i, f in enumerate(chain) if f["row"] == a["row"] and f["col"] == a["col"])
-    chain = chain[: idx + 1]  # nothing below the lumbosacral junction
-    new = renumber_chain([[f["row"], f["col"]] for f in chain], idx, ANCHOR)
-    keep = [i for i, n in enumerate(new) if n >= min(numbers)]  # above the model's top level: unnamed
-    moved = [chain[i]["number"] - new[i] for i in keep if chain[i]["number"] != new[i]]
-    out = [{**chain[i], "number": new[i]} for i in keep]
+        idx = next(k for k, f in enumerate(chain) if f["row"] == a["row"] and f["col"] == a["col"])
+    new = renumber_chain([[f["row"], f["col"]] for f in chain], idx, level)
+    # above the model's top level: unnamed; below L5/S1: sacral segments, not lumbar discs
+    keep = [k for k, n in enumerate(new) if min(numbers) <= n <= ANCHOR]
+    moved = [chain[k]["number"] - new[k] for k in keep if chain[k]["number"] != new[k]]
+    out = [{**chain[k], "number": new[k]} for k in keep]
     notes = []
     if moved:
         shift = int(np.median(moved))
-        notes.append(f"numbering anchored at L5/S1 renamed {len(moved)} disc(s) the heatmaps had named "
+        notes.append(f"numbering anchored at {_name(level)} renamed {len(moved)} disc(s) the heatmaps had named "
                      f"{abs(shift)} level(s) {'lower' if shift > 0 else 'higher'}: check the levels")
     if second_ratio is not None and np.isfinite(typical):
-        rivals = [c for c in cands if c is not a and abs(c["row"] - a["row"]) > typical / 2
+        rivals = [c for c in cands[level] if c is not a and abs(c["row"] - a["row"]) > typical / 2
                   and c["confidence"] >= second_ratio * a["confidence"]]
         if rivals:
             r = max(rivals, key=lambda c: c["confidence"])
-            notes.append(f"two places look like L5/S1 ({r['confidence']:.2f} against {a['confidence']:.2f}, "
-                         f"{'below' if r['row'] > a['row'] else 'above'} the one taken): check that L5/S1 is not "
-                         "S1/S2 or a transitional vertebra")
+            notes.append(f"two places look like {_name(level)} ({r['confidence']:.2f} against "
+                         f"{a['confidence']:.2f}, {'below' if r['row'] > a['row'] else 'above'} the one taken): "
+                         "check that L5/S1 is not S1/S2 or a transitional vertebra")
+        for other in levels:
+            oc = [c for c in cands[other] if c["confidence"] >= second_ratio * a["confidence"]]
+            if other == level or not oc:
+                continue
+            o = max(oc, key=lambda c: c["confidence"])
+            at = level + int(round((o["row"] - a["row"]) / typical))
+            if at != other:
+                notes.append(f"the {_name(other)} heatmap points at the disc the count from {_name(level)} names "
+                             f"{_name(at) if min(numbers) <= at <= ANCHOR else 'outside the lumbar spine'}: check "
+                             "that L5/S1 is not S1/S2 or a transitional vertebra")
     return out, "; ".join(notes)
+
+
+def _name(number: int) -> str:
+    from ..io.points import disc_name
+
+    return disc_name(number)
 
 
 # ---------------------------------------------------------------- flags: what a person should check

@@ -304,7 +304,8 @@ class Predictor:
         found = decode_discs(heat, numbers, self.pre.get("prior", {}), min_confidence=dec["min_confidence"],
                              prior_weight=dec["prior_weight"])
         found, numbering = anchor_numbering(found, heat, numbers, dec["anchor_confidence"],
-                                            second_ratio=dec.get("second_ratio"))
+                                            second_ratio=dec.get("second_ratio"),
+                                            levels=tuple(dec.get("anchor_levels") or (25,)))
         if not found:
             return io.DiscPoints([], vol.affine, vol.data.shape[:3], vol.path)
         rows = np.array([f["row"] for f in found])
