@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balance-levels", action=argparse.BooleanOptionalAction, default=None,
                    help="disc labeling: draw the cases that label rare levels (L5/S1 ...) more often "
                         "(default: the recipe's, on for the hourglass)")
+    p.add_argument("--disc-depth", action=argparse.BooleanOptionalAction, default=None,
+                   help="disc labeling: a depth channel per level for each disc's left-right position "
+                        "(default: on for volumes of several sagittal slices)")
     p.add_argument("--loss", default=None, choices=choices.LOSSES,
                    help="default: the recipe's (BCDU-Net bce, hourglass heatmap_mse, others dice_ce)")
     p.add_argument("--schedule", default=None,
