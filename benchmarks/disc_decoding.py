@@ -30,10 +30,10 @@ from napari_medseg.engine.evaluate import evaluate
 from napari_medseg.engine.infer import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHORS = (0.2, 0.3, 0.5, 2.0)  # 2.0: never anchored (heatmaps are <= ~1)
+ANCHORS = (0.3, 0.5, 2.0)  # 2.0: never anchored (heatmaps are <= ~1)
 ANCHOR_LEVELS = ((25,), (24, 25))  # count from L5/S1 only, or from the stronger of L4/L5 and L5/S1
 PRIOR_WEIGHTS = (0.0, 0.5, 1.0)
-SECOND_RATIOS = (None, 0.5, 0.7)
+SECOND_RATIOS = (None, 0.25, 0.4, 0.6)
 LOW_CONFIDENCE = (0.5, 0.3)
 
 

@@ -181,9 +181,9 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
             notes.append(f"two places look like {_name(level)} ({r['confidence']:.2f} against "
                          f"{a['confidence']:.2f}, {'below' if r['row'] > a['row'] else 'above'} the one taken): "
                          "check that L5/S1 is not S1/S2 or a transitional vertebra")
-        for other in levels:
-            oc = [c for c in cands[other] if c["confidence"] >= second_ratio * a["confidence"]]
-            if other == level or not oc:
+        for other in levels:  # the other anchoring channel, down to second_ratio of the anchor's height
+            oc = candidates(heatmaps[numbers.index(other)], second_ratio * a["confidence"]) if other != level else []
+            if not oc:
                 continue
             o = max(oc, key=lambda c: c["confidence"])
             at = level + int(round((o["row"] - a["row"]) / typical))
