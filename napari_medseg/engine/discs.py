@@ -82,9 +82,11 @@ def decode_discs(heatmaps: np.ndarray, numbers: list[int], prior: dict, *, min_c
 
 
 # decoding settings (our choices); a checkpoint may record others chosen on its validation split
-# (``preprocessing.decoding``, ``benchmarks/disc_decoding.py``), which the Predictor uses instead
+# (``preprocessing.decoding``, ``benchmarks/disc_decoding.py``), which the Predictor uses instead.
+# ``below_floor`` is a fixed policy, not chosen on validation (a flag costs a person's time, a level shift
+# without one costs a wrong report): below 0.2, the lowest heat the decoder takes as a disc
 DECODING = {"min_confidence": 0.2, "prior_weight": 0.5, "anchor_confidence": 0.5, "second_ratio": None,
-            "low_confidence": 0.5, "anchor_levels": [25]}
+            "low_confidence": 0.5, "anchor_levels": [25], "below_floor": 0.15}
 
 ANCHOR = 25  # L5/S1, the lumbosacral junction
 ANCHOR_CONFIDENCE = 0.5  # our choice: half the trained peak height, as LOW_CONFIDENCE below
@@ -122,7 +124,8 @@ NOT_ANCHORED = ("numbering not anchored: neither L4/L5 nor L5/S1 found (does the
 
 def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int],
                      min_confidence: float = ANCHOR_CONFIDENCE, second_ratio: float | None = None,
-                     levels=(ANCHOR,)) -> tuple[list[dict], str]:
+                     levels=(ANCHOR,), rows_in_scan: int | None = None, below_floor: float | None = None
+                     ) -> tuple[list[dict], str]:
     """Renumber decoded discs (``decode_discs``'s picks, head to feet) from the lumbosacral junction.
 
     ``levels``: the SCT numbers that may anchor the count, L5/S1 (25) and, where the decoding chose it,
@@ -140,7 +143,12 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
     candidate at least this fraction of the anchor's height, more than half a disc spacing away, or when
     the other anchoring channel's strongest candidate (at least this fraction too) sits at another level
     than the anchor's count gives it, the scan has two readings of the lumbosacral junction (L5/S1 and
-    S1/S2, or a transitional vertebra): the note says so, so that every disc is flagged. None: off."""
+    S1/S2, or a transitional vertebra): the note says so, so that every disc is flagged. None: off.
+
+    ``below_floor`` (our rule against the sacrum counted as a lumbar level): when the count ends at L4/L5
+    (no L5/S1 named) while the scan (``rows_in_scan`` rows of the heatmaps) goes on more than a disc
+    spacing below it, and the L5/S1 heatmap has no candidate of at least ``below_floor`` in the spacing
+    below it, the disc named L4/L5 may be L5/S1: the note says so. None: off."""
     levels = [lv for lv in levels if lv in numbers]
     if not levels:
         return found, ""
@@ -191,6 +199,14 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
                 notes.append(f"the {_name(other)} heatmap points at the disc the count from {_name(level)} names "
                              f"{_name(at) if min(numbers) <= at <= ANCHOR else 'outside the lumbar spine'}: check "
                              "that L5/S1 is not S1/S2 or a transitional vertebra")
+    if below_floor is not None and out and out[-1]["number"] == ANCHOR - 1 and ANCHOR in numbers \
+            and np.isfinite(typical) and rows_in_scan is not None and rows_in_scan - out[-1]["row"] > typical:
+        last = out[-1]
+        below = [c for c in candidates(heatmaps[numbers.index(ANCHOR)], below_floor)
+                 if 0.4 * typical <= c["row"] - last["row"] <= 1.6 * typical]
+        if not below:
+            notes.append("nothing below L4/L5 looks like L5/S1 although the scan goes on: check that the disc "
+                         "named L4/L5 is not L5/S1 (the sacrum counted as a lumbar level)")
     return out, "; ".join(notes)
 
 

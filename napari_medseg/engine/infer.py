@@ -305,7 +305,8 @@ class Predictor:
                              prior_weight=dec["prior_weight"])
         found, numbering = anchor_numbering(found, heat, numbers, dec["anchor_confidence"],
                                             second_ratio=dec.get("second_ratio"),
-                                            levels=tuple(dec.get("anchor_levels") or (25,)))
+                                            levels=tuple(dec.get("anchor_levels") or (25,)), rows_in_scan=h,
+                                            below_floor=dec.get("below_floor"))
         if not found:
             return io.DiscPoints([], vol.affine, vol.data.shape[:3], vol.path)
         rows = np.array([f["row"] for f in found])
