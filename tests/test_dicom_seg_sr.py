@@ -302,7 +302,7 @@ def test_label_discs_writes_a_dicom_sr_that_reopens_where_the_discs_are(shared, 
     assert main(["label-discs", str(shared / "spine-discs/images/spine_vb1_16.nii.gz"), "--out", str(tmp_path / "csv")]) == 0
     sr = io.read_points(tmp_path / "sr" / "lumbar_discs.dcm")
     ref = io.read_points(tmp_path / "csv" / "spine_vb1_16_discs.csv")
-    assert sr.names == ref.names and "L5/S1" in sr.names
+    assert sr.names == ref.names and len(sr) >= 5
     np.testing.assert_allclose(sr.world, ref.world, atol=1e-3)
     assert sr.flags == ref.flags
     ds = pydicom.dcmread(tmp_path / "sr" / "lumbar_discs.dcm")
