@@ -219,6 +219,7 @@ def test_reader_returns_none_unless_sure(volumes, shared, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:.*derived ones were used:napari_medseg.io.errors.MedSegIOWarning")  # anonymised
 @pytest.mark.filterwarnings("ignore:.*is not open; opened on the SEG's own geometry")  # the SEG opened alone, on purpose
+@pytest.mark.filterwarnings("ignore:.*PatientAge not valid for their DICOM type:UserWarning")  # the Siemens series' "0Y", said
 def test_labels_on_a_dicom_series_saved_as_seg_and_points_as_sr(make_napari_viewer, volumes, tmp_path):
     """Save Layers with .dcm: a Labels layer drawn on a DICOM series becomes a DICOM SEG referencing it, a
     Points layer a DICOM SR; both reopen in napari where they were."""

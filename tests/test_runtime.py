@@ -107,6 +107,7 @@ def test_onnxruntime_labels_are_the_eager_labels_and_the_graph_is_cached(name, s
     np.testing.assert_array_equal(np.asarray(api.segment(vol, predictor=again).labels), b)
 
 
+@pytest.mark.filterwarnings("ignore::napari_medseg.engine.discs.DiscsFlagged")  # the scan is flagged (results.md)
 def test_onnxruntime_disc_positions_are_the_eager_positions(shared, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MEDSEG_CACHE", str(tmp_path / "cache"))
     from napari_medseg.io import datasets
