@@ -111,6 +111,7 @@ def test_class_counts_are_bincount_in_any_memory_order():
             np.testing.assert_array_equal(class_counts(view, k), np.bincount(view.ravel(), minlength=k))
 
 
+@pytest.mark.filterwarnings("ignore:bf16 was asked for on a CPU without bf16:UserWarning")  # CPU-dependent, on purpose
 def test_a_worker_loads_the_runtime_and_precision_it_is_sent():
     """Dask workers load their own Predictor: it must be the one the user chose, not the worker's default."""
     from napari_medseg.engine.batch import _worker_predictor
