@@ -316,7 +316,8 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
         scale = disc_view_scale(view.shape, size)
         lr_mm = float(np.linalg.norm(np.asarray(vol.affine)[:3, geo["lr"]]))
         sweep = DT.sweep_offsets(vol.data.shape[geo["lr"]], lr_mm)
-        choices = list(VIEW_CHOICES) + [(o, DT.SWEEP_SLICES) for o in sweep]
+        # the thin views of the depth sweep only where depth channels may be trained
+        choices = list(VIEW_CHOICES) + ([(o, DT.SWEEP_SLICES) for o in sweep] if depth is not False else [])
         alt, centres = [], []
         for off, n in choices:
             v, g = pp.sagittal_view(vol.data, vol.affine, n, off)
@@ -343,8 +344,7 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
                 k = numbers.index(n)
                 pos[k], visible[k], lr[k] = p, True, d
         h = pp.gaussian_heatmaps(pos, visible, size, sigma)
-        kn = DT.known_masks(numbers, {n: tuple(pos[numbers.index(n)]) for n in numbers if visible[numbers.index(n)]},
-                            c["bodies"], size)
+        kn = DT.known_masks(numbers, {n: tuple(pos[k]) for k, n in enumerate(numbers) if visible[k]}, c["bodies"], size)
         if depth:
             amp = DT.depth_amplitudes(lr, visible, np.r_[c["mid_mm"], c["centres"]])
             h = np.concatenate([h, h * amp[0][:, None, None]])

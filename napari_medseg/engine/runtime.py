@@ -163,6 +163,11 @@ class GraphCacheWarning(UserWarning):
     """A damaged graph in the cache was removed and rebuilt."""
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:160] if text else type(err).__name__
+
+
 def open_cached_graph(model, sample_shape: tuple[int, ...], digest: str | None, cache: Path | None = None,
                       threads: int | None = None) -> OnnxNetwork:
     """:func:`cached_onnx` opened as an :class:`OnnxNetwork`, healing the cache: a cached graph that
@@ -175,14 +180,12 @@ def open_cached_graph(model, sample_shape: tuple[int, ...], digest: str | None, 
     try:
         return OnnxNetwork(path, threads)
     except Exception as err:  # onnxruntime raises its own classes (InvalidProtobuf, Fail) for a damaged file
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        warnings.warn(f"{path}: the cached ONNX graph could not be loaded ({first}); rebuilding it",
+        warnings.warn(f"{path}: the cached ONNX graph could not be loaded ({_first_line(err)}); rebuilding it",
                       GraphCacheWarning, stacklevel=2)
     path.unlink(missing_ok=True)
     path = cached_onnx(model, sample_shape, digest, cache)
     try:
         return OnnxNetwork(path, threads)
     except Exception as err:
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise MedSegIOError(path, f"the ONNX graph rebuilt in the cache cannot be loaded either ({first}); "
+        raise MedSegIOError(path, f"the ONNX graph rebuilt in the cache cannot be loaded either ({_first_line(err)}); "
                                   "use --runtime torch, or free the disk and try again") from None
