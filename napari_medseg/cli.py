@@ -318,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disc-depth", action=argparse.BooleanOptionalAction, default=None,
                    help="disc labeling: a depth channel per level for each disc's left-right position "
                         "(default: on for volumes of several sagittal slices)")
+    p.add_argument("--disc-extrapolate", action="store_true",
+                   help="disc labeling: a target for the unlabelled disc below a case's lowest labelled one (L5/S1 "
+                        "where a case stops at L4/L5), placed from its vertebral body masks as the cases that label "
+                        "both show")
     p.add_argument("--loss", default=None, choices=choices.LOSSES,
                    help="default: the recipe's (BCDU-Net bce, hourglass heatmap_mse, others dice_ce)")
     p.add_argument("--schedule", default=None,

@@ -110,6 +110,75 @@ def test_prepared_discs_carry_depth_views_and_known_pixels(shared):
     assert (prep.known[0, NUMBERS.index(25)] == 0).any() and prep.known[0, NUMBERS.index(25)].mean() > 0.9
 
 
+def _lordotic_case(turn_deg: float, start=(30.0, 50.0), step=16.0, n_labelled=6, bend=0.0):
+    """A synthetic chain of discs 19 ... (18 + n_labelled) going down (rows) and backwards (cols) by ``bend``
+    degrees per level, a body centre half way between neighbours, and one disc more below, turned by
+    ``turn_deg`` at the last body (as L5/S1 at L5) and 0.9 times as far from it."""
+    discs, bodies, d = [np.array(start)], [], np.array([1.0, 0.0]) * step
+    for _ in range(n_labelled - 1):
+        a = np.radians(bend)
+        d = np.array([np.cos(a) * d[0] - np.sin(a) * d[1], np.sin(a) * d[0] + np.cos(a) * d[1]])
+        discs.append(discs[-1] + d)
+    for a, b in zip(discs[:-1], discs[1:]):
+        bodies.append((a + b) / 2)
+    half = (discs[-1] - discs[-2]) / 2
+    last_body = discs[-1] + half
+    t = np.radians(turn_deg)
+    nxt = last_body + 0.9 * np.array([np.cos(t) * half[0] - np.sin(t) * half[1], np.sin(t) * half[0] + np.cos(t) * half[1]])
+    levels = list(range(19, 19 + n_labelled))
+    return {n: tuple(p) for n, p in zip(levels, discs)}, np.array(bodies + [last_body]), tuple(nxt)
+
+
+def test_the_disc_below_the_chain_is_placed_as_the_cases_that_label_it_show():
+    """Cases that label L5/S1 turn the chain by 30-40 degrees at L5: the fit learns the mean turn and
+    length ratio, its leave-one-out error is the spread of the turns, and a case that stops at L4/L5 gets
+    its L5/S1 from its own L4/L5 disc and L5 body (on anisotropic pixels too: the fit is in mm)."""
+    full = [_lordotic_case(t, bend=b) for t, b in [(30.0, 2.0), (35.0, 4.0), (40.0, 6.0), (35.0, 0.0)]]
+    cases = [({**lab, 25: nxt}, bodies, (1.0, 1.0)) for lab, bodies, nxt in full]
+    fit = DT.fit_next_disc(cases, 25)
+    assert fit["level"] == 25 and fit["cases"] == 4
+    assert fit["turn_deg"] == pytest.approx(35.0, abs=1e-6) and fit["ratio"] == pytest.approx(0.9, abs=1e-9)
+    assert 0.1 < fit["loo_mm"][0] < 1.0  # 30 and 40 are 5 degrees off the mean of the others
+    lab, bodies, truth = _lordotic_case(35.0, bend=3.0)
+    assert DT.extrapolate_next(fit, lab, bodies, (1.0, 1.0)) == pytest.approx(truth, abs=1e-6)
+    # the same anatomy on pixels of 0.5 mm (rows) x 1 mm (cols): twice the rows
+    px = np.array([0.5, 1.0])
+    lab_px = {n: tuple(np.array(p) / px) for n, p in lab.items()}
+    assert DT.extrapolate_next(fit, lab_px, bodies / px, px) == pytest.approx(np.array(truth) / px, abs=1e-6)
+    # fewer than three cases that label both: no fit; no disc above or no body under it: nothing placed
+    assert DT.fit_next_disc(cases[:2], 25) is None
+    assert DT.extrapolate_next(fit, {n: p for n, p in lab.items() if n != 24}, bodies, (1.0, 1.0)) is None
+    assert DT.extrapolate_next(fit, lab, bodies[:-1], (1.0, 1.0)) is None  # the mask lacks L5
+    far = np.vstack([bodies[:-1], bodies[-1:] + [40.0, 0.0]])  # the next body is another vertebra further down
+    assert DT.extrapolate_next(fit, lab, far, (1.0, 1.0)) is None
+
+
+def test_prepared_spine_discs_get_an_extrapolated_l5_s1_that_is_never_a_label(shared):
+    """With ``extrapolate``, a case that stops at L4/L5 gets an L5/S1 target on the disc below its L5 body,
+    not counted as labelled; the fit comes from the cases that label L5/S1 and is recorded; without it,
+    nothing changes."""
+    layout = D.discover(shared / "spine-discs")
+    stems = ["spine_vb1_06", "spine_vb1_10", "spine_vb1_15", "spine_vb2_02", "spine_vb3_01"]
+    plain = D.prepare(layout, stems, size=SIZE, channels=3, disc_depth=False)
+    prep = D.prepare(layout, stems, size=SIZE, channels=3, disc_depth=False, disc_extrapolate=True)
+    k = NUMBERS.index(25)
+    assert "extrapolated" not in plain.preprocessing
+    (fit,) = prep.preprocessing["extrapolated"]
+    assert fit["level"] == 25 and fit["cases"] == 3 and 20 < fit["turn_deg"] < 55
+    assert np.array_equal(prep.visible, plain.visible) and not prep.visible[3:, k].any()
+    assert prep.preprocessing["prior"] == plain.preprocessing["prior"]
+    np.testing.assert_array_equal(prep.targets[:3], plain.targets[:3])  # cases that label it keep their truth
+    for i in (3, 4):
+        assert plain.targets[i, k].max() == 0 and prep.targets[i, k].max() > 0.9
+        assert prep.known[i, k].all()  # the placed disc is a target everywhere in its channel
+        r, c = np.unravel_index(int(np.argmax(prep.targets[i, k])), SIZE)
+        l45, l34 = (np.unravel_index(int(np.argmax(prep.targets[i, NUMBERS.index(n)])), SIZE) for n in (24, 23))
+        assert 0.6 < (r - l45[0]) / (l45[0] - l34[0]) < 1.3  # about one level below L4/L5
+        # on the disc the known mask of the plain preparation left open for it
+        assert plain.known[i, k, r, c] == 0
+        np.testing.assert_array_equal(np.delete(prep.targets[i], k, 0), np.delete(plain.targets[i], k, 0))
+
+
 # ---------------------------------------------------------------- a synthetic spine with discs off the midline
 
 

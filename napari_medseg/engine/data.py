@@ -295,7 +295,8 @@ VIEW_CHOICES = ((0, 7), (-2, 7), (2, 7), (-1, 5), (1, 5), (0, 3), (-1, 3), (1, 3
 
 
 def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_numbers: list[int] | None,
-                  sigma: float = 5**0.5, n_average: int = 7, cancel=None, depth: bool | None = None) -> Prepared:
+                  sigma: float = 5**0.5, n_average: int = 7, cancel=None, depth: bool | None = None,
+                  extrapolate: bool = False) -> Prepared:
     """One sagittal view per volume with a Gaussian heatmap per disc level. ``visible[i, k]`` is True only
     where case ``i`` *labels* level ``k``: a level a case does not label is unknown there (its disc may
     well be in the image), so it gets no target and it is left out of the prior and of every validation
@@ -303,7 +304,9 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
     ``vertebrae/`` mask where the dataset has one: engine/disc_targets.py). Volumes with several sagittal
     slices also get a depth channel per level (``preprocessing.depth``), trained on thin views swept
     across the slices (``views``, ``depth``); ``depth`` forces them on or off (validation data follow their
-    training data)."""
+    training data). ``extrapolate``: a case that labels a disc but not the one below it, where other cases
+    label both, gets a target for the lower one placed from its vertebral bodies
+    (disc_targets.fit_next_disc; recorded in ``preprocessing["extrapolated"]``); never ``visible``."""
     from . import disc_targets as DT
 
     cases = []
@@ -325,7 +328,9 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
             centres.append(g["mid"] * lr_mm)
         vert = layout.root / "vertebrae" / f"{s}_vertebrae.nii.gz"
         bodies = DT.body_centres(vert, vol, geo) * scale + (scale - 1) / 2 if vert.is_file() else np.zeros((0, 2))
+        px_mm = np.array([np.linalg.norm(np.asarray(vol.affine)[:3, geo[a]]) for a in ("si", "ap")]) / scale
         cases.append({"view": disc_view_input(view, size), "alt": alt, "centres": centres, "n_sweep": len(sweep),
+                      "px_mm": px_mm,
                       "mid_mm": geo["mid"] * lr_mm, "numbers": pts.numbers, "bodies": bodies,
                       "rc": pp.voxel_to_view(pts.voxels(), geo) * scale + (scale - 1) / 2,
                       "lr_mm": np.asarray(pts.voxels(), float)[:, geo["lr"]] * lr_mm,
@@ -336,6 +341,16 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
     for c in cases:  # a thinner scan's missing sweep views: copies of its inference view (same heights)
         extra = n_views - len(c["alt"])
         c["alt"], c["centres"] = c["alt"] + [c["alt"][0]] * extra, c["centres"] + [c["centres"][0]] * extra
+    def labelled_of(c):
+        return {int(n): tuple(p) for n, p in zip(c["numbers"], c["rc"]) if n in numbers}
+
+    fits = []
+    if extrapolate:
+        for n in numbers:
+            if any(n - 1 in labelled_of(c) and n not in labelled_of(c) for c in cases):
+                f = DT.fit_next_disc([(labelled_of(c), c["bodies"], c["px_mm"]) for c in cases], n)
+                if f is not None:
+                    fits.append(f)
     heat, vis, known, amps = [], [], [], []
     for c in cases:
         pos, visible, lr = np.zeros((len(numbers), 2)), np.zeros(len(numbers), bool), np.zeros(len(numbers))
@@ -344,11 +359,20 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
                 k = numbers.index(n)
                 pos[k], visible[k], lr[k] = p, True, d
         h = pp.gaussian_heatmaps(pos, visible, size, sigma)
-        kn = DT.known_masks(numbers, {n: tuple(pos[k]) for k, n in enumerate(numbers) if visible[k]}, c["bodies"], size)
+        kn = DT.known_masks(numbers, labelled_of(c), c["bodies"], size)
+        placed = np.zeros(len(numbers), bool)
+        for f in fits:
+            k = numbers.index(f["level"])
+            p = None if visible[k] else DT.extrapolate_next(f, labelled_of(c), c["bodies"], c["px_mm"])
+            if p is not None and 0 <= p[0] < size[0] and 0 <= p[1] < size[1]:
+                one = np.zeros(len(numbers), bool)
+                one[k] = placed[k] = True
+                h[k] = pp.gaussian_heatmaps(np.repeat(p[None], len(numbers), 0), one, size, sigma)[k]
+                kn[k] = 1
         if depth:
             amp = DT.depth_amplitudes(lr, visible, np.r_[c["mid_mm"], c["centres"]])
             h = np.concatenate([h, h * amp[0][:, None, None]])
-            kn = np.concatenate([kn, kn])
+            kn = np.concatenate([kn, kn * ~placed[:, None, None]])  # no left-right target for a placed disc
             amps.append(amp[1:])
         heat.append(h)
         vis.append(visible)
@@ -357,6 +381,8 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
     prior = disc_prior(pts_all, numbers)
     pre = {"input_size": list(size), "channels": 3, "normalize": "zscore+minmax", "layout": "discs",
            "disc_numbers": numbers, "sigma": sigma, "n_average": n_average, "prior": prior}
+    if fits:
+        pre["extrapolated"] = fits
     if depth:
         pre["depth"] = {"sigma_mm": DT.DEPTH_SIGMA_MM, "slices": DT.SWEEP_SLICES, "sweep_mm": DT.SWEEP_MM}
     return Prepared("keypoints", np.stack([c["view"] for c in cases]), np.stack(heat), np.stack(vis), list(stems),
@@ -421,7 +447,7 @@ def disc_prior(pts_all, numbers) -> dict:
 
 def prepare(layout: Layout, stems: list[str], *, size: tuple[int, int], channels: int, context: int = 0,
             disc_numbers: list[int] | None = None, axis: int | str = "auto", normalize: str | None = None,
-            cancel=None, disc_depth: bool | None = None) -> Prepared:
+            cancel=None, disc_depth: bool | None = None, disc_extrapolate: bool = False) -> Prepared:
     """Load, normalise and resize ``stems``; ``normalize`` overrides the 2D default (a network's own).
     ``cancel`` (a CancelToken) is checked before each case: InterruptedError when set."""
     if not stems:
@@ -430,7 +456,7 @@ def prepare(layout: Layout, stems: list[str], *, size: tuple[int, int], channels
         return prepare_seg2d(layout, stems, size, channels, normalize, cancel=cancel)
     if layout.kind == "seg3d":
         return prepare_seg3d(layout, stems, size, channels, context, axis, cancel=cancel)
-    return prepare_discs(layout, stems, size, disc_numbers, cancel=cancel, depth=disc_depth)
+    return prepare_discs(layout, stems, size, disc_numbers, cancel=cancel, depth=disc_depth, extrapolate=disc_extrapolate)
 
 
 def from_volumes(image: io.Volume, labels: np.ndarray, *, size: tuple[int, int], channels: int,

@@ -14,6 +14,14 @@ every protocol"; docs/engine.md "Disc targets"):
   left-right distance between the slices a view averages and the disc's own position (a Gaussian of
   ``DEPTH_SIGMA_MM``), trained on thin views swept across the slices (``SWEEP``). At inference the depth
   channels over the same sweep give each disc's left-right position (engine/infer.py ``disc_depth``).
+* **Extrapolated discs** (:func:`fit_next_disc`, :func:`extrapolate_next`, opt-in: ``--disc-extrapolate``).
+  Most cases leave L5/S1 unlabelled although it is in the image, so the channel of the disc that anchors
+  the numbering learns from few cases. Where a case labels the disc above (L4/L5) and has the vertebral
+  body below it (L5), the unlabelled disc is placed at that body's centre plus the vector from the disc
+  above to the body, turned and scaled as the training cases that label both discs show (lordosis: the
+  chain turns ~25-50 degrees there); the fit's leave-one-out error is recorded with the model. The placed
+  disc is a target of the heatmap channel, but never a "labelled" disc: no metric, prior or level
+  balance counts it.
 * **Field-of-view crops** (:func:`fov_crop`): the top of the view cut off (the content moves up, the
   bottom is the scan's end, as a scan that starts lower and shows more sacrum), or the bottom cut (a scan
   that ends early), applied to image, targets and known masks alike.
@@ -115,6 +123,73 @@ def known_masks(numbers: list[int], labelled: dict[int, tuple[float, float]], bo
                 unknown |= (yy > p[0] + BAND * spacing) if n > levels[-1] else (yy < p[0] - BAND * spacing)
         out[k][unknown] = 0
     return out
+
+
+EXTRAPOLATE_MIN_CASES = 3  # cases labelling both discs that a fit needs
+
+
+def _frame(labelled: dict[int, tuple[float, float]], bodies: np.ndarray, n: int, px_mm: np.ndarray):
+    """(body centre below disc ``n - 1``, vector from that disc to it), in mm of the view, or None (also
+    where the next body is further than 0.8 disc spacings: the mask does not hold the body under the disc)."""
+    if n - 1 not in labelled or not len(bodies):
+        return None
+    above = np.asarray(labelled[n - 1], float)
+    below = bodies[bodies[:, 0] > above[0]]
+    if not len(below):
+        return None
+    body = below[np.argmin(below[:, 0])]
+    chain = np.array([labelled[m] for m in sorted(labelled)], float)
+    if len(chain) >= 2 and np.linalg.norm(body - above) > 0.8 * np.median(np.linalg.norm(np.diff(chain, axis=0), axis=1)):
+        return None
+    return body * px_mm, (body - above) * px_mm
+
+
+def _angle(v: np.ndarray) -> float:
+    return float(np.arctan2(v[1], v[0]))
+
+
+def _turn(v: np.ndarray, angle: float, ratio: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([c * v[0] - s * v[1], s * v[0] + c * v[1]]) * ratio
+
+
+def fit_next_disc(cases, n: int) -> dict | None:
+    """How disc ``n`` lies beyond the body under disc ``n - 1`` in ``cases`` that label both: a list of
+    (labelled {level: (row, col)}, body centres (k, 2) head to feet, (row, col) mm per pixel). Returns
+    ``{"level", "turn_deg", "ratio", "cases", "loo_mm": [median, max]}`` or None with fewer than
+    ``EXTRAPOLATE_MIN_CASES`` such cases."""
+    rows = []
+    for labelled, bodies, px_mm in cases:
+        f = _frame(labelled, bodies, n, np.asarray(px_mm, float))
+        if f is None or n not in labelled:
+            continue
+        body, v = f
+        w = np.asarray(labelled[n], float) * px_mm - body
+        if np.linalg.norm(v) < 1e-6:
+            continue
+        d = (_angle(w) - _angle(v) + np.pi) % (2 * np.pi) - np.pi
+        rows.append((d, np.linalg.norm(w) / np.linalg.norm(v), body, v, np.asarray(labelled[n], float) * px_mm))
+    if len(rows) < EXTRAPOLATE_MIN_CASES:
+        return None
+    loo = []
+    for i, (_, _, body, v, truth) in enumerate(rows):
+        rest = [r for j, r in enumerate(rows) if j != i]
+        p = body + _turn(v, float(np.mean([r[0] for r in rest])), float(np.mean([r[1] for r in rest])))
+        loo.append(float(np.linalg.norm(p - truth)))
+    return {"level": int(n), "turn_deg": float(np.degrees(np.mean([r[0] for r in rows]))),
+            "ratio": float(np.mean([r[1] for r in rows])), "cases": len(rows),
+            "loo_mm": [float(np.median(loo)), float(np.max(loo))]}
+
+
+def extrapolate_next(fit: dict, labelled: dict[int, tuple[float, float]], bodies: np.ndarray, px_mm) -> np.ndarray | None:
+    """(row, col) in pixels of disc ``fit["level"]`` for a case that labels the disc above but not it, from
+    :func:`fit_next_disc`; None where the case lacks the disc above or the body below it."""
+    px_mm = np.asarray(px_mm, float)
+    f = _frame(labelled, bodies, int(fit["level"]), px_mm)
+    if f is None:
+        return None
+    body, v = f
+    return (body + _turn(v, np.radians(fit["turn_deg"]), fit["ratio"])) / px_mm
 
 
 def depth_amplitudes(disc_lr_mm: np.ndarray, visible: np.ndarray, centres_mm: np.ndarray) -> np.ndarray:

@@ -51,6 +51,9 @@ class TrainOptions:
     # disc labeling: a depth channel per level for the discs' left-right position (engine/disc_targets.py);
     # default: on for volumes of several sagittal slices
     disc_depth: bool | None = None
+    # disc labeling: targets for the unlabelled disc below a case's labelled chain, placed from its vertebral
+    # bodies as the cases that label it show (L5/S1 in the cases that stop at L4/L5; engine/disc_targets.py)
+    disc_extrapolate: bool = False
     loss: str | None = None  # dice_ce | ce | bce | heatmap_mse; default: the recipe's
     schedule: str | None = None  # learning-rate schedule (SCHEDULES); default: the recipe's
     recipe: str | None = None  # train with another network's recipe (for baselines)
@@ -228,7 +231,7 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int], cancel: CancelToken 
     rules = input_rules(opts.model, layout.kind)
     context, norm = rules["context"], rules["normalize"]
     train = D.prepare(layout, train_stems, size=size, channels=channels, context=context, axis=opts.slice_axis,
-                      normalize=norm, cancel=cancel, disc_depth=opts.disc_depth)
+                      normalize=norm, cancel=cancel, disc_depth=opts.disc_depth, disc_extrapolate=opts.disc_extrapolate)
     numbers = train.preprocessing.get("disc_numbers")
     val = D.prepare(layout, val_stems, size=size, channels=channels, context=context, disc_numbers=numbers,
                     axis=opts.slice_axis, normalize=norm, cancel=cancel,
