@@ -38,6 +38,9 @@ class Layout:
     root: Path
     pairs: dict[str, tuple[Path, Path]]  # stem -> (image, target)
     label_names: list[str] | None = None
+    # partial labels: stem -> the classes drawn for that case (``dataset.json`` ``contoured``); a class not
+    # listed is unknown there, not background. None: every class is labelled in every case
+    contoured: dict[str, list[int]] | None = None
 
 
 def _stem(p: Path) -> str:
@@ -94,7 +97,41 @@ def discover(root: str | os.PathLike) -> Layout:
                 {int(k): v for k, v in labels.items()}
             default = io.class_names([], max(inv) + 1)
             names = [inv.get(i, default[i]) for i in range(len(default))]
-    return Layout(kind, root, {s: (images[s], targets[s]) for s in images}, names)
+    contoured = read_contoured(root / "dataset.json", set(images), len(names) if names else None) \
+        if kind == "seg3d" and (root / "dataset.json").is_file() else None
+    return Layout(kind, root, {s: (images[s], targets[s]) for s in images}, names, contoured)
+
+
+def read_contoured(path: Path, stems: set[str], n_classes: int | None) -> dict[str, list[int]] | None:
+    """``dataset.json``'s ``contoured`` (stem -> classes drawn for that case; partial labels), or None when
+    it has none. Accepted as a JSON object or as the text of one (``headneck-ct`` stores it as a Python
+    literal in a string: read with ``ast.literal_eval``, never evaluated). Every stem must be a case of the
+    folder and every class one of ``labels``; a case the list leaves out is taken as fully labelled."""
+    raw = json.loads(path.read_text()).get("contoured")
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        import ast
+
+        try:
+            raw = ast.literal_eval(raw)
+        except (ValueError, SyntaxError) as err:
+            raise DataError(path, f"'contoured' is neither an object nor the text of one ({err})") from err
+    if not isinstance(raw, dict):
+        raise DataError(path, f"'contoured' must map each case to its drawn classes, got {type(raw).__name__}")
+    out = {}
+    for stem, classes in raw.items():
+        stem = str(stem)
+        if stem not in stems:
+            raise DataError(path, f"'contoured' names {stem!r}, which has no image in the folder")
+        try:
+            cls = sorted({int(c) for c in classes})
+        except (TypeError, ValueError) as err:
+            raise DataError(path, f"'contoured' of {stem!r} must list class numbers, got {classes!r}") from err
+        if any(c < 1 or (n_classes is not None and c >= n_classes) for c in cls):
+            raise DataError(path, f"'contoured' of {stem!r} lists {cls}: classes are 1 ... {(n_classes or 2) - 1}")
+        out[stem] = cls
+    return out
 
 
 def split(layout: Layout, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.1,
@@ -146,6 +183,9 @@ class Prepared:
     # the depth channels' heights (N, V, K) for each of ``views`` (targets hold them for ``images``)
     known: np.ndarray | None = None
     depth: np.ndarray | None = None
+    # segmentation with partial labels: (N, K) bool, the classes labelled in each sample (background always);
+    # None: every class everywhere (engine/losses.py ``SegmentationLoss``, ``soft_dice``)
+    present: np.ndarray | None = None
 
     def subset(self, idx) -> "Prepared":
         """The samples ``idx`` (a list of indices), every per-sample array cut alike."""
@@ -154,7 +194,7 @@ class Prepared:
         return Prepared(self.task, self.images[idx], self.targets[idx], cut(self.visible),
                         [self.stems[i] for i in idx], self.num_classes, dict(self.preprocessing),
                         [self.profiles[i] for i in idx] if len(self.profiles) == len(self.stems) else list(self.profiles),
-                        cut(self.views), cut(self.known), cut(self.depth))
+                        cut(self.views), cut(self.known), cut(self.depth), cut(self.present))
 
     @classmethod
     def join(cls, parts: list["Prepared"], prefixes: list[str] | None = None) -> "Prepared":
@@ -169,9 +209,15 @@ class Prepared:
             return first
         stems = [(f"{prefixes[i]}/{s}" if prefixes and prefixes[i] else s) for i, p in enumerate(parts) for s in p.stems]
         cat = lambda name: None if getattr(first, name) is None else np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+        k = max(p.num_classes for p in parts)
+        present = None
+        if any(p.present is not None for p in parts):  # a fully labelled part: every class present
+            present = np.concatenate([np.ones((len(p.images), k), bool) if p.present is None else
+                                      np.pad(p.present, ((0, 0), (0, k - p.present.shape[1])), constant_values=True)
+                                      for p in parts])
         return cls(first.task, np.concatenate([p.images for p in parts]), np.concatenate([p.targets for p in parts]),
-                   cat("visible"), stems, max(p.num_classes for p in parts), dict(first.preprocessing),
-                   [pr for p in parts for pr in p.profiles], cat("views"), cat("known"), cat("depth"))
+                   cat("visible"), stems, k, dict(first.preprocessing),
+                   [pr for p in parts for pr in p.profiles], cat("views"), cat("known"), cat("depth"), present)
 
 
 def slice_split(labelled: list[int], current: int, val_fraction: float = 0.2,
@@ -263,7 +309,7 @@ def prepare_seg3d(layout: Layout, stems: list[str], size: tuple[int, int], chann
                   axis: int | str = "auto", normalize: str = "zscore", cancel=None) -> Prepared:
     pre = pp.Preprocessing(input_size=tuple(size), channels=channels, normalize=normalize, layout="seg3d",
                            slice_axis=axis, context=context, extra={"label_names": layout.label_names})
-    images, targets, profiles = [], [], []
+    images, targets, profiles, drawn = [], [], [], []
     for s in stems:
         _check_cancel(cancel, s)
         img_path, lab_path = layout.pairs[s]
@@ -274,11 +320,27 @@ def prepare_seg3d(layout: Layout, stems: list[str], size: tuple[int, int], chann
         profiles.append(input_profile(vol, ax))
         images += x
         targets += t
+        if layout.contoured is not None:  # a class found in the file was drawn, listed or not
+            listed = layout.contoured.get(s)
+            found = {int(v) for v in np.unique(np.asarray(lab.data))} - {0}
+            drawn += [None if listed is None else sorted(set(listed) | found)] * len(x)
     k = int(max(t.max() for t in targets)) + 1
     if layout.label_names:
         k = max(k, len(layout.label_names))
+    present = partial_presence(drawn, k) if layout.contoured is not None else None
     return Prepared("segmentation", np.stack(images), np.stack(targets), stems=list(stems), num_classes=k,
-                    preprocessing=pre.to_dict(), profiles=profiles)
+                    preprocessing=pre.to_dict(), profiles=profiles, present=present)
+
+
+def partial_presence(drawn: list, k: int) -> np.ndarray | None:
+    """(N, K) bool from each sample's drawn classes (None: all): background and the drawn classes; None
+    when every sample has every class (nothing partial: the plain loss)."""
+    present = np.ones((len(drawn), k), bool)
+    for i, classes in enumerate(drawn):
+        if classes is not None:
+            present[i, 1:] = False
+            present[i, [c for c in classes if c < k]] = True
+    return None if present.all() else present
 
 
 def disc_points(path: Path, vol: io.Volume) -> io.DiscPoints:
@@ -603,8 +665,11 @@ class TrainDataset(torch.utils.data.Dataset):
             img, tgt_arr = np.asarray(out["image"]), np.asarray(out["target"])
         if shape5 is not None:
             img = img.reshape(shape5)
-        return {"image": torch.as_tensor(img, dtype=torch.float32), "index": i,
+        item = {"image": torch.as_tensor(img, dtype=torch.float32), "index": i,
                 "target": torch.as_tensor(np.rint(tgt_arr[0]), dtype=torch.long)}
+        if self.data.present is not None:
+            item["present"] = torch.as_tensor(self.data.present[i])
+        return item
 
 
 def worker_init(worker_id: int):

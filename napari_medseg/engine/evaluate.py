@@ -77,7 +77,11 @@ def evaluate(predictor: Predictor, data_dir: str, *, subset: str = "test", max_c
             vol = io.read_nifti(img_path, kind="image")
             truth = np.asarray(io.read_nifti(tgt_path, kind="labels").data)
             pred = predictor.segment_volume(vol, tta=tta)
-            case = segmentation_metrics(pred, truth, predictor.num_classes, vol.spacing)
+            drawn = None if layout.contoured is None or stem not in layout.contoured else \
+                set(layout.contoured[stem]) | ({int(v) for v in np.unique(truth)} - {0})
+            case = segmentation_metrics(pred, truth, predictor.num_classes, vol.spacing, classes=drawn)
+            if drawn is not None:
+                case["contoured"] = sorted(drawn)
         case["stem"] = stem
         case["seconds"] = time.perf_counter() - t0
         cases.append(case)
@@ -225,7 +229,8 @@ def _mean(cases: list[dict], kind: str) -> dict:
         vals = [c[f"{k}_mean"] for c in cases if np.isfinite(c[f"{k}_mean"])]
         out[k] = float(np.mean(vals)) if vals else float("nan")
         classes = sorted({cl for c in cases for cl in c[k]})
-        per = {cl: [c[k][cl] for c in cases if np.isfinite(c[k][cl])] for cl in classes}
+        # partial labels: a class is averaged over the cases that drew it
+        per = {cl: [c[k][cl] for c in cases if cl in c[k] and np.isfinite(c[k][cl])] for cl in classes}
         # a class no case could score (e.g. HD95 of a class never predicted) is NaN, said without a warning
         out[f"{k}_per_class"] = {str(cl): float(np.mean(v)) if v else float("nan") for cl, v in per.items()}
     out["cases"] = len(cases)

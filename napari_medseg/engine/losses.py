@@ -9,6 +9,15 @@
 * ``heatmap_mse``: per stack, MSE averaged over the discs' channels (the pixels of them that count), summed over stacks
   (the disc-labeling paper's loss).
 
+**Partial labels** (a class not drawn for a case is unknown there, not background: ``present`` (B, K), the
+classes labelled in each sample, engine/data.py ``Prepared.present``). The logits of a sample's
+unlabelled classes are left out of its softmax (replaced by a constant far below the others, so their
+gradient is exactly zero): cross-entropy and Dice then ask only that background and each drawn organ be
+told apart from one another, and an organ that was not drawn may take any share of the pixels the file
+calls background without cost. Dice is averaged over the (sample, class) pairs that are labelled. With
+every class present this is the same function as ``dice_ce`` / ``ce`` (a test checks it). ``bce`` is
+binary and refuses partial labels.
+
 The bilateral network's rendering module adds its point loss (``+point``) to whichever segmentation
 loss is chosen, whenever the network returns point logits.
 
@@ -20,7 +29,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 
 from .choices import SEGMENTATION_LOSSES
 
@@ -36,11 +45,15 @@ class SegmentationLoss(torch.nn.Module):
             raise ValueError(f"unknown segmentation loss {name!r}; choose from {SEGMENTATION_LOSSES}")
         self.name = name
         self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=0.5, lambda_dice=0.5)
+        self.dice_each = DiceLoss(to_onehot_y=True, softmax=True, reduction="none")  # the same Dice, per (b, c)
         self.point_weight = point_weight
 
-    def forward(self, out, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, out, target: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         logits = at_least_fp32(out["logits"] if isinstance(out, dict) else out)
-        loss = self.pixel_loss(logits, target)
+        if present is not None and not bool(present.all()):
+            loss = self.partial_loss(logits, target, present.to(logits.device).bool())
+        else:
+            loss = self.pixel_loss(logits, target)
         if isinstance(out, dict) and "point_logits" in out:
             from ..models.bilateral import point_loss
 
@@ -53,6 +66,23 @@ class SegmentationLoss(torch.nn.Module):
         if self.name == "ce":
             return F.cross_entropy(logits, target.long())
         return binary_ce(logits, target)
+
+    def partial_loss(self, logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The loss with each sample's unlabelled classes left out (module docstring)."""
+        if self.name == "bce":
+            raise ValueError("the 'bce' loss is binary and cannot leave out unlabelled classes: use dice_ce or ce")
+        if present.shape != logits.shape[:2]:
+            raise ValueError(f"present has shape {tuple(present.shape)}, expected (batch, classes) = {tuple(logits.shape[:2])}")
+        if bool((~present.gather(1, target.long().flatten(1))).any()):
+            raise ValueError("a pixel is labelled with a class its sample does not list as drawn")
+        floor = torch.finfo(logits.dtype).min / 4  # exp(floor - max) == 0: the class leaves the softmax
+        mask = ~present.view(*present.shape, *([1] * (logits.ndim - 2)))
+        masked = logits.masked_fill(mask, floor)
+        ce = F.cross_entropy(masked, target.long())
+        if self.name == "ce":
+            return ce
+        dice = self.dice_each(masked, target.unsqueeze(1)).reshape(present.shape)
+        return 0.5 * dice[present].mean() + 0.5 * ce
 
 
 def binary_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -123,8 +153,10 @@ def mean_peak_error(heatmaps: torch.Tensor, target: torch.Tensor, visible: torch
     return float(d[visible].mean()) if visible.any() else float("nan")
 
 
-def soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean foreground Dice of the argmax prediction per image: (B,)."""
+def soft_dice(logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean foreground Dice of the argmax prediction per image: (B,). With ``present`` (B, K), only the
+    classes labelled in an image count (an organ that was not drawn is not scored; an image with no drawn
+    organ gives NaN)."""
     k = logits.shape[1]
     pred = logits.argmax(1)
     dices = []
@@ -133,4 +165,8 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         inter = (p & t).sum((1, 2)).float()
         denom = p.sum((1, 2)).float() + t.sum((1, 2)).float()
         dices.append(torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.ones_like(denom)))
-    return torch.stack(dices, 1).mean(1)
+    d = torch.stack(dices, 1)
+    if present is None:
+        return d.mean(1)
+    w = present[:, 1: d.shape[1] + 1].to(d.dtype)
+    return (d * w).sum(1) / w.sum(1)

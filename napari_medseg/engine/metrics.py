@@ -10,14 +10,18 @@ import torch
 
 
 def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int,
-                         spacing: tuple[float, ...] | None = None) -> dict:
-    """Per foreground class: dice, iou, hd95 (mm when ``spacing`` is given, else pixels)."""
+                         spacing: tuple[float, ...] | None = None, classes=None) -> dict:
+    """Per foreground class: dice, iou, hd95 (mm when ``spacing`` is given, else pixels). ``classes``: score
+    only these (partial labels: the classes drawn for the case; an organ not drawn is unknown, so neither
+    its Dice nor its Hausdorff distance exists); None: every class 1 ... ``num_classes - 1``."""
     from monai.metrics import compute_hausdorff_distance
 
     if pred.shape != truth.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
     out = {"dice": {}, "iou": {}, "hd95": {}}
     for c in range(1, num_classes):
+        if classes is not None and c not in classes:
+            continue
         p, t = pred == c, truth == c
         inter, ps, ts = np.logical_and(p, t).sum(), p.sum(), t.sum()
         union = ps + ts - inter

@@ -154,6 +154,8 @@ def train_step(net, *, batch: dict, criterion, optimizer, scaler, precision, tas
         outputs = net(x)
     if task == "keypoints":
         loss = criterion(outputs, y, batch.get("known", batch["visible"]).to(device))
+    elif "present" in batch:  # partial labels: each sample's drawn classes
+        loss = criterion(outputs, y, batch["present"].to(device))
     else:
         loss = criterion(outputs, y)
     if not torch.isfinite(loss):
@@ -690,9 +692,10 @@ def validate(model, val: D.Prepared, task: str, device, precision, batch_size: i
         out = out.float()
         y = torch.as_tensor(val.targets[i: i + batch_size], device=device)
         if task == "segmentation":
-            dices.append(soft_dice(out, y).cpu())
+            present = None if val.present is None else torch.as_tensor(val.present[i: i + batch_size], device=device)
+            dices.append(soft_dice(out, y, present).cpu())
             if criterion is not None:
-                loss_sum += float(criterion(out, y)) * len(x)
+                loss_sum += float(criterion(out, y, present)) * len(x)
             if preview is None:
                 preview = out[0].argmax(0).cpu().numpy().astype(np.uint8)
         else:
@@ -705,7 +708,7 @@ def validate(model, val: D.Prepared, task: str, device, precision, batch_size: i
                 preview = out[0, : val.visible.shape[1]].max(0).values.cpu().numpy()
         n += len(x)
     model.train(was_training)
-    metrics = {"dice": float(torch.cat(dices).mean())} if task == "segmentation" else \
+    metrics = {"dice": float(torch.cat(dices).nanmean())} if task == "segmentation" else \
         {"l2_px": float(np.nanmean(errors))}
     if criterion is not None:
         metrics["val_loss"] = loss_sum / max(1, n)
