@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disc-depth", action=argparse.BooleanOptionalAction, default=None,
                    help="disc labeling: a depth channel per level for each disc's left-right position "
                         "(default: on for volumes of several sagittal slices)")
+    p.add_argument("--hu-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="volumes: clip intensities to [LOW, HIGH] and map them to [0, 1] instead of each volume's "
+                        "z-score (CT in Hounsfield units, e.g. -1000 1000); recorded and replayed at inference")
     p.add_argument("--disc-extrapolate", action="store_true",
                    help="disc labeling: a target for the unlabelled disc below a case's lowest labelled one (L5/S1 "
                         "where a case stops at L4/L5), placed from its vertebral body masks as the cases that label "

@@ -12,6 +12,7 @@ import torch
 
 from napari_medseg import io
 from napari_medseg.engine import data as D
+from napari_medseg.engine import preprocess as pp
 from napari_medseg.engine.losses import SegmentationLoss, soft_dice
 from napari_medseg.engine.metrics import segmentation_metrics
 from napari_medseg.engine.train import TrainOptions, train
@@ -133,7 +134,8 @@ def test_a_class_found_in_the_file_counts_as_drawn_even_if_not_listed(tmp_path):
 
 def test_training_with_partial_labels_runs_and_validates_on_drawn_organs(tmp_path, monkeypatch):
     """Real training steps: every batch of case a (organ 2 undrawn) goes through the partial loss, and the
-    validation Dice of case c scores organ 1 only."""
+    validation Dice of case c scores organ 1 only. The run also uses a fixed intensity window (as for CT in
+    Hounsfield units), which its checkpoint records and inference replays."""
     root = _volume_folder(tmp_path / "d", {"a": [1], "b": [1, 2], "c": [1]})
     calls = []
     original = SegmentationLoss.partial_loss
@@ -144,7 +146,14 @@ def test_training_with_partial_labels_runs_and_validates_on_drawn_organs(tmp_pat
 
     monkeypatch.setattr(SegmentationLoss, "partial_loss", spy)
     out = train(TrainOptions(model="unet", data=str(root), out=str(tmp_path / "run"), epochs=1, batch_size=4,
-                             input_size=32, seed=0, precision="fp32", max_steps_per_epoch=2))
+                             input_size=32, seed=0, precision="fp32", max_steps_per_epoch=2, hu_window=(-1.0, 4.0)))
+    config = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert config["preprocessing"]["normalize"] == "window:-1:4"
+    pre = pp.Preprocessing.from_config(config["preprocessing"])
+    vol = io.read_nifti(root / "imagesTr" / "c.nii.gz")
+    _, slices = pre.volume_slices(vol.data, vol.affine)
+    raw = np.moveaxis(np.asarray(vol.data, np.float32), pre.axis_for(vol.affine, vol.data.shape), 0)
+    np.testing.assert_allclose(slices, (np.clip(raw, -1, 4) + 1) / 5, rtol=0, atol=1e-6)
     assert out["epochs_done"] == 1 and np.isfinite(out["history"][0]["dice"])
     assert len(calls) >= 3  # two training steps and the validation pass
     assert any(not bool(p[:, 2].all()) for p in calls[:2])  # training batches hold samples without organ 2
@@ -159,3 +168,16 @@ def test_the_head_and_neck_ct_lists_its_undrawn_organs(shared):
     assert missing == {5: 130, 6: 104, 7: 65}  # esophagus 70 of 200, larynx 96, mandible 135 (its README)
     truth = np.asarray(io.read_nifti(layout.pairs["hn_101"][1], kind="labels").data)
     assert not np.isin(truth, [5, 6]).any()  # undrawn: nowhere in the file, though the organs are in the CT
+
+
+def test_an_intensity_window_is_written_once_and_checked(shared, tmp_path):
+    assert pp.window_mode(-160, 240) == "window:-160:240" and pp.parse_window("window:-160:240") == (-160.0, 240.0)
+    x = np.array([-1000.0, -160.0, 40.0, 240.0, 3000.0], np.float32)
+    np.testing.assert_allclose(pp.normalize(x, "window:-160:240"), [0.0, 0.0, 0.5, 1.0, 1.0])
+    for lo, hi in ((240, -160), (0, 0), (float("nan"), 1)):
+        with pytest.raises(ValueError, match="low < high"):
+            pp.window_mode(lo, hi)
+    with pytest.raises(ValueError, match="window:LOW:HIGH"):
+        pp.normalize(x, "window:-160")
+    with pytest.raises(ValueError, match="for volumes"):
+        train(TrainOptions(model="unet", data=str(shared / "kvasir-seg"), out=str(tmp_path / "run"), hu_window=(-160, 240)))

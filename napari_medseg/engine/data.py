@@ -517,7 +517,7 @@ def prepare(layout: Layout, stems: list[str], *, size: tuple[int, int], channels
     if layout.kind == "seg2d":
         return prepare_seg2d(layout, stems, size, channels, normalize, cancel=cancel)
     if layout.kind == "seg3d":
-        return prepare_seg3d(layout, stems, size, channels, context, axis, cancel=cancel)
+        return prepare_seg3d(layout, stems, size, channels, context, axis, normalize=normalize or "zscore", cancel=cancel)
     return prepare_discs(layout, stems, size, disc_numbers, cancel=cancel, depth=disc_depth, extrapolate=disc_extrapolate)
 
 

@@ -47,7 +47,15 @@ def image2d_norm(dtype, requested: str | None = None) -> str:
 def normalize(img: np.ndarray, mode: str, stats: tuple[float, float] | None = None) -> np.ndarray:
     """``rgb01``: divide by 255; ``zscore``: (x - mean) / std (stats from the whole volume when given);
     ``minmax``: percentiles 0.5-99.5 to [0, 1]; ``zscore+minmax``: z-score, then the full range to
-    [0, 1] over all channels of the image (BCDU-Net's reference ``dataset_normalized``)."""
+    [0, 1] over all channels of the image (BCDU-Net's reference ``dataset_normalized``); ``window:LO:HI``:
+    a fixed intensity window (CT: Hounsfield units), clipped to [LO, HI] and mapped to [0, 1], the same for
+    every image (:func:`window_mode`)."""
+    if mode.startswith("window:"):
+        lo, hi = parse_window(mode)
+        out = np.clip(img, lo, hi).astype(np.float32, copy=False)
+        out -= lo
+        out /= hi - lo
+        return out
     if mode == "rgb01":
         return img / 255.0
     if mode == "zscore+minmax":
@@ -61,6 +69,26 @@ def normalize(img: np.ndarray, mode: str, stats: tuple[float, float] | None = No
         lo, hi = stats if stats is not None else np.percentile(img, [0.5, 99.5])
         return np.clip((img - lo) / (hi - lo if hi - lo > 1e-8 else 1.0), 0, 1)
     raise ValueError(f"unknown normalisation {mode!r}")
+
+
+def window_mode(lo: float, hi: float) -> str:
+    """The ``normalize`` mode of a fixed window [``lo``, ``hi``] (for CT in Hounsfield units), as recorded
+    in a checkpoint: ``window:-160:240``. Refused unless ``lo < hi`` and both are finite."""
+    lo, hi = float(lo), float(hi)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"an intensity window needs finite bounds with low < high, got [{lo:g}, {hi:g}]")
+    return f"window:{lo:g}:{hi:g}"
+
+
+def parse_window(mode: str) -> tuple[float, float]:
+    """(lo, hi) of a ``window:LO:HI`` mode (:func:`window_mode`)."""
+    try:
+        _, lo, hi = mode.split(":")
+        lo, hi = float(lo), float(hi)
+    except ValueError:
+        raise ValueError(f"unknown normalisation {mode!r}: a window is written window:LOW:HIGH") from None
+    window_mode(lo, hi)
+    return lo, hi
 
 
 def volume_stats(data: np.ndarray, mode: str) -> tuple[float, float] | None:

@@ -18,6 +18,7 @@ import torch
 from .. import models
 from . import checkpoint as ckpt
 from . import data as D
+from . import preprocess as pp
 from .choices import SCHEDULES
 from .devices import select_device, select_precision
 from .disc_targets import channel_keys
@@ -54,6 +55,9 @@ class TrainOptions:
     # disc labeling: targets for the unlabelled disc below a case's labelled chain, placed from its vertebral
     # bodies as the cases that label it show (L5/S1 in the cases that stop at L4/L5; engine/disc_targets.py)
     disc_extrapolate: bool = False
+    # volumes: a fixed intensity window (lo, hi), clipped and mapped to [0, 1] instead of each volume's
+    # z-score (CT in Hounsfield units; recorded as preprocessing.normalize "window:LO:HI" and replayed)
+    hu_window: tuple[float, float] | None = None
     loss: str | None = None  # dice_ce | ce | bce | heatmap_mse; default: the recipe's
     schedule: str | None = None  # learning-rate schedule (SCHEDULES); default: the recipe's
     recipe: str | None = None  # train with another network's recipe (for baselines)
@@ -232,6 +236,10 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int], cancel: CancelToken 
     channels = _channels_for(layout)
     rules = input_rules(opts.model, layout.kind)
     context, norm = rules["context"], rules["normalize"]
+    if opts.hu_window is not None:
+        if layout.kind != "seg3d":
+            raise ValueError(f"--hu-window is for volumes (CT); {opts.data} holds {layout.kind} data")
+        norm = pp.window_mode(*opts.hu_window)
     train = D.prepare(layout, train_stems, size=size, channels=channels, context=context, axis=opts.slice_axis,
                       normalize=norm, cancel=cancel, disc_depth=opts.disc_depth, disc_extrapolate=opts.disc_extrapolate)
     numbers = train.preprocessing.get("disc_numbers")
