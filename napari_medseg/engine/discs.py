@@ -86,36 +86,7 @@ def decode_discs(heatmaps: np.ndarray, numbers: list[int], prior: dict, *, min_c
 # ``below_floor`` is a fixed policy, not chosen on validation (a flag costs a person's time, a level shift
 # without one costs a wrong report): below 0.2, the lowest heat the decoder takes as a disc
 DECODING = {"min_confidence": 0.2, "prior_weight": 0.5, "anchor_confidence": 0.5, "second_ratio": None,
-            "low_confidence": 0.5, "anchor_levels": [25], "below_floor": 0.15, "scale_check": None}
-
-
-SCALE_MATCH = 0.4  # a disc of one reading matches one of the other within this many typical disc spacings
-
-
-def scale_disagreement(rc: np.ndarray, numbers: list[int], other_rc: np.ndarray, other_numbers: list[int]) -> str:
-    """Our check of a numbering against a second reading of the same scan at another scale
-    (``DECODING["scale_check"]``: the zoom of that reading; engine/infer.py ``Predictor._zoomed_reading``).
-    A network that takes the S1/S2 junction for L5/S1 in a magnified view often does not in a smaller one:
-    where a disc of the main reading (``rc`` (n, 2) view pixels, ``numbers``) and the nearest disc of the
-    other (within ``SCALE_MATCH`` typical spacings) carry different names, the scan's numbering is in doubt.
-    Returns the reason (given to every disc) or "" (they agree, or the other reading found nothing to
-    compare)."""
-    rc, other_rc = np.asarray(rc, float).reshape(-1, 2), np.asarray(other_rc, float).reshape(-1, 2)
-    if len(rc) < 2 or not len(other_rc):
-        return ""
-    typical = float(np.median(np.linalg.norm(np.diff(rc[np.argsort(rc[:, 0])], axis=0), axis=1)))
-    shifts = []
-    for p, n in zip(rc, numbers):
-        d = np.linalg.norm(other_rc - p, axis=1)
-        j = int(np.argmin(d))
-        if d[j] <= SCALE_MATCH * typical:
-            shifts.append(int(other_numbers[j]) - int(n))
-    moved = [s for s in shifts if s]
-    if not moved:
-        return ""
-    s = max(set(moved), key=moved.count)
-    return (f"read at another scale the discs are named {abs(s)} level(s) {'lower' if s > 0 else 'higher'} "
-            f"({len(moved)} of {len(shifts)} matched): check the levels")
+            "low_confidence": 0.5, "anchor_levels": [25], "below_floor": 0.15}
 
 ANCHOR = 25  # L5/S1, the lumbosacral junction
 ANCHOR_CONFIDENCE = 0.5  # our choice: half the trained peak height, as LOW_CONFIDENCE below

@@ -12,7 +12,7 @@ from .. import io
 from . import checkpoint as ckpt
 from . import preprocess as pp
 from .devices import release_memory, select_device, select_precision
-from .discs import DECODING, anchor_numbering, decode_discs, flag_discs, scale_disagreement
+from .discs import DECODING, anchor_numbering, decode_discs, flag_discs
 from .events import CancelToken, Progress
 
 
@@ -313,13 +313,7 @@ class Predictor:
         cols = np.array([f["col"] for f in found])
         # network-input pixels -> sagittal-view pixels (the inverse of data.disc_view_scale's mapping)
         sr, sc = 1.0 / scale
-        view_rc = np.stack([(rows + 0.5) * sr - 0.5, (cols + 0.5) * sc - 0.5], axis=1)
-        if dec.get("scale_check"):
-            other = self._zoomed_reading(view, float(dec["scale_check"]), dec, numbers)
-            doubt = scale_disagreement(view_rc, [f["number"] for f in found], *other)
-            if doubt:
-                numbering = "; ".join(t for t in (numbering, doubt) if t)
-        vox = pp.view_to_voxel(view_rc[:, 0], view_rc[:, 1], geo)
+        vox = pp.view_to_voxel((rows + 0.5) * sr - 0.5, (cols + 0.5) * sc - 0.5, geo)
         lr = self.disc_depth(vol, rows, cols, [numbers.index(f["number"]) for f in found]) \
             if dec.get("use_depth", True) else None
         if lr is not None:
@@ -327,32 +321,6 @@ class Predictor:
         points = io.DiscPoints.from_voxels(vox, [f["number"] for f in found], vol.affine, vol.data.shape[:3],
                                            confidences=[f["confidence"] for f in found], source=vol.path)
         return flag_discs(points, numbering, low_confidence=dec.get("low_confidence"))  # no output without flags
-
-    def _zoomed_reading(self, view: np.ndarray, zoom: float, dec: dict, numbers: list[int]):
-        """The discs read on ``view`` shown ``zoom`` times as large (< 1: zoomed out, the view centred on a
-        larger canvas of its darkest value), decoded and anchored as the main reading: ((n, 2) positions in
-        view pixels, their numbers)."""
-        from .data import disc_view_input, disc_view_scale
-
-        h, w = view.shape
-        side = int(np.ceil(max(h, w) / zoom))
-        r0, c0 = (side - h) // 2, (side - w) // 2
-        canvas = np.full((side, side), float(view.min()), np.float32)
-        canvas[r0: r0 + h, c0: c0 + w] = view
-        heat = self._batched([disc_view_input(canvas, self.size)], tta=False)[0].numpy().copy()
-        k = float(disc_view_scale(canvas.shape, self.size)[0])
-        lo_r, lo_c = int(np.floor(r0 * k)), int(np.floor(c0 * k))
-        hi_r, hi_c = int(np.ceil((r0 + h) * k)), int(np.ceil((c0 + w) * k))
-        inside = np.zeros(heat.shape[1:], bool)
-        inside[lo_r:hi_r, lo_c:hi_c] = True
-        heat[:, ~inside] = 0.0  # nothing outside the scan
-        found = decode_discs(heat, numbers, self.pre.get("prior", {}), min_confidence=dec["min_confidence"],
-                             prior_weight=dec["prior_weight"])
-        found, _ = anchor_numbering(found, heat, numbers, dec["anchor_confidence"], second_ratio=dec.get("second_ratio"),
-                                    levels=tuple(dec.get("anchor_levels") or (25,)), rows_in_scan=hi_r,
-                                    below_floor=dec.get("below_floor"))
-        rc = np.array([[(f["row"] + 0.5) / k - 0.5 - r0, (f["col"] + 0.5) / k - 0.5 - c0] for f in found]).reshape(-1, 2)
-        return rc, [f["number"] for f in found]
 
     def disc_depth(self, vol: io.Volume, rows, cols, channels) -> np.ndarray | None:
         """Left-right voxel position of discs found at network-input (``rows``, ``cols``) in heatmap
