@@ -112,6 +112,46 @@ def test_seg_reads_back_the_same_in_highdicom_dcmqi_and_us(shared, tmp_path, rel
     np.testing.assert_array_equal(placed.data, expected)
 
 
+HEADNECK = ["background", "Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx", "Mandible"]
+
+
+def test_head_and_neck_organs_are_coded_with_their_side_and_dcmqi_reads_the_codes(shared, tmp_path):
+    """Each organ at risk carries its SNOMED CT concept, which dcmqi reads back; the parotids their side as a
+    type modifier (DICOM's way for a paired organ; dcmqi's metadata leaves modifiers out, highdicom and
+    pydicom read it)."""
+    import highdicom as hd
+    import json
+
+    vol = _series(shared, CT)
+    shape = np.shape(vol.data)[:3]
+    lab = np.zeros(shape, np.uint8)
+    for c in range(1, 8):  # a block per organ along the first axis
+        lab[c * (shape[0] // 9): (c + 1) * (shape[0] // 9), 10:20, :] = c
+    path, _ = write_seg(tmp_path / "seg.dcm", lab, vol, class_names=HEADNECK, dataset="headneck-ct",
+                        algorithm={"name": "lstmsa-headneck-ct", "version": "0.1.0"})
+    ds = pydicom.dcmread(path)
+    codes = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in ds.SegmentSequence}
+    assert codes == {"Brainstem": "119238007", "SpinalCord": "2748008", "RightParotid": "45289007",
+                     "LeftParotid": "45289007", "Esophagus": "32849002", "Larynx": "4596009", "Mandible": "91609006"}
+    sides = {s.SegmentLabel: s.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning
+             for s in ds.SegmentSequence if "SegmentedPropertyTypeModifierCodeSequence" in s}
+    assert sides == {"RightParotid": "Right", "LeftParotid": "Left"}
+    out = tmp_path / "dcmqi"
+    out.mkdir()
+    exe = Path(sys.executable).parent / "segimage2itkimage"
+    run = subprocess.run([str(exe), "--inputDICOM", str(path), "--outputDirectory", str(out), "-t", "nifti"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-500:]
+    meta = json.loads((out / "meta.json").read_text())
+    attrs = {a["SegmentLabel"]: a for seg in meta["segmentAttributes"] for a in seg}
+    assert attrs["LeftParotid"]["SegmentedPropertyTypeCodeSequence"]["CodeValue"] == "45289007"
+    assert attrs["RightParotid"]["SegmentedPropertyTypeCodeSequence"]["CodeValue"] == "45289007"
+    seg = hd.seg.segread(path)
+    right = seg.get_segment_description(3)
+    assert right.SegmentLabel == "RightParotid" and right.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "24028007"
+    assert attrs["Mandible"]["SegmentedPropertyTypeCodeSequence"]["CodeValue"] == "91609006"
+
+
 def _legacy_enhanced(shared, rel, tmp_path) -> Path:
     """An enhanced multi-frame file made from a classic series by highdicom's legacy conversion (UIDs and
     the SOP class filled in on copies where the anonymised series lacks them)."""

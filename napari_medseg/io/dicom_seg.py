@@ -38,16 +38,26 @@ CONCEPTS = {
     ("acdc", "RV"): ("AnatomicalStructure", "RightVentricle"),
     ("acdc", "Myo"): ("AnatomicalStructure", "LeftVentricleMyocardium"),
     ("acdc", "LV"): ("AnatomicalStructure", "LeftVentricle"),
+    # head-and-neck organs at risk (OpenKBP's structure names); a parotid's side is a type modifier
+    ("headneck-ct", "Brainstem"): ("AnatomicalStructure", "BrainStem"),
+    ("headneck-ct", "SpinalCord"): ("AnatomicalStructure", "SpinalCord"),
+    ("headneck-ct", "RightParotid"): ("AnatomicalStructure", "ParotidGland", "Right"),
+    ("headneck-ct", "LeftParotid"): ("AnatomicalStructure", "ParotidGland", "Left"),
+    ("headneck-ct", "Esophagus"): ("AnatomicalStructure", "Esophagus"),
+    ("headneck-ct", "Larynx"): ("AnatomicalStructure", "Larynx"),
+    ("headneck-ct", "Mandible"): ("AnatomicalStructure", "Mandible"),
 }
 GENERIC = ("Tissue", "Tissue")
 
 
 def concept(dataset: str | None, class_name: str):
-    """(category, type) pydicom ``Code`` objects for a class; "Tissue" for classes we have no code for."""
+    """(category, type, laterality or None) pydicom ``Code`` objects for a class; "Tissue" for classes we
+    have no code for. The laterality (SNOMED CT Right / Left) goes into the segment's
+    SegmentedPropertyTypeModifierCodeSequence, as DICOM codes a paired organ."""
     from pydicom.sr.codedict import codes
 
-    cat, typ = CONCEPTS.get((dataset or "", class_name), GENERIC)
-    return getattr(codes.SCT, cat), getattr(codes.SCT, typ)
+    cat, typ, *side = CONCEPTS.get((dataset or "", class_name), GENERIC)
+    return getattr(codes.SCT, cat), getattr(codes.SCT, typ), getattr(codes.SCT, side[0]) if side else None
 
 
 def _derived_uid(*parts: str) -> str:
@@ -188,12 +198,17 @@ def write_seg(path: str | Path, labels: np.ndarray, source: Volume, *, class_nam
             parameters={k: str(v) for k, v in algorithm.items() if k not in ("name", "version") and v is not None})
     descriptions = []
     for number, c in enumerate(present, start=1):
-        cat, typ = concept(dataset, names[c])
-        descriptions.append(hd.seg.SegmentDescription(
+        cat, typ, side = concept(dataset, names[c])
+        desc = hd.seg.SegmentDescription(
             segment_number=number, segment_label=names[c][:64], segmented_property_category=cat,
             segmented_property_type=typ,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if algo else hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-            algorithm_identification=algo))
+            algorithm_identification=algo)
+        if side is not None:  # highdicom has no argument for it: the attribute of the segment item
+            from pydicom.sequence import Sequence
+
+            desc.SegmentedPropertyTypeModifierCodeSequence = Sequence([hd.sr.CodedConcept.from_code(side)])
+        descriptions.append(desc)
     # label map (frames, rows, cols) in the source's slice order: our (i = column, j = row, k = slice)
     remap = np.zeros(max(present) + 1, np.uint16)
     remap[present] = np.arange(1, len(present) + 1)
