@@ -264,23 +264,23 @@ def test_a_named_disc_renumbers_the_chain_in_order():
 
 
 def test_one_named_disc_fixes_the_numbering_on_a_scan_missing_its_top_discs(shared, tmp_path, capsys):
-    """The lower 60 % of a lumbar test scan (its top discs cut off): the bundled model misnames every disc;
-    one disc named by a person (the lowest, from the reference) fixes the names of the others, through
-    the API and through `label-discs --prior`."""
+    """The multi-site test scan without its top 35 % and cut to a square around the spine (magnified, more
+    sacrum in view): the bundled model names S1/S2 "L5/S1" and every disc above one level high; one disc
+    named by a person (the lowest, from the reference) fixes the names of the others, through the API and
+    through `label-discs --prior`."""
     import warnings
 
     from napari_medseg import api
     from napari_medseg.cli import main
+    from napari_medseg.engine.evaluate import crop_field_of_view
 
-    stem = "spine_vb3_02"
+    stem = "spine_vb1_16"
     vol = io.read_nifti(shared / "spine-discs" / "images" / f"{stem}.nii.gz")
     truth = io.read_points(shared / "spine-discs" / "labels" / f"{stem}_labels-disc.nii.gz")
-    start = int(vol.data.shape[0] * 0.4)  # axis 0 runs head to feet (data README)
-    shift = np.eye(4)
-    shift[0, 3] = start
-    crop = io.Volume(vol.data[start:], vol.affine @ shift, name=f"{stem}_lower")
-    inside = [d for d in truth.discs if (np.linalg.inv(crop.affine) @ np.r_[d.world, 1.0])[0] >= 0]
-    assert [d.name for d in inside] == ["L2/L3", "L3/L4", "L4/L5"]
+    crop, kept = crop_field_of_view(vol, truth, 0.35, square=True)
+    crop.name = f"{stem}_lower"
+    inside = kept.discs
+    assert [d.name for d in inside] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
 
     def named_right(points):
         got = 0
@@ -295,7 +295,7 @@ def test_one_named_disc_fixes_the_numbering_on_a_scan_missing_its_top_discs(shar
         marked = io.DiscPoints([inside[-1]], crop.affine)
         fixed = api.label_discs(crop, model="hourglass-spine-discs", device="cpu", force=True, prior=marked)
     assert named_right(plain) == 0
-    assert named_right(fixed) >= 2
+    assert named_right(fixed) >= 4
     # the same through the CLI, with the named disc in a points file
     io.write_nifti(tmp_path / f"{stem}_lower.nii.gz", crop.data, reference=crop)
     io.write_points(tmp_path / "named.csv", marked)

@@ -79,7 +79,12 @@ class LabelDiscsWidget(Container):
             self.controls.status.value = notify_error(points.error)
             return
         data, kwargs, _ = points_layer_data(points, layer, f"{layer.name}_discs")
-        self.last_layer = self.viewer.add_points(data, **kwargs)
+        self.last_layer = self.viewer.add_points(data, **kwargs)  # empty, it is still a layer to mark discs on
+        if not len(data):
+            self.controls.status.value = ("no disc found: the model finds the discs it was trained on in scans like its "
+                                          "training scans (its card: Plugins > napari-medseg > models); mark them by hand "
+                                          f"in '{self.last_layer.name}'")
+            return
         self.controls.status.value = (f"{len(data)} disc(s): " + ", ".join(kwargs["features"]["name"]) +
                                       f" | {points.verdict}" + (" (red rings; name one disc in 'prior points' to "
                                                                 "renumber)" if points.verdict != "ok" else ""))
