@@ -58,6 +58,16 @@ def _on_our_grid(array: np.ndarray, affine_lps: np.ndarray, ours: io.Volume) -> 
     return out
 
 
+def _dcmqi(path: Path, out: Path) -> Path:
+    """dcmqi's segimage2itkimage on a SEG: one NIfTI per segment and meta.json in ``out``."""
+    out.mkdir()
+    exe = Path(sys.executable).parent / "segimage2itkimage"
+    run = subprocess.run([str(exe), "--inputDICOM", str(path), "--outputDirectory", str(out), "-t", "nifti"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-500:]
+    return out
+
+
 @pytest.mark.parametrize("rel", [CT, PHILIPS])
 def test_seg_reads_back_the_same_in_highdicom_dcmqi_and_us(shared, tmp_path, rel):
     import highdicom as hd
@@ -84,12 +94,7 @@ def test_seg_reads_back_the_same_in_highdicom_dcmqi_and_us(shared, tmp_path, rel
     hv = seg.get_volume(combine_segments=True)
     np.testing.assert_array_equal(_on_our_grid(np.asarray(hv.array), hv.affine, vol), expected)
     # dcmqi: one NIfTI per segment, on the series' geometry
-    out = tmp_path / "dcmqi"
-    out.mkdir()
-    exe = Path(sys.executable).parent / "segimage2itkimage"
-    run = subprocess.run([str(exe), "--inputDICOM", str(path), "--outputDirectory", str(out), "-t", "nifti"],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-500:]
+    out = _dcmqi(path, tmp_path / "dcmqi")
     ours_nifti = io.read_nifti(io.write_nifti(tmp_path / "seg.nii.gz", expected, reference=vol, kind="labels"))
     for number in (1, 2):
         img = nib.load(out / f"{number}.nii.gz")
@@ -136,12 +141,7 @@ def test_head_and_neck_organs_are_coded_with_their_side_and_dcmqi_reads_the_code
     sides = {s.SegmentLabel: s.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning
              for s in ds.SegmentSequence if "SegmentedPropertyTypeModifierCodeSequence" in s}
     assert sides == {"RightParotid": "Right", "LeftParotid": "Left"}
-    out = tmp_path / "dcmqi"
-    out.mkdir()
-    exe = Path(sys.executable).parent / "segimage2itkimage"
-    run = subprocess.run([str(exe), "--inputDICOM", str(path), "--outputDirectory", str(out), "-t", "nifti"],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-500:]
+    out = _dcmqi(path, tmp_path / "dcmqi")
     meta = json.loads((out / "meta.json").read_text())
     attrs = {a["SegmentLabel"]: a for seg in meta["segmentAttributes"] for a in seg}
     assert attrs["LeftParotid"]["SegmentedPropertyTypeCodeSequence"]["CodeValue"] == "45289007"
