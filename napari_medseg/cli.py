@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hu-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="volumes: clip intensities to [LOW, HIGH] and map them to [0, 1] instead of each volume's "
                         "z-score (CT in Hounsfield units, e.g. -1000 1000); recorded and replayed at inference")
+    p.add_argument("--disc-square-crops", type=float, default=0.0, metavar="SHARE",
+                   help="disc labeling: this share (0-1) of the field-of-view crops is a magnified square around the "
+                        "spine with the top cut, as scans of a small field of view with more sacrum show it")
     p.add_argument("--disc-extrapolate", action="store_true",
                    help="disc labeling: a target for the unlabelled disc below a case's lowest labelled one (L5/S1 "
                         "where a case stops at L4/L5), placed from its vertebral body masks as the cases that label "

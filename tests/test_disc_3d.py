@@ -79,6 +79,33 @@ def test_a_field_of_view_crop_moves_targets_and_known_pixels_with_the_image():
     assert seen == {"top", "bottom"}
 
 
+def test_a_magnified_square_keeps_discs_where_the_image_puts_them():
+    """The square crop (top cut, front and back cut around the spine, resized to the view): the image's
+    bright disc and its target peak land on the same pixel, magnified about the crop; known pixels follow;
+    only with a share > 0 does fov_crop ever make one."""
+    img = np.zeros((1, *SIZE), np.float32)
+    img[0, 99:104, 69:74] = 1.0  # a bright "disc" centred at (101, 71)
+    tgt = pp.gaussian_heatmaps(np.array([[101.0, 71.0], [40.0, 64.0]]), [True, True], SIZE, 2.0)
+    known = np.ones_like(tgt)
+    known[1, :, :20] = 0
+    for seed in range(5):
+        out_img, out_tgt, out_known = DT.square_crop(np.random.default_rng(seed), img, tgt, known)
+        r, c = np.argwhere(out_img[0] > 0.5).mean(0)  # the centre of the magnified bright block
+        rt, ct = np.unravel_index(int(np.argmax(out_tgt[0])), SIZE)
+        assert abs(r - rt) <= 1.0 and abs(c - ct) <= 1.0
+        a = int(round(np.random.default_rng(seed).uniform(*DT.SQUARE_CUT) * SIZE[0]))  # the draw square_crop made
+        side = SIZE[0] - a
+        c0 = int(np.clip(round((71 + 64) / 2 - side / 2), 0, SIZE[1] - side))  # around the discs' mean column
+        k = SIZE[0] / side
+        assert abs(rt - ((101 + 0.5 - a) * k - 0.5)) <= 1.0 and abs(ct - ((71 + 0.5 - c0) * k - 0.5)) <= 1.0
+        assert out_img.shape == img.shape and out_known.dtype == known.dtype and set(np.unique(out_known)) <= {0, 1}
+    plain = {id(DT.fov_crop(np.random.default_rng(s), img, tgt, known)[0]) for s in range(30)}
+    squares = [DT.fov_crop(np.random.default_rng(s), img, tgt, known, square_share=1.0)[0] for s in range(30)]
+    cropped = [x for x in squares if x is not img]
+    assert cropped and all((x[0] > 0.5).sum(0).max() > 4 for x in cropped)  # all magnified: the 4-row disc grew
+    assert id(img) in plain  # without a share the old crops (or none) only
+
+
 def test_depth_peaks_refine_between_views_and_keep_the_middle_without_a_response():
     centres = np.arange(17, dtype=float)
     heat = np.zeros((17, 2, 8, 8), np.float32)

@@ -601,8 +601,8 @@ class TrainDataset(torch.utils.data.Dataset):
     """Training samples with per-step augmentation. ``repeats`` (N,) draws case ``i`` that many times per
     epoch (:func:`level_repeats`); ``item["index"]`` is always the case's own index."""
 
-    def __init__(self, data: Prepared, augment: bool = True, seed: int = 0, repeats=None):
-        self.data, self.augment, self.seed = data, augment, seed
+    def __init__(self, data: Prepared, augment: bool = True, seed: int = 0, repeats=None, square_share: float = 0.0):
+        self.data, self.augment, self.seed, self.square_share = data, augment, seed, float(square_share)
         self.transform = augmentations(data.task) if augment else None
         self.epoch = 0
         reps = np.ones(len(data.images), int) if repeats is None else np.asarray(repeats, int)
@@ -640,7 +640,8 @@ class TrainDataset(torch.utils.data.Dataset):
         if data.depth is not None:
             k = tgt.shape[0] // 2
             tgt = np.concatenate([tgt[:k], tgt[:k] * data.depth[i, pick][:, None, None]])
-        return DT.fov_crop(rng, np.asarray(data.views[i][pick][None], dtype=np.float32), tgt, known)
+        return DT.fov_crop(rng, np.asarray(data.views[i][pick][None], dtype=np.float32), tgt, known,
+                           square_share=self.square_share)
 
     def __getitem__(self, j):
         i = int(self.order[j])

@@ -24,7 +24,8 @@ every protocol"; docs/engine.md "Disc targets"):
   balance counts it.
 * **Field-of-view crops** (:func:`fov_crop`): the top of the view cut off (the content moves up, the
   bottom is the scan's end, as a scan that starts lower and shows more sacrum), or the bottom cut (a scan
-  that ends early), applied to image, targets and known masks alike.
+  that ends early), or (opt-in share) a magnified square around the spine with the top cut
+  (:func:`square_crop`), applied to image, targets and known masks alike.
 """
 
 from __future__ import annotations
@@ -241,14 +242,38 @@ BOTTOM_CUT = (0.1, 0.3)  # fraction cut from the bottom (the scan ends early)
 BOTTOM_SHARE = 0.25  # of the cropped samples, this share is cut at the bottom
 
 
-def fov_crop(rng: np.random.Generator, image: np.ndarray, target: np.ndarray, known: np.ndarray):
+SQUARE_CUT = (0.2, 0.5)  # magnified squares: fraction of the height cut from the top (1.25x - 2x)
+
+
+def square_crop(rng: np.random.Generator, image: np.ndarray, target: np.ndarray, known: np.ndarray):
+    """A magnified view with more sacrum, as ``evaluate.FOV_CROPS``' squares build it: the top ``SQUARE_CUT``
+    of the view cut, the front and back cut to a square of the remaining height around the spine (the mean
+    column of the labelled discs' peaks, else the middle), and that square resized to the whole view; the
+    targets and known pixels go through the same resize (bilinear / nearest), so the Gaussians grow with the
+    magnification as under the scale augmentation. Returns the three arrays."""
+    h, w = image.shape[-2:]
+    a = int(round(rng.uniform(*SQUARE_CUT) * h))
+    side = h - a
+    flat = target.reshape(len(target), -1)
+    on = flat.max(1) > 0.5
+    col = float(np.mean(flat[on].argmax(1) % w)) if on.any() else (w - 1) / 2
+    c0 = int(np.clip(round(col - side / 2), 0, w - side))
+    zoom = lambda x, mode: pp.resize(np.ascontiguousarray(x[:, a:, c0: c0 + side], np.float32), (h, w), mode).numpy()  # noqa: E731
+    return zoom(image, "bilinear"), zoom(target, "bilinear"), (zoom(known, "nearest") > 0.5).astype(known.dtype)
+
+
+def fov_crop(rng: np.random.Generator, image: np.ndarray, target: np.ndarray, known: np.ndarray,
+             square_share: float = 0.0):
     """Crop a square training view's field of view as a scan of another protocol would (see the module
     docstring), with probability ``FOV_PROB``. ``image`` (1, H, W), ``target`` and ``known`` (C, H, W).
     What leaves the view is gone from every array: a disc whose centre is cut away has no target (not even
     the edge of its Gaussian) and its channel is known to be empty; the exposed rows are the view's darkest value in the image, empty and known in the
-    targets. Returns the three arrays (new ones when cropped)."""
+    targets. ``square_share``: of the cropped samples, this share is a magnified square instead
+    (:func:`square_crop`; ``--disc-square-crops``). Returns the three arrays (new ones when cropped)."""
     if rng.random() >= FOV_PROB:
         return image, target, known
+    if square_share and rng.random() < square_share:
+        return square_crop(rng, image, target, known)
     h = image.shape[-2]
     img, tgt, kn = image.copy(), np.zeros_like(target), np.ones_like(known)
     fill = float(image.min())

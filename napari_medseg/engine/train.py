@@ -55,6 +55,9 @@ class TrainOptions:
     # disc labeling: targets for the unlabelled disc below a case's labelled chain, placed from its vertebral
     # bodies as the cases that label it show (L5/S1 in the cases that stop at L4/L5; engine/disc_targets.py)
     disc_extrapolate: bool = False
+    # disc labeling: this share of the field-of-view crops is a magnified square around the spine with the top
+    # cut (disc_targets.square_crop), as evaluate.FOV_CROPS' squares; 0: none
+    disc_square_crops: float = 0.0
     # volumes: a fixed intensity window (lo, hi), clipped and mapped to [0, 1] instead of each volume's
     # z-score (CT in Hounsfield units; recorded as preprocessing.normalize "window:LO:HI" and replayed)
     hu_window: tuple[float, float] | None = None
@@ -483,7 +486,8 @@ def prepare_sampling(run: Run) -> None:
     repeats = D.level_repeats(run.train_data.visible) if run.plan["balance_levels"] else None
     if repeats is not None:
         run.config["training"]["repeats"] = {s: int(r) for s, r in zip(run.train_data.stems, repeats) if r > 1}
-    run.dataset = D.TrainDataset(run.train_data, augment=run.plan["augment"], seed=run.opts.seed, repeats=repeats)
+    run.dataset = D.TrainDataset(run.train_data, augment=run.plan["augment"], seed=run.opts.seed, repeats=repeats,
+                                 square_share=run.opts.disc_square_crops)
     run.batch_size = max(1, min(run.plan["batch_size"], len(run.dataset)))
     # one sampling rule for 1 and N processes: a permutation seeded by (seed, epoch), of which rank r takes
     # every N-th index; so N processes with batch B see exactly the global batches of one process with
