@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hu-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="volumes: clip intensities to [LOW, HIGH] and map them to [0, 1] instead of each volume's "
                         "z-score (CT in Hounsfield units, e.g. -1000 1000); recorded and replayed at inference")
+    p.add_argument("--partial-labels", action=argparse.BooleanOptionalAction, default=True,
+                   help="volumes whose dataset.json lists the organs drawn per case ('contoured'): leave the undrawn "
+                        "ones out of the loss (default), or --no-partial-labels to count them as background")
     p.add_argument("--disc-square-crops", type=float, default=0.0, metavar="SHARE",
                    help="disc labeling: this share (0-1) of the field-of-view crops is a magnified square around the "
                         "spine with the top cut, as scans of a small field of view with more sacrum show it")

@@ -732,7 +732,7 @@ def test_every_train_flag_reaches_the_trainer(monkeypatch):
             "--batch-size", "5", "--lr", "0.01", "--device", "cpu", "--precision", "fp32", "--resume", "--overwrite",
             "--seed", "7", "--input-size", "64", "--patience", "2", "--workers", "1", "--compile",
             "--memory-format", "contiguous", "--recipe", "bcdunet", "--no-augment", "--balance-levels",
-            "--no-disc-depth", "--disc-extrapolate", "--disc-square-crops", "0.5", "--hu-window", "-1000", "1000", "--loss", "ce", "--schedule", "cosine", "--option", "cell=none", "--init", "unet-ph2",
+            "--no-disc-depth", "--disc-extrapolate", "--disc-square-crops", "0.5", "--no-partial-labels", "--hu-window", "-1000", "1000", "--loss", "ce", "--schedule", "cosine", "--option", "cell=none", "--init", "unet-ph2",
             "--freeze", "encoder", "--extra-train", "E", "--max-cases", "4", "--max-steps", "6"]
     train_parser = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
     flags = [a for a in train_parser._actions if a.option_strings and a.dest != "help"]
@@ -744,5 +744,5 @@ def test_every_train_flag_reaches_the_trainer(monkeypatch):
             "patience": 2, "num_workers": 1, "compile": True, "memory_format": "contiguous", "recipe": "bcdunet",
             "augment": False, "balance_levels": True, "disc_depth": False, "loss": "ce", "schedule": "cosine",
             "model_options": {"cell": "none"}, "init": "unet-ph2", "freeze": "encoder", "extra_train": ["E"],
-            "max_cases": 4, "max_steps_per_epoch": 6, "disc_extrapolate": True, "disc_square_crops": 0.5, "hu_window": [-1000.0, 1000.0]}
+            "max_cases": 4, "max_steps_per_epoch": 6, "disc_extrapolate": True, "disc_square_crops": 0.5, "partial_labels": False, "hu_window": [-1000.0, 1000.0]}
     assert {k: seen[k] for k in want} == want

@@ -170,6 +170,17 @@ def test_the_head_and_neck_ct_lists_its_undrawn_organs(shared):
     assert not np.isin(truth, [5, 6]).any()  # undrawn: nowhere in the file, though the organs are in the CT
 
 
+def test_without_partial_labels_undrawn_organs_count_as_background(tmp_path, monkeypatch):
+    """The ablation switch: ``partial_labels=False`` trains as if every undrawn organ were background (no
+    sample goes through the partial loss)."""
+    root = _volume_folder(tmp_path / "d", {"a": [1], "b": [1, 2], "c": [1]})
+    calls = []
+    monkeypatch.setattr(SegmentationLoss, "partial_loss", lambda self, *a: calls.append(1) or 0.0)
+    out = train(TrainOptions(model="unet", data=str(root), out=str(tmp_path / "run"), epochs=1, batch_size=4,
+                             input_size=32, seed=0, precision="fp32", max_steps_per_epoch=1, partial_labels=False))
+    assert out["epochs_done"] == 1 and not calls
+
+
 def test_an_intensity_window_is_written_once_and_checked(shared, tmp_path):
     assert pp.window_mode(-160, 240) == "window:-160:240" and pp.parse_window("window:-160:240") == (-160.0, 240.0)
     x = np.array([-1000.0, -160.0, 40.0, 240.0, 3000.0], np.float32)

@@ -61,6 +61,9 @@ class TrainOptions:
     # volumes: a fixed intensity window (lo, hi), clipped and mapped to [0, 1] instead of each volume's
     # z-score (CT in Hounsfield units; recorded as preprocessing.normalize "window:LO:HI" and replayed)
     hu_window: tuple[float, float] | None = None
+    # volumes with dataset.json "contoured": leave each case's undrawn organs out of the loss (True), or treat
+    # them as background (False: the baseline a partial-label comparison needs)
+    partial_labels: bool = True
     loss: str | None = None  # dice_ce | ce | bce | heatmap_mse; default: the recipe's
     schedule: str | None = None  # learning-rate schedule (SCHEDULES); default: the recipe's
     recipe: str | None = None  # train with another network's recipe (for baselines)
@@ -225,6 +228,8 @@ def input_rules(model: str, kind: str) -> dict:
 
 def prepare_data(opts: TrainOptions, size: tuple[int, int], cancel: CancelToken | None = None):
     layout = D.discover(opts.data)
+    if not opts.partial_labels and layout.contoured is not None:
+        layout.contoured = None  # every undrawn organ counts as background (the ablation)
     parts = D.split(layout, seed=opts.seed)
     if not parts["train"]:
         raise D.DataError(layout.root, "the split has an empty 'train' list: nothing to train on")
