@@ -296,3 +296,18 @@ def test_a_model_without_depth_channels_keeps_its_discs_on_the_middle_slice():
     pred.pre = {k: v for k, v in pred.pre.items() if k != "depth"}
     pts = pred.label_discs(vol)
     np.testing.assert_allclose(pts.voxels()[:, 2], 8.0)
+
+
+def test_the_model_card_names_the_augmentation_its_run_did():
+    """A card's augmentation text follows the run: no depth-sweep views without depth channels, the square
+    crops where the run drew them; the bundled disc card says exactly that."""
+    from napari_medseg import api
+    from napari_medseg.engine import checkpoint as ckpt
+
+    plain = D.augmentation_text("keypoints", {"augment": True}, {"depth": {"sigma_mm": 2.0}})
+    assert "depth sweep" in plain and "magnified square" not in plain
+    squares = D.augmentation_text("keypoints", {"augment": True, "disc_square_crops": 0.4}, {})
+    assert "depth sweep" not in squares and "40% of them instead a magnified square" in squares
+    assert D.augmentation_text("segmentation", {"augment": False}, {}) == "none"
+    cfg = ckpt.read_config(api.bundled_weights()["hourglass-spine-discs"])
+    assert cfg["card"]["augmentation"] == D.augmentation_text("keypoints", cfg["training"], cfg["preprocessing"])

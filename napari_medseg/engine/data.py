@@ -561,6 +561,25 @@ AUGMENTATION = {  # in words, for model cards: what augmentations(task) does
 }
 
 
+def augmentation_text(task: str, training: dict, preprocessing: dict) -> str:
+    """``AUGMENTATION[task]`` as a run did it (a checkpoint's ``training`` and ``preprocessing``): the
+    depth-sweep views only where the model has depth channels, the magnified squares where the run drew
+    them (``disc_square_crops``). For model cards."""
+    if not training.get("augment", True):
+        return "none"
+    text = AUGMENTATION[task]
+    if task != "keypoints":
+        return text
+    if not preprocessing.get("depth"):
+        text = text.replace("(VIEW_CHOICES, or half the time a 3-slice view of the depth sweep)", "(VIEW_CHOICES)")
+    share = float(training.get("disc_square_crops") or 0.0)
+    if share:
+        text = text.replace("the top 10-45 % cut, or the bottom 10-30 %)",
+                            f"the top 10-45 % cut, or the bottom 10-30 %; {share:.0%} of them instead a magnified "
+                            "square around the spine with the top 20-50 % cut, 1.25-2x)")
+    return text
+
+
 def augmentations(task: str):
     """MONAI transforms for one training sample of ``task`` (see ``AUGMENTATION`` in words)."""
     from monai.transforms import (Compose, RandAdjustContrastd, RandBiasFieldd, RandFlipd, RandHistogramShiftd,
