@@ -409,7 +409,7 @@ def expand_inputs(inputs) -> list[Path]:
 
 def batch_manifest(out: str | os.PathLike) -> list[dict]:
     """What a batch run into ``out`` did so far: ``manifest.csv``'s latest row per input (input, outputs,
-    status ok/skipped/failed, reason, seconds, model, sha256), in the order the inputs first appeared;
+    status queued/ok/skipped/failed, reason, seconds, model, sha256), in the order the inputs first appeared;
     ``[]`` when there is none. Safe to call while the run is writing (complete lines only)."""
     from .engine.batch import latest_rows, read_manifest
 

@@ -93,6 +93,34 @@ def test_kill_9_then_resume_gives_the_same_files(folder, tmp_path):
         assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
 
 
+def test_an_output_renamed_just_before_a_kill_is_resumed_not_refused(folder, tmp_path):
+    """The window kill -9 can hit: an output renamed into place, its ``ok`` row not yet written. The run's
+    ``queued`` rows claim it, so --resume writes it again; a file no run claimed is still refused."""
+    out = tmp_path / "out"
+    api.batch(str(folder), out, model=MODEL, device="cpu")
+    reference = _outputs(out)
+    lines = (out / "manifest.csv").read_text().splitlines(keepends=True)
+    queued = [ln for ln in lines if ",queued," in ln]
+    ok = [ln for ln in lines if ",ok," in ln]
+    assert len(queued) == 10 and len(ok) == 8
+    (out / "manifest.csv").write_text(lines[0] + "".join(queued) + "".join(ok[:3]))  # killed before row 4
+    assert len(_outputs(out)) == 8  # ... with all 8 outputs in place, the 4th among them
+    with pytest.raises(MedSegIOError, match="earlier run.*--resume"):
+        api.batch(str(folder), out, model=MODEL, device="cpu")
+    (out / "manifest.csv").write_text(lines[0] + "".join(queued))  # killed before the first ok row
+    with pytest.raises(MedSegIOError, match="stopped in this folder after writing outputs of 8 input.*--resume"):
+        api.batch(str(folder), out, model=MODEL, device="cpu")
+    (out / "manifest.csv").write_text(lines[0] + "".join(queued) + "".join(ok[:3]))
+    again = api.batch(str(folder), out, model=MODEL, device="cpu", resume=True)
+    assert again["resumed"] == 3 and len(again["written"]) == 5
+    assert _outputs(out) == reference
+    # the same folder state without the queued rows: the 4th output is nobody's run -> refused, kept
+    (out / "manifest.csv").write_text(lines[0] + "".join(ok[:3]))
+    with pytest.raises(MedSegIOError, match="would write over it"):
+        api.batch(str(folder), out, model=MODEL, device="cpu", resume=True)
+    assert _outputs(out) == reference
+
+
 def test_two_local_dask_workers_write_the_same_bytes(folder, tmp_path):
     single, spread = tmp_path / "single", tmp_path / "spread"
     api.batch(str(folder), single, model=MODEL, device="cpu", prefetch=0, runtime="torch", precision="fp32")
@@ -161,7 +189,9 @@ def test_overwrite_starts_a_new_manifest(folder, tmp_path):
     again = api.batch(str(folder), out, model=MODEL, device="cpu", overwrite=True)
     from napari_medseg.engine.batch import read_manifest
 
-    assert len(again["written"]) == 8 and len(read_manifest(out)) == 10  # one row per input, not two
+    rows = read_manifest(out)  # this run's rows only: one queued and one final row per input
+    assert len(again["written"]) == 8 and len(rows) == 20
+    assert [r["status"] for r in rows].count("queued") == 10
     with pytest.raises(ValueError, match="resume or overwrite"):
         api.batch(str(folder), out, model=MODEL, device="cpu", overwrite=True, resume=True)
 

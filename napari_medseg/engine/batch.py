@@ -4,6 +4,9 @@ of the next inputs while the network runs, and scale-out over the workers of a D
 * ``manifest.csv`` in the output folder gets one row per input (input, outputs, status ok / skipped /
   failed, reason, seconds, model, the input's SHA-256) appended and flushed to disk as each input ends.
   A row is one ``write`` of one line; a line cut by a kill is ignored when the manifest is read back.
+  Before any input runs, each input to do gets a ``queued`` row naming the outputs it will write: a kill
+  between an output's rename and its ``ok`` row leaves a file the manifest claims, so ``resume`` writes it
+  again instead of refusing it as someone else's.
 * Every output file is written atomically (temporary file + rename), so a killed run never leaves a half
   file; ``resume`` skips inputs whose manifest row is ``ok`` with the same checksum and whose outputs all
   exist, so a killed run continues where it stopped and ends with the same files as an uninterrupted one.
@@ -169,8 +172,14 @@ def check_output_folder(out: Path, files: list[Path], task: str, fmt: str | None
         raise MedSegIOError(out / MANIFEST, f"this folder already holds the results of an earlier run "
                                             f"({len(finished)} input(s)): continue it (--resume) or "
                                             "replace it (--overwrite), or choose another folder")
-    done = {r["input"] for r in finished}
-    clash = [out / name for f in files if not (resume and str(f) in done)
+    started = [r for r in latest_rows(read_manifest(out)) if r.get("status") == "queued"
+               and any(Path(p).is_file() for p in r.get("outputs", "").split(";") if p)]
+    if started and not resume:
+        raise MedSegIOError(out / MANIFEST, f"an earlier run stopped in this folder after writing outputs of "
+                                            f"{len(started)} input(s): continue it (--resume) or replace it "
+                                            "(--overwrite), or choose another folder")
+    claimed = {r["input"] for r in latest_rows(read_manifest(out)) if r.get("status") in ("ok", "queued")}
+    clash = [out / name for f in files if not (resume and str(f) in claimed)
              for name in output_names(stem_of(f), task, fmt, f.suffix.lower() in io.IMAGE2D_SUFFIXES)
              if (out / name).exists()]
     if clash:
@@ -333,6 +342,9 @@ def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tt
                 summary["results"].append({"file": str(path), "outputs": row["outputs"].split(";"), "resumed": True})
                 continue
         todo.append(path)
+    for path in todo:  # claimed before any is written (module docstring): what a kill leaves is resumable
+        names = output_names(stem_of(path), task, fmt, path.suffix.lower() in io.IMAGE2D_SUFFIXES)
+        manifest.add(path, [str(out / n) for n in names], "queued", "", 0.0, digests.get(path, ""))
     done = summary["resumed"]
 
     def record(path: Path, row: dict):
