@@ -35,6 +35,7 @@ ANCHOR_LEVELS = ((25,), (24, 25))  # count from L5/S1 only, or from the stronger
 PRIOR_WEIGHTS = (0.0, 0.5, 1.0)
 SECOND_RATIOS = (None, 0.25, 0.4, 0.6)
 LOW_CONFIDENCE = (0.5, 0.3)
+RENAMED_DOUBT = (False, True)  # is a renaming by the anchor itself a doubt about the levels?
 
 
 def remember_outputs(pred: Predictor) -> None:
@@ -65,38 +66,47 @@ def main() -> int:
         for weight in PRIOR_WEIGHTS:
             for second in SECOND_RATIOS:
                 for low in LOW_CONFIDENCE:
-                    pred.pre["decoding"] = {**DECODING, "anchor_confidence": anchor, "prior_weight": weight,
-                                            "second_ratio": second, "low_confidence": low,
-                                            "anchor_levels": list(levels)}
-                    res = evaluate(pred, str(data), subset="val", split="folder", fov_crops=True)
-                    m = res["mean"]
-                    right_flagged = sum(c["verdict"] != "ok" and not c.get("shift") for c in res["cases"])
-                    rows.append({"anchor_confidence": anchor, "anchor_levels": list(levels),
-                                 "prior_weight": weight, "second_ratio": second,
-                                 "low_confidence": low, "misses": m["misses"], "false_positives": m["false_positives"],
-                                 "off_by_levels": m["off_by_levels"], "silent_shifts": m["silent_shifts"],
-                                 "flagged": m["flagged"], "right_but_flagged": right_flagged,
-                                 "l2_mm": m["l2_mm"], "l2_3d_mm": m["l2_3d_mm"], "n_true": m["n_true"],
-                                 "cases": m["cases"]})
+                    for renamed in RENAMED_DOUBT:
+                        pred.pre["decoding"] = {**DECODING, "anchor_confidence": anchor, "prior_weight": weight,
+                                                "second_ratio": second, "low_confidence": low,
+                                                "anchor_levels": list(levels), "renamed_doubt": renamed}
+                        res = evaluate(pred, str(data), subset="val", split="folder", fov_crops=True)
+                        m = res["mean"]
+                        right_flagged = sum(c["verdict"] != "ok" and not c.get("shift") for c in res["cases"])
+                        right_doubted = sum(c["levels"] != "ok" and not c.get("shift") for c in res["cases"])
+                        rows.append({"anchor_confidence": anchor, "anchor_levels": list(levels),
+                                     "prior_weight": weight, "second_ratio": second, "renamed_doubt": renamed,
+                                     "low_confidence": low, "misses": m["misses"],
+                                     "false_positives": m["false_positives"],
+                                     "off_by_levels": m["off_by_levels"], "silent_shifts": m["silent_shifts"],
+                                     "silent_level_shifts": m["silent_level_shifts"],
+                                     "flagged": m["flagged"], "right_but_flagged": right_flagged,
+                                     "levels_flagged": m["levels_flagged"], "right_but_doubted": right_doubted,
+                                     "l2_mm": m["l2_mm"], "l2_3d_mm": m["l2_3d_mm"], "n_true": m["n_true"],
+                                     "cases": m["cases"]})
     print(f"{rows[0]['cases']} validation scans and crops")
-    print("| anchor | at confidence | prior weight | second reading rule | low confidence | misses | false positives "
-          "| scans a level off | of them silent | flagged scans | of them right | median L2 (mm) | 3-D (mm) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| anchor | at confidence | prior weight | second reading rule | renaming a doubt | low confidence | misses "
+          "| false positives | scans a level off | of them without a levels flag | levels flagged | of them right "
+          "| any flag | of them right | median L2 (mm) | 3-D (mm) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
-    def key(r):
-        return (r["silent_shifts"], r["misses"] + r["false_positives"] + r["off_by_levels"], r["right_but_flagged"],
-                round(r["l2_mm"], 3), -r["anchor_confidence"] if r["anchor_confidence"] <= 1 else 0)
+    def key(r):  # silent about the levels first (a shift whose only flag is one disc's confidence is silent)
+        return (r["silent_level_shifts"], r["silent_shifts"], r["misses"] + r["false_positives"] + r["off_by_levels"],
+                r["right_but_doubted"], r["right_but_flagged"], round(r["l2_mm"], 3),
+                -r["anchor_confidence"] if r["anchor_confidence"] <= 1 else 0)
 
     for r in sorted(rows, key=key)[:25]:
         anchor = "never" if r["anchor_confidence"] > 1 else r["anchor_confidence"]
         at = "-" if r["anchor_confidence"] > 1 else " or ".join(
             {24: "L4/L5", 25: "L5/S1"}[lv] for lv in sorted(r["anchor_levels"], reverse=True))
-        print(f"| {at} | {anchor} | {r['prior_weight']} | {r['second_ratio'] or 'off'} | {r['low_confidence']} | "
-              f"{r['misses']} of {r['n_true']} | {r['false_positives']} | {r['off_by_levels']} | {r['silent_shifts']} | "
+        print(f"| {at} | {anchor} | {r['prior_weight']} | {r['second_ratio'] or 'off'} | "
+              f"{'yes' if r['renamed_doubt'] else 'no'} | {r['low_confidence']} | "
+              f"{r['misses']} of {r['n_true']} | {r['false_positives']} | {r['off_by_levels']} | "
+              f"{r['silent_level_shifts']} | {r['levels_flagged']} | {r['right_but_doubted']} | "
               f"{r['flagged']} | {r['right_but_flagged']} | {r['l2_mm']:.2f} | {r['l2_3d_mm']:.2f} |")
     best = min(rows, key=key)
     choice = {**DECODING, **{k: best[k] for k in ("anchor_confidence", "anchor_levels", "prior_weight", "second_ratio",
-                                                   "low_confidence")}}
+                                                   "low_confidence", "renamed_doubt")}}
     # the depth channels' left-right positions against the middle slice, on the same scans: kept only where
     # they bring the 3-D error down (a model without depth channels keeps the middle slice either way)
     depth = {}

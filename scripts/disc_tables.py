@@ -29,15 +29,19 @@ def main(path: str) -> int:
           f"{mm(m.get('l2_3d_mm'))} mm in 3-D over {m['n_true']} labelled discs{' (whole and cropped)' if len(whole) < len(cases) else ''}, "
           f"misses {m['misses']} ({m['fnr']:.1%}), false positives {m['false_positives']} ({m['fpr']:.1%}), "
           f"unscored {m['unscored']}, scans numbered a level off {m['off_by_levels']} (silent {m.get('silent_shifts')}), "
-          f"flagged {m['flagged']} (precision {rate(m.get('flag_precision'))}, recall {rate(m.get('flag_recall'))})\n")
+          f"flagged {m['flagged']} (precision {rate(m.get('flag_precision'))}, recall {rate(m.get('flag_recall'))}), "
+          f"levels in doubt {m.get('levels_flagged', '-')} (precision {rate(m.get('levels_flag_precision'))}, recall "
+          f"{rate(m.get('levels_flag_recall'))}, shifts without a levels doubt {m.get('silent_level_shifts', '-')})\n")
     if "per_crop" in m:
         print("| field of view | scans | labelled discs | median L2 (mm) | 3-D (mm) | misses | false positives "
-              "| numbered a level off | of them silent | flagged | flag precision | flag recall |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "| numbered a level off | of them without a levels doubt | levels in doubt | precision | recall "
+              "| any flag |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name, r in m["per_crop"].items():
             print(f"| {name} | {r['cases']} | {r['n_true']} | {mm(r['l2_mm'])} | {mm(r.get('l2_3d_mm'))} | "
-                  f"{r['misses']} | {r['false_positives']} | {r['off_by_levels']} | {r['silent_shifts']} | "
-                  f"{r['flagged']} | {rate(r['flag_precision'])} | {rate(r['flag_recall'])} |")
+                  f"{r['misses']} | {r['false_positives']} | {r['off_by_levels']} | {r.get('silent_level_shifts', '-')} | "
+                  f"{r.get('levels_flagged', '-')} | {rate(r.get('levels_flag_precision'))} | "
+                  f"{rate(r.get('levels_flag_recall'))} | {r['flagged']} |")
         print()
     print("| level | labelled discs | median L2 (mm) | 3-D (mm) | misses |")
     print("|---|---|---|---|---|")
@@ -49,13 +53,15 @@ def main(path: str) -> int:
     for name, r in m["per_source"].items():
         print(f"| {name} | {r['cases']} | {r['n_true']} | {mm(r['l2_mm'])} | {mm(r.get('l2_3d_mm'))} | "
               f"{r['misses']} ({r['fnr']:.0%}) | {r['false_positives']} | {r['off_by_levels']} | {r['flagged']} |")
-    print("\n| scan | field of view | labelled | named by the model | median L2 (mm) | misses | level shift | verdict |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| scan | field of view | labelled | named by the model | median L2 (mm) | misses | level shift | levels "
+          "| verdict |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in cases:
         names = ", ".join(p["name"] for p in c["predicted"])
         verdict = c.get("verdict", "")
         print(f"| {c['stem']} | {c.get('crop', 'whole')} | {c['n_true']} | {names} | {mm(c['l2_mm'])} | {c['fn']} | "
               f"{c.get('shift') if c.get('shift') is not None else '-'} | "
+              f"{'ok' if c.get('levels', 'ok') == 'ok' else 'doubt'} | "
               f"{'ok' if verdict == 'ok' else verdict[:90] + ('...' if len(verdict) > 90 else '')} |")
     return 0
 

@@ -10,8 +10,8 @@ import torch
 from napari_medseg import io
 from napari_medseg.engine import data as D
 from napari_medseg.engine import preprocess as pp
-from napari_medseg.engine.discs import (ANCHOR, NOT_ANCHORED, anchor_numbering, decode_discs, flag_discs, level_steps,
-                                        renumber_chain)
+from napari_medseg.engine.discs import (ANCHOR, NOT_ANCHORED, Numbering, anchor_numbering, apply_prior, decode_discs,
+                                        flag_discs, level_steps, renumber_chain)
 from napari_medseg.engine.losses import HeatmapLoss
 from napari_medseg.engine.metrics import disc_metrics
 
@@ -47,27 +47,32 @@ def test_a_chain_the_heatmaps_named_one_level_off_is_anchored_at_l5_s1_and_says_
     heat = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(19, 25), ROWS)} | {25: [(ROWS[-1], 60.0, 0.8)]})
     found = decode_discs(heat, NUMBERS, {})
     assert [f["number"] for f in found][:5] == [19, 20, 21, 22, 23]  # the heatmaps' own names: a level off
-    out, note = anchor_numbering(found, heat, NUMBERS)
+    out, note, count = anchor_numbering(found, heat, NUMBERS)
     assert [f["number"] for f in out] == [20, 21, 22, 23, 24, 25]
     np.testing.assert_allclose([f["row"] for f in out], ROWS, atol=0.5)
     assert note.startswith("numbering anchored at L5/S1 renamed") and "1 level(s) higher" in note
+    assert count == "counted from L5/S1; it renamed 6 disc(s) the heatmaps had named 1 level(s) higher"
+    # where the renaming is not itself a doubt (a checkpoint's choice): the same count, said, not flagged
+    quiet = anchor_numbering(found, heat, NUMBERS, renamed_doubt=False)
+    assert [f["number"] for f in quiet.discs] == [20, 21, 22, 23, 24, 25] and quiet.doubt == ""
+    assert quiet.count == count
     # the same chain named right by the heatmaps: anchoring changes nothing and says nothing
     right = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(20, 26), ROWS)})
     found = decode_discs(right, NUMBERS, {})
-    out, note = anchor_numbering(found, right, NUMBERS)
-    assert [f["number"] for f in out] == [20, 21, 22, 23, 24, 25] and note == ""
+    out, note, count = anchor_numbering(found, right, NUMBERS)
+    assert [f["number"] for f in out] == [20, 21, 22, 23, 24, 25] and note == "" and count == "counted from L5/S1"
 
 
 def test_no_l5_s1_means_the_numbering_is_flagged_on_every_disc():
     heat = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(20, 25), ROWS)})  # cut above the sacrum
     found = decode_discs(heat, NUMBERS, {})
-    out, note = anchor_numbering(found, heat, NUMBERS)
+    out, note, _ = anchor_numbering(found, heat, NUMBERS)
     assert note == NOT_ANCHORED and [f["number"] for f in out] == [20, 21, 22, 23, 24]
     vox = np.array([[f["row"], f["col"], 8.0] for f in out])
     pts = flag_discs(io.DiscPoints.from_voxels(vox, [f["number"] for f in out], np.eye(4),
                                                confidences=[f["confidence"] for f in out]), note)
     assert all(NOT_ANCHORED in f for f in pts.flags)
-    assert pts.verdict == f"check: all discs ({NOT_ANCHORED})"
+    assert pts.verdict == f"check: all discs ({NOT_ANCHORED})" and pts.levels == NOT_ANCHORED
     # a weak L5/S1 response (below the anchor confidence) does not anchor either
     weak = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(20, 25), ROWS)} | {25: [(ROWS[-1], 60.0, 0.35)]})
     assert anchor_numbering(decode_discs(weak, NUMBERS, {}), weak, NUMBERS)[1] == NOT_ANCHORED
@@ -78,16 +83,77 @@ def test_the_anchor_joins_the_chain_and_discs_below_it_are_dropped():
     heat = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(20, 25), ROWS)})
     found = decode_discs(heat, NUMBERS, {}) + [{"row": 126.0, "col": 58.0, "confidence": 0.6, "number": 25}]
     heat[NUMBERS.index(25)] = _heat({25: [(ROWS[-1], 60.0, 0.7)]})[NUMBERS.index(25)]
-    out, _ = anchor_numbering(found, heat, NUMBERS)
+    out = anchor_numbering(found, heat, NUMBERS).discs
     assert [f["number"] for f in out] == [20, 21, 22, 23, 24, 25]
     assert out[-1]["row"] == pytest.approx(ROWS[-1], abs=0.5)
+
+
+RULES = {"agree_min": 0.5, "edge_room": 0.5, "sure_anchor": 0.5}  # engine/discs.py DECODING's fixed policies
+
+
+def test_l4_l5_and_l5_s1_on_one_disc_leave_the_levels_in_doubt():
+    # both junction channels fire on the last disc (is it L4/L5 or L5/S1?); the count from the stronger holds
+    # the names, and the doubt says why; the same chain with the two channels one disc apart: no doubt
+    peaks = {n: [(r, 60.0, 0.9)] for n, r in zip(range(20, 24), ROWS[:4])}
+    same = _heat(peaks | {24: [(ROWS[4], 60.0, 0.8)], 25: [(ROWS[4] + 1.0, 60.0, 0.7)]})
+    res = anchor_numbering(decode_discs(same, NUMBERS, {}), same, NUMBERS, levels=(24, 25), rows_in_scan=128,
+                           **RULES)
+    assert res.doubt.startswith("the L4/L5 and L5/S1 heatmaps point at the same disc (0.80 and 0.70, 0.1 spacings")
+    apart = _heat(peaks | {24: [(ROWS[4], 60.0, 0.8)], 25: [(ROWS[5], 60.0, 0.7)]})
+    res = anchor_numbering(decode_discs(apart, NUMBERS, {}), apart, NUMBERS, levels=(24, 25), rows_in_scan=128,
+                           **RULES)
+    assert res.doubt == "" and [f["number"] for f in res.discs] == [20, 21, 22, 23, 24, 25]
+    # L5/S1's peak above L4/L5's: as much a contradiction
+    above = _heat(peaks | {24: [(ROWS[5], 60.0, 0.8)], 25: [(ROWS[4], 60.0, 0.7)]})
+    res = anchor_numbering(decode_discs(above, NUMBERS, {}), above, NUMBERS, levels=(24, 25), rows_in_scan=128,
+                           **RULES)
+    assert "point at the same disc" in res.doubt
+    # a junction channel below the decoder's lowest disc heat does not respond: no contradiction from it
+    faint = _heat(peaks | {24: [(ROWS[4], 60.0, 0.8)], 25: [(ROWS[4], 60.0, 0.15)]})
+    res = anchor_numbering(decode_discs(faint, NUMBERS, {}), faint, NUMBERS, levels=(24, 25), rows_in_scan=128,
+                           **RULES)
+    assert "same disc" not in res.doubt
+
+
+def test_l5_s1_at_the_lower_edge_of_the_scan_and_a_weak_anchor_leave_the_levels_in_doubt():
+    heat = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(20, 26), ROWS)})
+    spacing = 18.0  # ROWS' median gap
+    for rows_in_scan, doubt in ((ROWS[-1] + 0.4 * spacing, True), (ROWS[-1] + 0.6 * spacing, False)):
+        res = anchor_numbering(decode_discs(heat, NUMBERS, {}), heat, NUMBERS, rows_in_scan=int(rows_in_scan),
+                               **RULES)
+        assert [f["number"] for f in res.discs] == [20, 21, 22, 23, 24, 25]
+        assert ("lies at the lower edge of the scan" in res.doubt) == doubt, (rows_in_scan, res.doubt)
+    weak = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(20, 25), ROWS)} | {25: [(ROWS[-1], 60.0, 0.4)]})
+    res = anchor_numbering(decode_discs(weak, NUMBERS, {}), weak, NUMBERS, min_confidence=0.3, rows_in_scan=128,
+                           **RULES)
+    assert [f["number"] for f in res.discs] == [20, 21, 22, 23, 24, 25]  # it anchors (>= 0.3) ...
+    assert res.doubt == "the count rests on a weak L5/S1 (0.400, below 0.50): check the levels"  # ... in doubt
+    vox = np.array([[f["row"], f["col"], 8.0] for f in res.discs])
+    pts = flag_discs(io.DiscPoints.from_voxels(vox, [f["number"] for f in res.discs], np.eye(4),
+                                               confidences=[f["confidence"] for f in res.discs]), res.doubt)
+    assert pts.levels == res.doubt and pts.verdict.startswith("check: all discs (the count rests on a weak L5/S1")
+    # a person names a disc: the levels are no longer in doubt
+    named = apply_prior(pts, [io.Disc(24, tuple(pts.discs[4].world))])
+    assert named.levels == "" and named.count == "counted from L4/L5, named by a person"
+
+
+def test_the_levels_doubt_and_the_count_survive_the_json_file(tmp_path):
+    pts = io.DiscPoints.from_voxels(np.array([[10.0, 20, 8], [30, 22, 8], [50, 24, 8]]), [23, 24, 25], np.eye(4),
+                                    confidences=[0.9, 0.9, 0.4])
+    pts.count = "counted from L5/S1"
+    flag_discs(pts, "the count rests on a weak L5/S1 (0.40, below 0.50): check the levels")
+    back = io.read_points(io.write_points(tmp_path / "a_discs.json", pts))
+    assert back.levels == pts.levels and back.count == "counted from L5/S1" and back.flags == pts.flags
+    flag_discs(pts, "")
+    back = io.read_points(io.write_points(tmp_path / "b_discs.json", pts))
+    assert back.levels == "" and back.verdict == pts.verdict
 
 
 def test_a_model_without_an_l5_s1_channel_is_left_as_decoded():
     numbers = list(range(19, 25))
     heat = _heat({n: [(r, 60.0, 0.9)] for n, r in zip(range(19, 25), ROWS)})[1:7]
     found = decode_discs(heat, numbers, {})
-    assert anchor_numbering(found, heat, numbers) == (found, "")
+    assert anchor_numbering(found, heat, numbers) == Numbering(found, "", "")
     assert ANCHOR == io.disc_number("L5/S1")
 
 
@@ -326,3 +392,21 @@ def test_fine_tuning_a_disc_model_onto_more_levels_keeps_the_levels_it_knows(tmp
                 assert torch.equal(slot, fresh[key].narrow(axis, j, 1)), (key, n)  # a new level: fresh
             else:
                 assert float(slot.abs().max()) == 0.0  # a new level feeds nothing back at first
+
+
+def test_the_summary_tells_a_doubt_about_the_levels_from_a_flag_on_one_disc():
+    from napari_medseg.engine.evaluate import _disc_summary
+
+    def case(shift, verdict, levels):
+        return {"l2_all_mm": [1.0], "l2_3d_all_mm": [1.0], "n_true": 1, "fn": 0, "fp": 0, "shift": shift,
+                "verdict": verdict, "levels": levels, "predicted": []}
+
+    cases = [case(-1, "check: all discs (the count rests on a weak L4/L5)", "the count rests on a weak L4/L5"),
+             case(1, "check: L3/L4 (low confidence 0.25)", "ok"),  # flagged, but silent about its levels
+             case(0, "check: all discs (two places look like L5/S1)", "two places look like L5/S1"),
+             case(0, "check: L2/L3 (low confidence 0.28)", "ok"), case(0, "ok", "ok")]
+    m = _disc_summary(cases)
+    assert (m["off_by_levels"], m["flagged"], m["silent_shifts"]) == (2, 4, 0)
+    assert m["flag_precision"] == 0.5 and m["flag_recall"] == 1.0
+    assert (m["levels_flagged"], m["silent_level_shifts"]) == (2, 1)
+    assert m["levels_flag_precision"] == 0.5 and m["levels_flag_recall"] == 0.5

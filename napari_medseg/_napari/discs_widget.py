@@ -86,5 +86,6 @@ class LabelDiscsWidget(Container):
                                           f"in '{self.last_layer.name}'")
             return
         self.controls.status.value = (f"{len(data)} disc(s): " + ", ".join(kwargs["features"]["name"]) +
+                                      (f" ({points.count})" if points.count else "") +
                                       f" | {points.verdict}" + (" (red rings; name one disc in 'prior points' to "
                                                                 "renumber)" if points.verdict != "ok" else ""))

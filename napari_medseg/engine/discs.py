@@ -16,6 +16,8 @@ flagged so that a person checks the levels (or names one disc: :func:`apply_prio
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy import ndimage
 
@@ -83,10 +85,16 @@ def decode_discs(heatmaps: np.ndarray, numbers: list[int], prior: dict, *, min_c
 
 # decoding settings (our choices); a checkpoint may record others chosen on its validation split
 # (``preprocessing.decoding``, ``benchmarks/disc_decoding.py``), which the Predictor uses instead.
-# ``below_floor`` is a fixed policy, not chosen on validation (a flag costs a person's time, a level shift
-# without one costs a wrong report): below 0.2, the lowest heat the decoder takes as a disc
+# ``below_floor``, ``agree_min`` and ``edge_room`` are fixed policies, not chosen on validation (a flag costs
+# a person's time, a level shift without one costs a wrong report): below_floor below 0.2, the lowest heat
+# the decoder takes as a disc; agree_min: the L4/L5 and L5/S1 heatmaps must pick discs at least half a disc
+# spacing apart (not the same disc); edge_room: L5/S1 needs at least half a spacing of scan below it (the top
+# of S1) to be told from a disc at the edge of the field of view; sure_anchor: an anchor below half the
+# trained peak height (ANCHOR_CONFIDENCE, as LOW_CONFIDENCE) counts but leaves the count in doubt. ``renamed_doubt`` (whether a renaming by
+# the anchor is itself a doubt about the levels) is chosen per checkpoint by benchmarks/disc_decoding.py.
 DECODING = {"min_confidence": 0.2, "prior_weight": 0.5, "anchor_confidence": 0.5, "second_ratio": None,
-            "low_confidence": 0.5, "anchor_levels": [25], "below_floor": 0.15}
+            "low_confidence": 0.5, "anchor_levels": [25], "below_floor": 0.15, "agree_min": 0.5,
+            "edge_room": 0.5, "sure_anchor": 0.5, "renamed_doubt": True}
 
 ANCHOR = 25  # L5/S1, the lumbosacral junction
 ANCHOR_CONFIDENCE = 0.5  # our choice: half the trained peak height, as LOW_CONFIDENCE below
@@ -122,10 +130,23 @@ NOT_ANCHORED = ("numbering not anchored: neither L4/L5 nor L5/S1 found (does the
                 "the levels rest on the heatmaps and the position prior: check them or name one disc")
 
 
+class Numbering(NamedTuple):
+    """What :func:`anchor_numbering` decided: the renumbered discs; ``doubt``, why the levels themselves need a
+    person's check ("" = nothing against the count: every disc is flagged with it otherwise); ``count``, how
+    the levels were counted, said but not a flag ("counted from L5/S1; the heatmaps alone had named 3 disc(s)
+    1 level(s) higher")."""
+
+    discs: list[dict]
+    doubt: str
+    count: str = ""
+
+
 def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int],
                      min_confidence: float = ANCHOR_CONFIDENCE, second_ratio: float | None = None,
-                     levels=(ANCHOR,), rows_in_scan: int | None = None, below_floor: float | None = None
-                     ) -> tuple[list[dict], str]:
+                     levels=(ANCHOR,), rows_in_scan: int | None = None, below_floor: float | None = None,
+                     agree_min: float | None = None, edge_room: float | None = None,
+                     sure_anchor: float | None = None, respond_floor: float = 0.2,
+                     renamed_doubt: bool = True) -> Numbering:
     """Renumber decoded discs (``decode_discs``'s picks, head to feet) from the lumbosacral junction.
 
     ``levels``: the SCT numbers that may anchor the count, L5/S1 (25) and, where the decoding chose it,
@@ -134,10 +155,20 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
     those channels at or above ``min_confidence`` is the anchor. The decoded disc within half a typical
     spacing of it takes the anchor's level (otherwise the anchor joins the chain as a new disc), discs that
     would be numbered below L5/S1 are dropped (sacral segments, not lumbar discs), and the rest are
-    renumbered outward by :func:`renumber_chain`. Returns (discs, numbering note): the note is
-    ``NOT_ANCHORED`` when no anchor is found, a sentence when the anchoring renamed discs the heatmaps had
-    named otherwise, else "". A model without any of ``levels`` is returned unchanged, with no note (it
-    cannot be anchored; its card says which levels it names).
+    renumbered outward by :func:`renumber_chain`. Returns a :class:`Numbering`: its ``doubt`` is
+    ``NOT_ANCHORED`` when no anchor is found, the sentences of the rules below that fired, else ""; its
+    ``count`` says which disc anchored the count and how many discs the anchoring renamed (with
+    ``renamed_doubt`` that renaming is a doubt too, as before this rule set). A model without any of
+    ``levels`` is returned unchanged, with no note (it cannot be anchored; its card says which levels it
+    names).
+
+    ``agree_min`` (our rule: the two anchoring channels must agree): when L4/L5's and L5/S1's strongest
+    candidates (each of at least ``respond_floor``, the decoder's lowest disc heat) lie less than this many
+    typical spacings apart, or L5/S1's above L4/L5's, both channels point at one disc: is it L4/L5 or
+    L5/S1? The doubt says so. ``edge_room``: when the count ends at L5/S1 less than this many spacings above
+    the scan's lower edge, no S1 body is in view to confirm it (a field of view that ends at a disc): the
+    doubt says so. ``sure_anchor``: an anchor weaker than this (it may still anchor, from
+    ``min_confidence`` up) leaves the count in doubt. None: off.
 
     ``second_ratio`` (our rules against the sacrum taken for L5/S1): when the anchor's channel has another
     candidate at least this fraction of the anchor's height, more than half a disc spacing away, or when
@@ -151,11 +182,11 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
     below it, the disc named L4/L5 may be L5/S1: the note says so. None: off."""
     levels = [lv for lv in levels if lv in numbers]
     if not levels:
-        return found, ""
+        return Numbering(found, "")
     cands = {lv: candidates(heatmaps[numbers.index(lv)], min_confidence) for lv in levels}
     pool = [(c["confidence"], lv, i) for lv, cs in cands.items() for i, c in enumerate(cs)]
     if not pool:
-        return found, NOT_ANCHORED
+        return Numbering(found, NOT_ANCHORED, "not anchored")
     _, level, i = max(pool)
     a = cands[level][i]
     chain = sorted(found, key=lambda f: f["row"])
@@ -177,10 +208,14 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
     moved = [chain[k]["number"] - new[k] for k in keep if chain[k]["number"] != new[k]]
     out = [{**chain[k], "number": new[k]} for k in keep]
     notes = []
+    count = f"counted from {_name(level)}"
     if moved:
         shift = int(np.median(moved))
-        notes.append(f"numbering anchored at {_name(level)} renamed {len(moved)} disc(s) the heatmaps had named "
-                     f"{abs(shift)} level(s) {'lower' if shift > 0 else 'higher'}: check the levels")
+        renamed = (f"{len(moved)} disc(s) the heatmaps had named {abs(shift)} level(s) "
+                   f"{'lower' if shift > 0 else 'higher'}")
+        count += f"; it renamed {renamed}"
+        if renamed_doubt:
+            notes.append(f"numbering anchored at {_name(level)} renamed {renamed}: check the levels")
     if second_ratio is not None and np.isfinite(typical):
         rivals = [c for c in cands[level] if c is not a and abs(c["row"] - a["row"]) > typical / 2
                   and c["confidence"] >= second_ratio * a["confidence"]]
@@ -207,7 +242,21 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
         if not below:
             notes.append("nothing below L4/L5 looks like L5/S1 although the scan goes on: check that the disc "
                          "named L4/L5 is not L5/S1 (the sacrum counted as a lumbar level)")
-    return out, "; ".join(notes)
+    if agree_min is not None and np.isfinite(typical) and {ANCHOR - 1, ANCHOR} <= set(numbers):
+        tops = [max(candidates(heatmaps[numbers.index(lv)], respond_floor), key=lambda c: c["confidence"],
+                    default=None) for lv in (ANCHOR - 1, ANCHOR)]
+        if all(tops) and (tops[1]["row"] - tops[0]["row"]) < agree_min * typical:
+            notes.append(f"the L4/L5 and L5/S1 heatmaps point at the same disc ({tops[0]['confidence']:.2f} and "
+                         f"{tops[1]['confidence']:.2f}, {abs(tops[1]['row'] - tops[0]['row']) / typical:.1f} "
+                         "spacings apart): check whether it is L4/L5 or L5/S1")
+    if sure_anchor is not None and a["confidence"] < sure_anchor:
+        notes.append(f"the count rests on a weak {_name(level)} ({a['confidence']:.3f}, below "
+                     f"{sure_anchor:.2f}): check the levels")
+    if edge_room is not None and out and out[-1]["number"] == ANCHOR and np.isfinite(typical) \
+            and rows_in_scan is not None and rows_in_scan - out[-1]["row"] < edge_room * typical:
+        notes.append("the disc named L5/S1 lies at the lower edge of the scan, with no S1 body in view below it: "
+                     "check that it is L5/S1")
+    return Numbering(out, "; ".join(notes), count)
 
 
 def _name(number: int) -> str:
@@ -239,10 +288,12 @@ def flag_discs(points, numbering: str = "", low_confidence: float | None = None)
     disc unlike the scan's typical spacing per level, or a position off the line through its neighbours
     (e.g. a 'disc' in posterior soft tissue). Our rules, from the failure cases we saw on scans of another
     protocol; they flag for review, they do not remove anything. ``numbering``: a reason to doubt every
-    name of the scan (:func:`anchor_numbering`'s note), given to every disc first. ``low_confidence``:
+    name of the scan (:func:`anchor_numbering`'s doubt), given to every disc first and kept as the scan's
+    ``levels`` (a doubt about the levels, as against one disc's position). ``low_confidence``:
     the confidence below which a disc is flagged (default ``LOW_CONFIDENCE``; a checkpoint may record
     another, chosen on its validation split). Returns ``points`` (flags set in place)."""
     low = LOW_CONFIDENCE if low_confidence is None else float(low_confidence)
+    points.levels = numbering
     discs = sorted(points.discs, key=lambda d: d.number)
     for d in discs:
         d.flag = ""
@@ -306,7 +357,7 @@ def apply_prior(points, marked):
     marked = list(getattr(marked, "discs", marked))
     discs = [Disc(d.number, tuple(d.world), d.confidence, d.voxel, d.flag) for d in points.discs]
     if not marked or not discs:
-        return DiscPoints(discs, points.affine, points.shape, points.source)
+        return DiscPoints(discs, points.affine, points.shape, points.source, points.levels, points.count)
     xyz = np.array([d.world for d in discs], dtype=float)
 
     def nearest(m) -> int:
@@ -330,5 +381,6 @@ def apply_prior(points, marked):
 
     for n in numbers:
         disc_name(n)  # a shift past C1 or S1 is an error, not a silent wrong name
-    out = DiscPoints(sorted(discs, key=lambda d: d.number), points.affine, points.shape, points.source)
-    return flag_discs(out)
+    out = DiscPoints(sorted(discs, key=lambda d: d.number), points.affine, points.shape, points.source,
+                     count=f"counted from {marked[0].name}, named by a person")
+    return flag_discs(out)  # no doubt about the levels left: a person named them

@@ -111,6 +111,8 @@ def eval_disc_volume(predictor: Predictor, vol: io.Volume, truth: io.DiscPoints)
                        true_xyz={d.number: d.world for d in truth.discs})
     out["predicted"] = [{"name": d.name, "confidence": d.confidence, "flag": d.flag} for d in pred.discs]
     out["verdict"] = pred.verdict
+    out["levels"] = pred.levels or "ok"  # the doubt about the levels themselves (engine/discs.py)
+    out["count"] = pred.count
     return out
 
 
@@ -189,6 +191,7 @@ def _disc_summary(cases: list[dict]) -> dict:
     n_true = sum(c["n_true"] for c in cases)
     shifted = [c for c in cases if c.get("shift")]
     flagged = [c for c in cases if c.get("verdict", "ok") != "ok"]
+    doubted = [c for c in cases if c.get("levels", "ok") != "ok"]
     d3 = [d for c in cases for d in c.get("l2_3d_all_mm", [])]
     return {"l2_mm": float(np.median(all_d)) if all_d else float("nan"),
             "l2_3d_mm": float(np.median(d3)) if d3 else float("nan"),
@@ -205,6 +208,14 @@ def _disc_summary(cases: list[dict]) -> dict:
             "flag_recall": (sum(c.get("verdict", "ok") != "ok" for c in shifted) / len(shifted)) if shifted
             else float("nan"),
             "silent_shifts": sum(c.get("verdict", "ok") == "ok" for c in shifted),
+            # the same for the doubt about the levels alone ("check the levels", not one disc's position):
+            # a shifted scan whose only flag is a low confidence on one disc is silent about its levels
+            "levels_flagged": len(doubted),
+            "levels_flag_precision": (sum(bool(c.get("shift")) for c in doubted) / len(doubted)) if doubted
+            else float("nan"),
+            "levels_flag_recall": (sum(c.get("levels", "ok") != "ok" for c in shifted) / len(shifted)) if shifted
+            else float("nan"),
+            "silent_level_shifts": sum(c.get("levels", "ok") == "ok" for c in shifted),
             "flagged_discs": sum(bool(d.get("flag")) for c in cases for d in c.get("predicted", []))}
 
 

@@ -303,10 +303,12 @@ class Predictor:
         numbers = list(self.pre["disc_numbers"])
         found = decode_discs(heat, numbers, self.pre.get("prior", {}), min_confidence=dec["min_confidence"],
                              prior_weight=dec["prior_weight"])
-        found, numbering = anchor_numbering(found, heat, numbers, dec["anchor_confidence"],
-                                            second_ratio=dec.get("second_ratio"),
-                                            levels=tuple(dec.get("anchor_levels") or (25,)), rows_in_scan=h,
-                                            below_floor=dec.get("below_floor"))
+        found, numbering, count = anchor_numbering(
+            found, heat, numbers, dec["anchor_confidence"], second_ratio=dec.get("second_ratio"),
+            levels=tuple(dec.get("anchor_levels") or (25,)), rows_in_scan=h, below_floor=dec.get("below_floor"),
+            agree_min=dec.get("agree_min"), edge_room=dec.get("edge_room"),
+            sure_anchor=dec.get("sure_anchor"), respond_floor=dec["min_confidence"],
+            renamed_doubt=bool(dec.get("renamed_doubt", True)))
         if not found:
             return io.DiscPoints([], vol.affine, vol.data.shape[:3], vol.path)
         rows = np.array([f["row"] for f in found])
@@ -320,6 +322,7 @@ class Predictor:
             vox[:, geo["lr"]] = np.where(np.isfinite(lr), lr, vox[:, geo["lr"]])
         points = io.DiscPoints.from_voxels(vox, [f["number"] for f in found], vol.affine, vol.data.shape[:3],
                                            confidences=[f["confidence"] for f in found], source=vol.path)
+        points.count = count
         return flag_discs(points, numbering, low_confidence=dec.get("low_confidence"))  # no output without flags
 
     def disc_depth(self, vol: io.Volume, rows, cols, channels) -> np.ndarray | None:

@@ -73,6 +73,8 @@ class DiscPoints:
     affine: np.ndarray | None = None  # voxel -> RAS mm of the source volume
     shape: tuple[int, ...] | None = None  # spatial shape of the source volume
     source: str | None = None
+    levels: str = ""  # why the levels themselves need a check ("" = nothing against the count; engine.discs)
+    count: str = ""  # how the levels were counted ("counted from L5/S1; ..."): said, not a flag
 
     def __len__(self):
         return len(self.discs)
@@ -229,7 +231,9 @@ def _read_json(path: Path) -> DiscPoints:
             raise MedSegIOError(path, f"bad disc entry {d!r} ({err})") from err
     affine = np.asarray(obj["affine"], dtype=np.float64) if obj.get("affine") is not None else None
     shape = tuple(obj["shape"]) if obj.get("shape") is not None else None
-    return DiscPoints(discs, affine, shape, obj.get("source"))
+    levels = obj.get("levels")
+    return DiscPoints(discs, affine, shape, obj.get("source"), "" if levels in (None, "ok") else str(levels),
+                      str(obj.get("count") or ""))
 
 
 def points_from_label_volume(vol: Volume) -> DiscPoints:
@@ -275,6 +279,8 @@ def write_points_json(path: str | os.PathLike, points: DiscPoints) -> Path:
         "affine": None if points.affine is None else np.asarray(points.affine).tolist(),
         "shape": None if points.shape is None else list(points.shape),
         "verdict": points.verdict if points.discs else None,
+        "levels": (points.levels or "ok") if points.discs else None,
+        "count": points.count,
         "discs": [
             {
                 "name": d.name,
