@@ -22,7 +22,7 @@ from . import geometry, io
 from . import catalog
 from .catalog import bundled_weights as bundled_weights  # part of the API (no torch needed to list)
 from .engine.events import CancelToken
-from .io.errors import MedSegIOError
+from .io.errors import InvalidInput, MedSegIOError
 
 if TYPE_CHECKING:  # torch is imported when a model is loaded, not by `import api`: the CLI answers a bad
     from .engine.infer import Predictor  # path or name before paying for it
@@ -57,12 +57,12 @@ def load(model: str | None = None, weights: str | os.PathLike | None = None, *, 
     ``"torch"``, ``"onnxruntime"`` (CPU, fp32) or ``"auto"`` (the network's measured choice,
     ``engine/runtime.py``)."""
     if weights is None and model is None:
-        raise ValueError("give weights=<checkpoint folder> or model=<bundled weights name>")
+        raise InvalidInput("give weights=<checkpoint folder> or model=<bundled weights name>")
     if weights is None:
         bundled = bundled_weights()
         if model not in bundled:
             have = ", ".join(bundled) or "none yet"
-            raise ValueError(f"no bundled weights named {model!r} (bundled: {have}); pass a checkpoint with --weights")
+            raise InvalidInput(f"no bundled weights named {model!r} (bundled: {have}); pass a checkpoint with --weights")
         weights = bundled[model]
     from .engine.infer import Predictor
 
@@ -83,10 +83,10 @@ def export(out: str | os.PathLike, model: str | None = None, weights=None, *, fo
     from .engine.runtime import export_onnx, export_torchscript
 
     if format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose from {', '.join(EXPORT_FORMATS)}")
+        raise InvalidInput(f"unknown export format {format!r}; choose from {', '.join(EXPORT_FORMATS)}")
     out = Path(out)
     if out.is_dir():
-        raise ValueError(f"{out}: is a folder; give the file to write (e.g. {out / ('model.' + ('onnx' if format == 'onnx' else 'pt'))})")
+        raise InvalidInput(f"{out}: is a folder; give the file to write (e.g. {out / ('model.' + ('onnx' if format == 'onnx' else 'pt'))})")
     pred = load(model, weights, device="cpu", precision="fp32", runtime="torch")
     shape = pred.sample_shape()
     sample = torch.zeros((1, *shape))
@@ -164,7 +164,7 @@ def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: i
             ax = pred.prep.axis_for(vol.affine, np.shape(vol.data)[:3], axis)
             k = int(np.round(geometry.file_index_of_world(at, vol)[ax]))
             if not 0 <= k < np.shape(vol.data)[ax]:
-                raise ValueError(f"{vol.name}: the point {tuple(np.round(at, 2))} is outside the volume")
+                raise InvalidInput(f"{vol.name}: the point {tuple(np.round(at, 2))} is outside the volume")
             only = [k]
         out = pred.segment_volume(vol, axis=axis, tta=tta, cleanup=cleanup, probabilities=probabilities,
                                   callback=callback, cancel=cancel, only_slices=only)
@@ -200,9 +200,9 @@ def label_discs(image: ImageLike, model: str | None = None, weights=None, *, dev
     pred = _predictor(model, weights, predictor, device=device, runtime=runtime)
     vol = as_volume(image)
     if vol.is_2d:
-        raise ValueError(f"{vol.name}: disc labeling needs a 3-D spine volume")
+        raise InvalidInput(f"{vol.name}: disc labeling needs a 3-D spine volume")
     if np.ndim(vol.data) != 3:
-        raise ValueError(f"{vol.name}: disc labeling needs one 3-D volume, got shape {np.shape(vol.data)}")
+        raise InvalidInput(f"{vol.name}: disc labeling needs one 3-D volume, got shape {np.shape(vol.data)}")
     if pred.task == "keypoints":
         pred.check_input(vol, force)
     points = pred.label_discs(vol, min_confidence=min_confidence)
@@ -253,10 +253,10 @@ def _prepared_pair(image, labels, rules: dict, size: tuple[int, int], vol=None):
     else:
         lab = as_volume(labels)
     if np.shape(vol.data)[: np.ndim(lab.data)] != np.shape(lab.data) or not io.same_placement(vol.affine, lab.affine):
-        raise ValueError(f"labels {lab.name} {np.shape(lab.data)} are not on the grid of image {vol.name} "
+        raise InvalidInput(f"labels {lab.name} {np.shape(lab.data)} are not on the grid of image {vol.name} "
                          f"{np.shape(vol.data)}: draw them on the image (same shape and placement)")
     if np.ndim(vol.data) - int(vol.rgb) > 3:
-        raise ValueError(f"{vol.name}: 4-D training data are not supported; train on one frame")
+        raise InvalidInput(f"{vol.name}: 4-D training data are not supported; train on one frame")
     channels = 3 if vol.rgb else 1
     prepared, ax = D.from_volumes(vol, np.asarray(lab.data), size=size, channels=channels, **rules)
     return vol, lab, prepared, ax
@@ -305,7 +305,7 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
     from .engine.train import input_rules
 
     if model is not None and model not in models.REGISTRY:
-        raise ValueError(f"unknown network {model!r}; choose from {sorted(models.REGISTRY)}")
+        raise InvalidInput(f"unknown network {model!r}; choose from {sorted(models.REGISTRY)}")
     more = list(more)
     first = as_volume(image)
     rules = input_rules(model, "seg2d" if first.is_2d else "seg3d") if model else {"context": 0, "normalize": None}
@@ -318,7 +318,7 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
     else:
         labelled = _labelled(lab, ax, n)
         if not labelled:
-            raise ValueError(f"labels {lab.name} are empty: label at least one slice")
+            raise InvalidInput(f"labels {lab.name} are empty: label at least one slice")
         cur = labelled[len(labelled) // 2]
         if at is not None:
             k = int(np.round(geometry.file_index_of_world(at, vol)[ax]))
@@ -330,11 +330,11 @@ def training_data_from_layers(image: ImageLike, labels: ImageLike, *, input_size
     for extra_image, extra_labels in more:
         evol, elab, eprep, eax = _prepared_pair(extra_image, extra_labels, rules, size)
         if eprep.preprocessing != prepared.preprocessing:
-            raise ValueError(f"{evol.name} is not the same kind of image as {vol.name} (prepared as "
+            raise InvalidInput(f"{evol.name} is not the same kind of image as {vol.name} (prepared as "
                              f"{eprep.preprocessing}, not {prepared.preprocessing}): train on images of one kind")
         idx = _labelled(elab, eax, len(eprep.images))
         if not idx:
-            raise ValueError(f"labels {elab.name} are empty: label it or leave it out")
+            raise InvalidInput(f"labels {elab.name} are empty: label it or leave it out")
         train_parts.append(eprep.subset(idx))
     train = D.Prepared.join(train_parts)
     summary = {"layout": "napari layers", "image": vol.name, "labels": lab.name, "slice_axis": ax,
@@ -379,12 +379,12 @@ def expand_inputs(inputs) -> list[Path]:
         if any(ch in s for ch in "*?["):
             matches = [Path(p) for p in sorted(glob.glob(s, recursive=True))]
             if not matches:
-                raise ValueError(f"{s}: the pattern matches no file")
+                raise InvalidInput(f"{s}: the pattern matches no file")
             out.extend(matches)
             continue
         p = Path(s)
         if not p.exists():
-            raise ValueError(f"{s}: no such file or folder")
+            raise InvalidInput(f"{s}: no such file or folder")
         if p.is_dir() and not io.folder_has_dicom(p, max_files=20):
             found = []
             for child in sorted(p.iterdir()):
@@ -395,7 +395,7 @@ def expand_inputs(inputs) -> list[Path]:
             if not found:
                 subdirs = [c.name for c in sorted(p.iterdir()) if c.is_dir()][:4]
                 hint = f" (it has folders {', '.join(subdirs)}: give one of them, e.g. {p / subdirs[0]})" if subdirs else ""
-                raise ValueError(f"{p}: no images, NIfTI volumes or DICOM series in this folder{hint}")
+                raise InvalidInput(f"{p}: no images, NIfTI volumes or DICOM series in this folder{hint}")
             out.extend(found)
         else:
             out.append(p)
@@ -451,7 +451,7 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
     if task is not None and task != model_task:
         what = "labels intervertebral discs: use label-discs" if model_task == "keypoints" else \
             "segments: use predict"
-        raise ValueError(f"this checkpoint ({card['model']['name']}) {what}")
+        raise InvalidInput(f"this checkpoint ({card['model']['name']}) {what}")
     task = task or model_task
     check_output_folder(Path(out), files, task, format, resume=resume, overwrite=overwrite)
     pred = load(model, weights, device=device, runtime=runtime, precision=precision)

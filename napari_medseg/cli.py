@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .engine import choices
-from .io.errors import USER_ERRORS
+from .io.errors import InvalidInput, USER_ERRORS
 
 EXIT_BAD_INPUT, EXIT_CANCELLED = 2, 130
 
@@ -167,7 +167,7 @@ def _parse_options(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--option takes KEY=VALUE, got {item!r}")
+            raise InvalidInput(f"--option takes KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -420,7 +420,7 @@ def _default_disc_model(args):
 
         discs = [n for n, p in api.bundled_weights().items() if read_config(p)["model"].get("task") == "keypoints"]
         if not discs:
-            raise ValueError("no bundled disc-labeling weights yet; pass --weights <checkpoint folder>")
+            raise InvalidInput("no bundled disc-labeling weights yet; pass --weights <checkpoint folder>")
         args.model = discs[0]
     return args
 

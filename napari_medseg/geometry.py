@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from .io import DiscPoints, Volume, same_placement
-from .io.errors import MedSegIOError
+from .io.errors import InvalidInput, MedSegIOError
 
 META_KEY = "medseg"
 RESULT_KEY = "medseg_result"  # layer metadata: which model made a result (name, version, weights checksum, dataset)
@@ -212,10 +212,10 @@ def layer_to_volume(data, *, matrix: np.ndarray | None = None, metadata: dict | 
     arr = np.asarray(data)
     nd = spatial_ndim_of(arr.shape, rgb)
     if nd not in (2, 3, 4):
-        raise ValueError(f"{name}: a {arr.ndim}-D layer{' (RGB)' if rgb else ''} cannot be segmented: expected a "
+        raise InvalidInput(f"{name}: a {arr.ndim}-D layer{' (RGB)' if rgb else ''} cannot be segmented: expected a "
                          "2-D image, a 3-D volume or a 4-D (time, z, y, x) series")
     if nd == 4 and rgb:
-        raise ValueError(f"{name}: a 4-D RGB layer cannot be segmented; split it into frames first")
+        raise InvalidInput(f"{name}: a 4-D RGB layer cannot be segmented; split it into frames first")
     meta = _plugin_meta(metadata, arr.shape, matrix)
     if meta is not None and "ornt" in meta:
         file_data = layer_data_to_file_order(arr, meta)

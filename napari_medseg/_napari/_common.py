@@ -8,6 +8,7 @@ from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
 
+from ..io.errors import InvalidInput
 from ..engine.events import CancelToken
 
 CHECKPOINT_CHOICE = "checkpoint folder..."
@@ -85,13 +86,13 @@ class WeightsPicker(Container):
         if value == CHECKPOINT_CHOICE or value is None:
             path = Path(str(self.folder.value))
             if not str(self.folder.value) or str(self.folder.value) == ".":
-                raise ValueError("choose a checkpoint folder (model.safetensors + config.json)")
+                raise InvalidInput("choose a checkpoint folder (model.safetensors + config.json)")
             return {"weights": str(path)}
         if value in _SESSION_CHECKPOINTS:
             return {"weights": _SESSION_CHECKPOINTS[value]}
         if value in api.bundled_weights():
             return {"model": value}
-        raise ValueError(f"unknown weights {value!r}")
+        raise InvalidInput(f"unknown weights {value!r}")
 
 
 def force_checkbox():
@@ -199,10 +200,10 @@ def chosen_layer_and_weights(viewer, layer_combo, weights: "WeightsPicker", what
     """The selected layer and weights source, or ``None`` after notifying the user what is missing."""
     try:
         return viewer.layers[layer_combo.value], weights.resolve()
-    except ValueError as err:
+    except InvalidInput as err:
         notify_error(err)
     except KeyError:
-        notify_error(ValueError(f"choose {what}"))
+        notify_error(InvalidInput(f"choose {what}"))
     return None
 
 
@@ -235,9 +236,9 @@ def notify_error(err: BaseException) -> str:
     """Expected bad input: a napari notification with the engine's one-line message (no traceback dialog)."""
     from napari.utils.notifications import show_error
 
-    from ..io.errors import MedSegIOError
+    from ..io.errors import USER_ERRORS
 
-    expected = (MedSegIOError, ValueError, MemoryError, FileNotFoundError, InterruptedError)
+    expected = (*USER_ERRORS, InterruptedError)
     msg = str(err).splitlines()[0] if str(err) else err.__class__.__name__
     if not isinstance(err, expected):
         msg = f"{err.__class__.__name__}: {msg}"

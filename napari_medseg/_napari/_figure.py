@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from ..io.errors import InvalidInput
 
 STYLES = ("fill", "outline", "dot", "ring", "text")
 BAND = (30, 30, 30)
@@ -30,7 +31,7 @@ class Swatch:
 
     def __post_init__(self):
         if self.style not in STYLES:
-            raise ValueError(f"legend style must be one of {', '.join(STYLES)}, not {self.style!r}")
+            raise InvalidInput(f"legend style must be one of {', '.join(STYLES)}, not {self.style!r}")
 
 
 @dataclass
@@ -46,7 +47,7 @@ def rgb255(color) -> tuple[int, int, int]:
     """An RGB(A) colour as three 0-255 ints (floats are read as 0-1)."""
     c = np.asarray(color, dtype=float).ravel()[:3]
     if c.size != 3:
-        raise ValueError(f"not an RGB colour: {color!r}")
+        raise InvalidInput(f"not an RGB colour: {color!r}")
     if c.max() <= 1.0:
         c = c * 255.0
     return tuple(int(round(v)) for v in np.clip(c, 0, 255))

@@ -9,6 +9,7 @@ from pathlib import Path
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Table
 from napari.qt.threading import thread_worker
 
+from ..io.errors import InvalidInput
 from ..engine.choices import DEVICES
 from ._common import Failed, RunControls, WeightsPicker, force_checkbox, guarded, notify_error
 
@@ -80,8 +81,8 @@ class BatchWidget(Container):
             source = self.weights.resolve()
             inputs, out = str(self.inputs.value), str(self.out.value)
             if inputs in ("", ".") or out in ("", "."):
-                raise ValueError("choose an input folder and an output folder")
-        except ValueError as err:
+                raise InvalidInput("choose an input folder and an output folder")
+        except InvalidInput as err:
             notify_error(err)
             return
         self.controls.busy(True, "running...")

@@ -6,6 +6,7 @@ from magicgui.widgets import ComboBox, Container, FloatSlider
 from napari.layers import Image, Points
 from napari.qt.threading import thread_worker
 
+from ..io.errors import USER_ERRORS
 from ..engine.choices import DEVICES
 from ._common import (
     Failed,
@@ -59,7 +60,7 @@ class LabelDiscsWidget(Container):
             from .. import api
 
             prior = None if self.prior.value in (None, NO_PRIOR) else api.as_disc_points(self.viewer.layers[self.prior.value])
-        except (ValueError, OSError) as err:
+        except USER_ERRORS as err:
             notify_error(err)
             return
         self.controls.busy(True, "labeling discs...", cancellable=False)  # one forward pass

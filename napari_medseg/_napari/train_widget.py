@@ -13,6 +13,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QWidget
 
+from ..io.errors import InvalidInput
 from .. import io, models
 from ..engine.choices import DEVICES
 from ._common import NO_WEIGHTS, RunControls, WeightsPicker, notify_error, register_checkpoint
@@ -179,7 +180,7 @@ class TrainWidget(Container):
         named = [lyr for lyr in named if len(lyr.name) == longest]  # 'scan_01' over 'scan_0' for 'scan_01_seg'
         pick = named if len(named) == 1 else fits
         if len(pick) != 1:
-            raise ValueError(f"cannot tell which image the labels layer {labels.name!r} was drawn on "
+            raise InvalidInput(f"cannot tell which image the labels layer {labels.name!r} was drawn on "
                              f"({len(pick)} candidates): name it '<image name>_...'")
         return pick[0]
 
@@ -223,18 +224,18 @@ class TrainWidget(Container):
                 options["init"] = init
                 options["freeze"] = "encoder" if self.freeze.value else None
             elif self.freeze.value:
-                raise ValueError("freezing the encoder needs weights to start from")
+                raise InvalidInput("freezing the encoder needs weights to start from")
             data, folder = None, None
             if self.source.value == FOLDER:
                 if str(self.folder.value) in ("", "."):
-                    raise ValueError("choose a dataset folder")
+                    raise InvalidInput("choose a dataset folder")
                 folder = str(self.folder.value)
             else:
                 if models.REGISTRY[self.network.value].task == "keypoints":
-                    raise ValueError("disc labeling trains on a dataset folder (images/ + labels/)")
+                    raise InvalidInput("disc labeling trains on a dataset folder (images/ + labels/)")
                 data = self._layer_data()
-        except (KeyError, ValueError) as err:
-            notify_error(err if isinstance(err, ValueError) else ValueError("choose an image and a labels layer"))
+        except (KeyError, InvalidInput) as err:
+            notify_error(err if isinstance(err, InvalidInput) else InvalidInput("choose an image and a labels layer"))
             return
         self.plot.clear()
         self.events, self.result = [], None

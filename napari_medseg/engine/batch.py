@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io
-from ..io.errors import USER_ERRORS, MedSegIOError
+from ..io.errors import InvalidInput, MedSegIOError, USER_ERRORS
 from .events import CancelToken, Progress
 from .expectations import InputMismatch
 
@@ -162,7 +162,7 @@ def check_output_folder(out: Path, files: list[Path], task: str, fmt: str | None
     refused holds nothing to lose and does not block the next run."""
     out = Path(out)
     if resume and overwrite:
-        raise ValueError("choose resume or overwrite, not both")
+        raise InvalidInput("choose resume or overwrite, not both")
     if out.exists() and not out.is_dir():
         raise MedSegIOError(out, "exists and is not a folder: --out names the folder the results are written to")
     if not out.is_dir() or overwrite:
@@ -189,7 +189,7 @@ def check_output_folder(out: Path, files: list[Path], task: str, fmt: str | None
 
 def check_format(task: str, fmt: str) -> None:
     if fmt not in FORMATS[task]:
-        raise ValueError(f"output format {fmt!r} is not one of {', '.join(FORMATS[task])} for "
+        raise InvalidInput(f"output format {fmt!r} is not one of {', '.join(FORMATS[task])} for "
                          f"{'disc labeling' if task == 'keypoints' else 'segmentation'}")
 
 
@@ -321,7 +321,7 @@ def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tt
     if overwrite and (Path(out) / MANIFEST).is_file():
         (Path(out) / MANIFEST).unlink()
     if prior is not None and (len(files) != 1 or client is not None or workers):
-        raise ValueError("named prior discs belong to one scan: give exactly one input (and no Dask workers)")
+        raise InvalidInput("named prior discs belong to one scan: give exactly one input (and no Dask workers)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     emit = callback or (lambda e: None)
@@ -413,7 +413,7 @@ def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, wo
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError as err:  # pragma: no cover - the dask extra is not installed
-        raise ValueError("Dask scale-out needs dask.distributed: pip install 'napari-medseg[dask]'") from err
+        raise InvalidInput("Dask scale-out needs dask.distributed: pip install 'napari-medseg[dask]'") from err
     own = None
     if client is None:
         cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import io
-from ..io.errors import MedSegIOError
+from ..io.errors import InvalidInput, MedSegIOError
 from . import preprocess as pp
 from .expectations import input_profile
 
@@ -203,7 +203,7 @@ class Prepared:
         first = parts[0]
         for p in parts[1:]:
             if p.task != first.task or p.images.shape[1:] != first.images.shape[1:]:
-                raise ValueError(f"cannot join samples of shape {p.images.shape[1:]} ({p.task}) to "
+                raise InvalidInput(f"cannot join samples of shape {p.images.shape[1:]} ({p.task}) to "
                                  f"{first.images.shape[1:]} ({first.task}): prepared by other rules (channels differ?)")
         if len(parts) == 1:
             return first
@@ -626,7 +626,7 @@ class TrainDataset(torch.utils.data.Dataset):
         self.epoch = 0
         reps = np.ones(len(data.images), int) if repeats is None else np.asarray(repeats, int)
         if reps.shape != (len(data.images),) or reps.min() < 1:
-            raise ValueError(f"repeats must give every one of the {len(data.images)} cases a count >= 1")
+            raise InvalidInput(f"repeats must give every one of the {len(data.images)} cases a count >= 1")
         self.order = np.repeat(np.arange(len(data.images)), reps)
 
     def set_epoch(self, epoch: int, worker: int = 0):

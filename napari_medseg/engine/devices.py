@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..io.errors import InvalidInput
 from .choices import DEVICES, PRECISIONS
 
 
 def select_device(name: str = "auto") -> torch.device:
     """``auto``: CUDA if available, else Apple MPS, else CPU. Asking for a missing device is an error."""
     if name not in DEVICES and not name.startswith("cuda:"):
-        raise ValueError(f"unknown device {name!r}; choose from {DEVICES}")
+        raise InvalidInput(f"unknown device {name!r}; choose from {DEVICES}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -24,9 +25,9 @@ def select_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available (try --device auto)")
+        raise InvalidInput("device 'cuda' was asked for but no CUDA GPU is available (try --device auto)")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' was asked for but Apple MPS is not available (try --device auto)")
+        raise InvalidInput("device 'mps' was asked for but Apple MPS is not available (try --device auto)")
     return torch.device(name)
 
 
@@ -117,7 +118,7 @@ def select_precision(device: torch.device, mode: str = "auto", network: str | No
     agree with fp64 (``ModelInfo.bf16_training`` False, engine/fidelity.py) trains in fp32 on every device; asking for bf16 or fp16
     explicitly is still honoured."""
     if mode not in PRECISIONS:
-        raise ValueError(f"unknown precision {mode!r}; choose auto, fp32, bf16 or fp16")
+        raise InvalidInput(f"unknown precision {mode!r}; choose auto, fp32, bf16 or fp16")
     kind = device.type
     if mode == "fp32" or (mode == "auto" and network is not None and not reduced_precision_ok(network)):
         return Precision(kind, None)
@@ -127,7 +128,7 @@ def select_precision(device: torch.device, mode: str = "auto", network: str | No
         return Precision(kind, torch.bfloat16)
     if kind == "cpu":
         if mode == "fp16":
-            raise ValueError("fp16 autocast is not supported for training on CPU; use bf16 or fp32")
+            raise InvalidInput("fp16 autocast is not supported for training on CPU; use bf16 or fp32")
         if mode == "bf16" and not cpu_has_fast_bf16():
             warn_slow_cpu_bf16()
         if mode == "bf16" or cpu_has_fast_bf16():

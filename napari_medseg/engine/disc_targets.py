@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.errors import InvalidInput
 from .. import io
 from . import preprocess as pp
 
@@ -64,7 +65,7 @@ def body_centres(path: Path, vol: io.Volume, geo: dict) -> np.ndarray:
     (row, col), head to feet: (n, 2)."""
     mask = np.asarray(io.read_nifti(path, kind="labels").data)
     if mask.shape[:3] != tuple(vol.data.shape[:3]):
-        raise ValueError(f"{path.name}: vertebrae mask of shape {mask.shape} does not match its image {vol.data.shape}")
+        raise InvalidInput(f"{path.name}: vertebrae mask of shape {mask.shape} does not match its image {vol.data.shape}")
     values = [v for v in np.unique(mask) if v != 0]
     if not values:
         return np.zeros((0, 2))

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
+from ..io.errors import InvalidInput
 
 
 def candidates(channel: np.ndarray, min_confidence: float) -> list[dict]:
@@ -375,7 +376,7 @@ def apply_prior(points, marked):
         xyz[k] = m.world
     numbers = [d.number for d in discs]
     if len(set(numbers)) != len(numbers):
-        raise ValueError("the named discs disagree with each other (two discs would get the same name); "
+        raise InvalidInput("the named discs disagree with each other (two discs would get the same name); "
                          "name one disc, or discs in their head-to-feet order")
     from ..io.points import disc_name
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.errors import InvalidInput
 from .. import io
 from . import data as D
 from . import preprocess as pp
@@ -23,12 +24,12 @@ def choose_cases(layout: D.Layout, config: dict, subset: str = "test", split: st
     if subset == "all":
         return sorted(layout.pairs), "all cases of the folder"
     if subset not in ("train", "val", "test"):
-        raise ValueError(f"unknown subset {subset!r}: choose test, val, train or all")
+        raise InvalidInput(f"unknown subset {subset!r}: choose test, val, train or all")
     data = config.get("data") or {}
     recorded = data.get("split_stems")
     same_folder = bool(data.get("root")) and Path(data["root"]).resolve() == Path(layout.root).resolve()
     if split not in ("auto", "run", "folder"):
-        raise ValueError(f"unknown split {split!r}: choose auto, run or folder")
+        raise InvalidInput(f"unknown split {split!r}: choose auto, run or folder")
     if split == "run" or (split == "auto" and recorded and same_folder):
         if not recorded:
             raise D.DataError(layout.root, "this checkpoint records no split (trained before splits were kept, or "
@@ -59,7 +60,7 @@ def evaluate(predictor: Predictor, data_dir: str, *, subset: str = "test", max_c
     stems, where = choose_cases(layout, predictor.config, subset, split)
     stems = stems[:max_cases] if max_cases else stems
     if fov_crops and layout.kind != "discs":
-        raise ValueError("field-of-view crops are for disc datasets (sagittal spine volumes)")
+        raise InvalidInput("field-of-view crops are for disc datasets (sagittal spine volumes)")
     if fov_crops:
         return _evaluate_fov(predictor, layout, stems, subset, where, callback)
     cases = []

@@ -23,13 +23,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import io
+from ..io.errors import InvalidInput
 
 AXES = ("R-L", "A-P", "S-I")
 EXTENT_FACTOR = 2.0
 CT_FLOOR = -500.0
 
 
-class InputMismatch(ValueError):
+class InputMismatch(InvalidInput):
     """The input is not the kind of image the model was trained on."""
 
 

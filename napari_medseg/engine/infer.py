@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io.errors import InvalidInput
 from .. import io
 from . import checkpoint as ckpt
 from . import preprocess as pp
@@ -28,7 +29,7 @@ class Predictor:
         halved and retried. ``runtime``: ``"torch"`` (eager), ``"onnxruntime"`` (the network exported to
         ONNX, CPU, fp32) or ``"auto"``, the network's measured choice (:mod:`.runtime`)."""
         if not (batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1)):
-            raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+            raise InvalidInput(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.device = select_device(device)
         from .runtime import choose_runtime
 
@@ -112,7 +113,7 @@ class Predictor:
 
     def require_segmentation(self):
         if self.task != "segmentation":
-            raise ValueError(f"this checkpoint ({self.config['model']['name']}) labels intervertebral discs, it does "
+            raise InvalidInput(f"this checkpoint ({self.config['model']['name']}) labels intervertebral discs, it does "
                              "not segment: use label-discs (napari-medseg label-discs / api.label_discs)")
 
     # ------------------------------------------------------------ core
@@ -241,12 +242,12 @@ class Predictor:
                 return np.stack([f[0] for f in frames], -1), np.stack([f[1] for f in frames], -1)
             return np.stack(frames, -1)
         if data.ndim != 3:
-            raise ValueError(f"{vol.name}: expected a 3-D volume, got shape {data.shape}")
+            raise InvalidInput(f"{vol.name}: expected a 3-D volume, got shape {data.shape}")
         ax, slices = self.prep.volume_slices(data, vol.affine, axis)
         n, h, w = slices.shape
         todo = list(range(n)) if only_slices is None else sorted({int(k) for k in only_slices})
         if any(not 0 <= k < n for k in todo):
-            raise ValueError(f"{vol.name}: slice index out of range 0..{n - 1} along axis {ax}: {todo}")
+            raise InvalidInput(f"{vol.name}: slice index out of range 0..{n - 1} along axis {ax}: {todo}")
         samples = self.prep.volume_samples(slices, todo)
         emit = callback or (lambda e: None)
         out = self._batched(samples, tta, cancel,
@@ -273,10 +274,10 @@ class Predictor:
     def disc_heatmaps(self, vol: io.Volume) -> tuple[np.ndarray, np.ndarray, dict]:
         """The network's disc heatmaps (K, h, w) for ``vol``, with the sagittal view and its geometry."""
         if self.task != "keypoints":
-            raise ValueError("this network segments; disc labeling needs a keypoint (hourglass) checkpoint")
+            raise InvalidInput("this network segments; disc labeling needs a keypoint (hourglass) checkpoint")
         data = np.asarray(vol.data, dtype=np.float32)
         if data.ndim != 3:
-            raise ValueError(f"{vol.name}: disc labeling needs a 3-D volume, got shape {data.shape}")
+            raise InvalidInput(f"{vol.name}: disc labeling needs a 3-D volume, got shape {data.shape}")
         from .data import disc_view_input
 
         view, geo = pp.sagittal_view(data, vol.affine, int(self.pre.get("n_average", 7)))

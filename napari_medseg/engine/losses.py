@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 
+from ..io.errors import InvalidInput
 from .choices import SEGMENTATION_LOSSES
 
 
@@ -42,7 +43,7 @@ class SegmentationLoss(torch.nn.Module):
     def __init__(self, name: str = "dice_ce", point_weight: float = 1.0):
         super().__init__()
         if name not in SEGMENTATION_LOSSES:
-            raise ValueError(f"unknown segmentation loss {name!r}; choose from {SEGMENTATION_LOSSES}")
+            raise InvalidInput(f"unknown segmentation loss {name!r}; choose from {SEGMENTATION_LOSSES}")
         self.name = name
         self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, lambda_ce=0.5, lambda_dice=0.5)
         self.dice_each = DiceLoss(to_onehot_y=True, softmax=True, reduction="none")  # the same Dice, per (b, c)
@@ -70,11 +71,11 @@ class SegmentationLoss(torch.nn.Module):
     def partial_loss(self, logits: torch.Tensor, target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """The loss with each sample's unlabelled classes left out (module docstring)."""
         if self.name == "bce":
-            raise ValueError("the 'bce' loss is binary and cannot leave out unlabelled classes: use dice_ce or ce")
+            raise InvalidInput("the 'bce' loss is binary and cannot leave out unlabelled classes: use dice_ce or ce")
         if present.shape != logits.shape[:2]:
-            raise ValueError(f"present has shape {tuple(present.shape)}, expected (batch, classes) = {tuple(logits.shape[:2])}")
+            raise InvalidInput(f"present has shape {tuple(present.shape)}, expected (batch, classes) = {tuple(logits.shape[:2])}")
         if bool((~present.gather(1, target.long().flatten(1))).any()):
-            raise ValueError("a pixel is labelled with a class its sample does not list as drawn")
+            raise InvalidInput("a pixel is labelled with a class its sample does not list as drawn")
         floor = torch.finfo(logits.dtype).min / 4  # exp(floor - max) == 0: the class leaves the softmax
         mask = ~present.view(*present.shape, *([1] * (logits.ndim - 2)))
         masked = logits.masked_fill(mask, floor)
@@ -90,9 +91,9 @@ def binary_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     (or (B, 1, ...) used as they are). ``target`` holds 0/1."""
     k = logits.shape[1]
     if k > 2:
-        raise ValueError(f"the 'bce' loss is for binary segmentation; this task has {k} classes (use dice_ce or ce)")
+        raise InvalidInput(f"the 'bce' loss is for binary segmentation; this task has {k} classes (use dice_ce or ce)")
     if int(target.max()) > 1:
-        raise ValueError("the 'bce' loss needs 0/1 targets")
+        raise InvalidInput("the 'bce' loss needs 0/1 targets")
     fg = logits[:, 0] if k == 1 else logits[:, 1] - logits[:, 0]
     return F.binary_cross_entropy_with_logits(fg, target.to(fg.dtype))
 
@@ -131,10 +132,10 @@ def build_loss(name: str, task: str):
     they do not go together."""
     if task == "keypoints":
         if name != "heatmap_mse":
-            raise ValueError(f"disc labeling trains with the 'heatmap_mse' loss, not {name!r}")
+            raise InvalidInput(f"disc labeling trains with the 'heatmap_mse' loss, not {name!r}")
         return HeatmapLoss()
     if name == "heatmap_mse":
-        raise ValueError("'heatmap_mse' is the disc-labeling loss; segmentation uses dice_ce, ce or bce")
+        raise InvalidInput("'heatmap_mse' is the disc-labeling loss; segmentation uses dice_ce, ce or bce")
     return SegmentationLoss(name)
 
 

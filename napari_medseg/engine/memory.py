@@ -24,6 +24,7 @@ A batch that still runs out of memory is halved and retried by the Predictor, do
 from __future__ import annotations
 
 import torch
+from ..io.errors import InvalidInput
 
 BUDGET_FRACTION = 0.5
 CAPS = {"cuda": 64, "mps": 64, "cpu": 2}
@@ -72,7 +73,7 @@ def batch_for_budget(per_sample: int, available: int, device_type: str, fraction
     """The largest batch with ``per_sample * batch <= fraction * available``, at least 1, at most the
     device kind's cap (:data:`CAPS`)."""
     if per_sample <= 0 or available <= 0:
-        raise ValueError("per-sample and available memory must be positive")
+        raise InvalidInput("per-sample and available memory must be positive")
     fits = int(fraction * available // per_sample)
     return max(1, min(CAPS.get(device_type, CAPS["cpu"]), fits))
 

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import torch
+from ..io.errors import InvalidInput
 
 
 def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int,
@@ -17,7 +18,7 @@ def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, num_classes: int,
     from monai.metrics import compute_hausdorff_distance
 
     if pred.shape != truth.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
+        raise InvalidInput(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
     out = {"dice": {}, "iou": {}, "hd95": {}}
     for c in range(1, num_classes):
         if classes is not None and c not in classes:

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ..io.errors import InvalidInput
 
 
 def to_channels(image: np.ndarray, channels: int, rgb: bool) -> np.ndarray:
@@ -24,7 +25,7 @@ def to_channels(image: np.ndarray, channels: int, rgb: bool) -> np.ndarray:
         return np.repeat(img, channels, axis=0)
     if channels == 1:
         return img.mean(axis=0, keepdims=True)
-    raise ValueError(f"cannot turn a {img.shape[0]}-channel image into {channels} channels")
+    raise InvalidInput(f"cannot turn a {img.shape[0]}-channel image into {channels} channels")
 
 
 def rescale01(img: np.ndarray) -> np.ndarray:
@@ -68,7 +69,7 @@ def normalize(img: np.ndarray, mode: str, stats: tuple[float, float] | None = No
     if mode == "minmax":
         lo, hi = stats if stats is not None else np.percentile(img, [0.5, 99.5])
         return np.clip((img - lo) / (hi - lo if hi - lo > 1e-8 else 1.0), 0, 1)
-    raise ValueError(f"unknown normalisation {mode!r}")
+    raise InvalidInput(f"unknown normalisation {mode!r}")
 
 
 def window_mode(lo: float, hi: float) -> str:
@@ -76,7 +77,7 @@ def window_mode(lo: float, hi: float) -> str:
     in a checkpoint: ``window:-160:240``. Refused unless ``lo < hi`` and both are finite."""
     lo, hi = float(lo), float(hi)
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"an intensity window needs finite bounds with low < high, got [{lo:g}, {hi:g}]")
+        raise InvalidInput(f"an intensity window needs finite bounds with low < high, got [{lo:g}, {hi:g}]")
     return f"window:{lo:g}:{hi:g}"
 
 
@@ -86,7 +87,7 @@ def parse_window(mode: str) -> tuple[float, float]:
         _, lo, hi = mode.split(":")
         lo, hi = float(lo), float(hi)
     except ValueError:
-        raise ValueError(f"unknown normalisation {mode!r}: a window is written window:LOW:HIGH") from None
+        raise InvalidInput(f"unknown normalisation {mode!r}: a window is written window:LOW:HIGH") from None
     window_mode(lo, hi)
     return lo, hi
 
@@ -132,7 +133,7 @@ def slice_axis_for(affine: np.ndarray, shape: tuple[int, ...], axis: int | str |
     ties broken by the axis closest to superior-inferior)."""
     if isinstance(axis, int):
         if not 0 <= axis < 3:
-            raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
+            raise InvalidInput(f"slice axis must be 0, 1 or 2, got {axis}")
         return axis
     spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
     codes = nib.aff2axcodes(affine)
@@ -280,7 +281,7 @@ class Preprocessing:
         """(axis, slices): the volume normalised with its own statistics and the slice axis moved first."""
         data = np.asarray(data, dtype=np.float32)
         if data.ndim != 3:
-            raise ValueError(f"expected a 3-D volume, got shape {data.shape}")
+            raise InvalidInput(f"expected a 3-D volume, got shape {data.shape}")
         ax = self.axis_for(affine, data.shape, axis)
         norm = self.volume_norm()
         return ax, np.moveaxis(normalize(data, norm, volume_stats(data, norm)), ax, 0)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.errors import InvalidInput
 from .choices import RUNTIMES
 OPSET = 17
 
@@ -44,17 +45,17 @@ def choose_runtime(requested: str, network: str, device: torch.device, precision
     from .. import models
 
     if requested not in RUNTIMES:
-        raise ValueError(f"unknown runtime {requested!r}; choose from {', '.join(RUNTIMES)}")
+        raise InvalidInput(f"unknown runtime {requested!r}; choose from {', '.join(RUNTIMES)}")
     if requested == "torch":
         return "torch"
     if requested == "onnxruntime":
         if device.type != "cpu":
-            raise ValueError(f"runtime 'onnxruntime' runs on the CPU; the device here is {device.type} "
+            raise InvalidInput(f"runtime 'onnxruntime' runs on the CPU; the device here is {device.type} "
                              "(use --runtime torch or --device cpu)")
         if precision_name != "fp32":
-            raise ValueError(f"runtime 'onnxruntime' computes in fp32, not {precision_name} (use --precision fp32)")
+            raise InvalidInput(f"runtime 'onnxruntime' computes in fp32, not {precision_name} (use --precision fp32)")
         if not onnxruntime_available():
-            raise ValueError("runtime 'onnxruntime' needs the onnxruntime package: pip install onnxruntime")
+            raise InvalidInput("runtime 'onnxruntime' needs the onnxruntime package: pip install onnxruntime")
         return "onnxruntime"
     from . import devices
 

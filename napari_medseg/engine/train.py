@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..io.errors import InvalidInput
 from .. import models
 from . import checkpoint as ckpt
 from . import data as D
@@ -96,7 +97,7 @@ def _dist():
 def _recipe(opts: TrainOptions) -> dict:
     name = opts.recipe or opts.model
     if name not in models.REGISTRY:
-        raise ValueError(f"unknown recipe {name!r}; choose from {sorted(models.REGISTRY)}")
+        raise InvalidInput(f"unknown recipe {name!r}; choose from {sorted(models.REGISTRY)}")
     return dict(models.REGISTRY[name].recipe)
 
 
@@ -117,9 +118,9 @@ def resolve(opts: TrainOptions) -> dict:
     epochs = int(opts.epochs or (FINETUNE_EPOCHS if finetune else recipe.get("epochs", 50)))
     schedule = opts.schedule or recipe.get("schedule") or ("milestones" if "milestones" in recipe else "constant")
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+        raise InvalidInput(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
     if schedule == "milestones" and "milestones" not in recipe:
-        raise ValueError(f"the {opts.recipe or opts.model} recipe has no milestones; choose another schedule")
+        raise InvalidInput(f"the {opts.recipe or opts.model} recipe has no milestones; choose another schedule")
     return {"loss": loss, "augment": recipe.get("augment", True) if opts.augment is None else bool(opts.augment),
             "epochs": epochs, "schedule": schedule,
             "optimizer": recipe.get("optimizer", "adam"), "batch_size": int(opts.batch_size or recipe.get("batch_size", 8)),
@@ -143,7 +144,7 @@ def choose_memory_format(network: str, size: str, device: torch.device, compile:
     ``benchmarks/engine.py --memory-format``); MPS and ``torch.compile`` (2.13 mis-traces some padding
     backward ops with channels_last) always train contiguous."""
     if requested not in ("auto", "channels_last", "contiguous"):
-        raise ValueError(f"memory_format must be 'auto', 'channels_last' or 'contiguous', not {requested!r}")
+        raise InvalidInput(f"memory_format must be 'auto', 'channels_last' or 'contiguous', not {requested!r}")
     if device.type == "mps" or compile:
         return "contiguous"
     if requested != "auto":
@@ -246,7 +247,7 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int], cancel: CancelToken 
     context, norm = rules["context"], rules["normalize"]
     if opts.hu_window is not None:
         if layout.kind != "seg3d":
-            raise ValueError(f"--hu-window is for volumes (CT); {opts.data} holds {layout.kind} data")
+            raise InvalidInput(f"--hu-window is for volumes (CT); {opts.data} holds {layout.kind} data")
         norm = pp.window_mode(*opts.hu_window)
     train = D.prepare(layout, train_stems, size=size, channels=channels, context=context, axis=opts.slice_axis,
                       normalize=norm, cancel=cancel, disc_depth=opts.disc_depth, disc_extrapolate=opts.disc_extrapolate)
@@ -258,13 +259,13 @@ def prepare_data(opts: TrainOptions, size: tuple[int, int], cancel: CancelToken 
     for folder in opts.extra_train:
         other = D.discover(folder)
         if other.kind != layout.kind or layout.kind == "discs":
-            raise ValueError(f"{folder}: extra training data must be a {layout.kind} segmentation folder like "
+            raise InvalidInput(f"{folder}: extra training data must be a {layout.kind} segmentation folder like "
                              f"{opts.data} (got {other.kind})")
         stems = D.split(other, seed=opts.seed)["train"]
         more = D.prepare(other, stems, size=size, channels=channels, context=context, axis=opts.slice_axis,
                          normalize=norm, cancel=cancel)
         if more.images.shape[1:] != train.images.shape[1:]:
-            raise ValueError(f"{folder}: images have shape {more.images.shape[1:]} after preparation, "
+            raise InvalidInput(f"{folder}: images have shape {more.images.shape[1:]} after preparation, "
                              f"{opts.data} has {train.images.shape[1:]} (channels differ?)")
         train = D.Prepared.join([train, more], prefixes=[None, Path(folder).name])
         extra_cases += len(stems)
@@ -362,22 +363,22 @@ def set_up(opts: TrainOptions, callback, cancel: CancelToken, data) -> Run | Non
     emit = (callback or (lambda e: None)) if rank == 0 else (lambda e: None)
     info = models.REGISTRY.get(opts.model)
     if info is None:
-        raise ValueError(f"unknown network {opts.model!r}; choose from {sorted(models.REGISTRY)}")
+        raise InvalidInput(f"unknown network {opts.model!r}; choose from {sorted(models.REGISTRY)}")
     recipe, plan = _recipe(opts), resolve(opts)
     if rank == 0:
         _claim_run_folder(Path(opts.out), resume=opts.resume, overwrite=opts.overwrite)
     size = plan["input_size"]
     if size % info.multiple:
-        raise ValueError(f"input size {size} must be a multiple of {info.multiple} for {opts.model}")
+        raise InvalidInput(f"input size {size} must be a multiple of {info.multiple} for {opts.model}")
     try:
         train_data, val_data, summary = data if data is not None else prepare_data(opts, (size, size), cancel)
     except InterruptedError:
         emit(Finished(reason="cancelled", epoch=0, best_metric=None, checkpoint=""))
         return None
     if info.task == "keypoints" and train_data.task != "keypoints":
-        raise ValueError(f"{opts.model} labels discs: it needs a disc dataset (images/ + labels/)")
+        raise InvalidInput(f"{opts.model} labels discs: it needs a disc dataset (images/ + labels/)")
     if info.task == "segmentation" and train_data.task != "segmentation":
-        raise ValueError(f"{opts.model} segments: it needs images/ + masks/ or imagesTr/ + labelsTr/")
+        raise InvalidInput(f"{opts.model} segments: it needs images/ + masks/ or imagesTr/ + labelsTr/")
     device = select_device(opts.device)
     return Run(opts=opts, info=info, recipe=recipe, plan=plan, rank=rank, world=world, emit=emit, cancel=cancel,
                out=Path(opts.out), train_data=train_data, val_data=val_data, summary=summary, device=device,
@@ -421,14 +422,14 @@ def _init_note(init: str, info: dict, num_classes: int) -> str:
 
 def _freeze_encoder(model, info: models.ModelInfo, what: str) -> list[str]:
     if what != "encoder":
-        raise ValueError(f"--freeze takes 'encoder', not {what!r}")
+        raise InvalidInput(f"--freeze takes 'encoder', not {what!r}")
     frozen = []
     for name, p in model.named_parameters():
         if name.startswith(info.encoder_prefixes):
             p.requires_grad_(False)
             frozen.append(name)
     if not frozen:
-        raise ValueError(f"{info.name} has no encoder parameters to freeze")
+        raise InvalidInput(f"{info.name} has no encoder parameters to freeze")
     return frozen
 
 
@@ -664,7 +665,7 @@ def _claim_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Never replace a run silently: a folder that already holds ``last/`` or ``best/`` is refused unless
     the run is resumed or ``overwrite`` is asked for (then the old checkpoints and history go first)."""
     if resume and overwrite:
-        raise ValueError("choose resume or overwrite, not both")
+        raise InvalidInput("choose resume or overwrite, not both")
     held = [n for n in ("last", "best") if (out / n).is_dir()]
     if not held or resume:
         return

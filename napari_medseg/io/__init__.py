@@ -11,7 +11,7 @@ from pathlib import Path
 import importlib
 from typing import TYPE_CHECKING
 
-from .errors import MedSegIOError, MedSegIOWarning
+from .errors import InvalidInput, MedSegIOError, MedSegIOWarning
 
 if TYPE_CHECKING:
     from .volume import Volume
@@ -28,7 +28,7 @@ _LAZY = {
 }
 _OWNER = {name: module for module, names in _LAZY.items() for name in names}
 
-__all__ = sorted([*_OWNER, MedSegIOError.__name__, MedSegIOWarning.__name__, "read", "file_stem"])
+__all__ = sorted([*_OWNER, InvalidInput.__name__, MedSegIOError.__name__, MedSegIOWarning.__name__, "read", "file_stem"])
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from .errors import MedSegIOError
+from .errors import InvalidInput, MedSegIOError
 
 ENV_DATA_DIR = "NAPARI_MEDSEG_DATA_DIR"
 ENV_CACHE = "NAPARI_MEDSEG_CACHE"
@@ -95,7 +95,7 @@ def fetch_file(rel: str) -> Path:
     """Path to one registered file, from ``$NAPARI_MEDSEG_DATA_DIR`` or the download cache."""
     entries = registry()
     if rel not in entries:
-        raise ValueError(f"{rel!r} is not a registered sample file")
+        raise InvalidInput(f"{rel!r} is not a registered sample file")
     entry = entries[rel]
     local = os.environ.get(ENV_DATA_DIR)
     if local:
@@ -147,7 +147,7 @@ def _download(rel: str, url: str, **kwargs) -> str:
 def fetch(name: str) -> Path:
     """Path to a sample by name (see ``SAMPLES``); a folder for the DICOM series."""
     if name not in SAMPLES and name not in EMBEDDED:
-        raise ValueError(f"unknown sample {name!r}; choose from {sorted(set(SAMPLES) | set(EMBEDDED))}")
+        raise InvalidInput(f"unknown sample {name!r}; choose from {sorted(set(SAMPLES) | set(EMBEDDED))}")
     own = embedded(name)
     if own is not None:
         return own

@@ -14,12 +14,19 @@ class MedSegIOError(Exception):
         super().__init__(f"{self.path}: {self.problem}" if self.path else self.problem)
 
 
+class InvalidInput(ValueError):
+    """A value the user gave cannot be used: an option, a file's content, a checkpoint, a layer. Raised by
+    this package's own checks (never ``ValueError`` itself), so that a ``ValueError`` from a bug, ours or a
+    library's, keeps its traceback instead of being shown as bad input. A ``ValueError``, so that callers that
+    catch one keep working."""
+
+
 class MedSegIOWarning(UserWarning):
     """Something in a file is suspicious but it could still be read (NaN voxels, uneven steps, ...)."""
 
 
 # What bad input (a file, a path, an option, a checkpoint) can raise: the CLI answers these with one line and
 # exit 2, a batch skips the file with the reason, the widgets show the message; anything else is a bug and
-# keeps its traceback. FloatingPointError: a loss or an input that became NaN; OSError: a missing or
+# keeps its traceback (a bare ValueError included: our checks raise InvalidInput). FloatingPointError: a loss or an input that became NaN; OSError: a missing or
 # unwritable path; MemoryError: an input too large for this machine.
-USER_ERRORS = (MedSegIOError, ValueError, MemoryError, OSError, FloatingPointError)
+USER_ERRORS = (MedSegIOError, InvalidInput, MemoryError, OSError, FloatingPointError)

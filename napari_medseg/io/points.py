@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_text_atomic
-from .errors import MedSegIOError
+from .errors import InvalidInput, MedSegIOError
 from .volume import Volume
 
 VERTEBRAE = (
@@ -35,7 +35,7 @@ def disc_name(number: int) -> str:
         return "top-C1"
     if 2 <= number <= len(VERTEBRAE):
         return f"{VERTEBRAE[number - 2]}/{VERTEBRAE[number - 1]}"
-    raise ValueError(f"no disc has SCT number {number} (valid: 1..{len(VERTEBRAE)})")
+    raise InvalidInput(f"no disc has SCT number {number} (valid: 1..{len(VERTEBRAE)})")
 
 
 def disc_number(name: str) -> int:
@@ -49,7 +49,7 @@ def disc_number(name: str) -> int:
         a, b = upper.index(parts[0]), upper.index(parts[1])
         if b == a + 1:
             return b + 1
-    raise ValueError(f"unknown disc name {name!r} (expected e.g. 'C2/C3', 'L5/S1')")
+    raise InvalidInput(f"unknown disc name {name!r} (expected e.g. 'C2/C3', 'L5/S1')")
 
 
 @dataclass
@@ -122,7 +122,7 @@ class DiscPoints:
     def voxels(self) -> np.ndarray:
         """Voxel coordinates (float) in the source volume; needs ``affine``."""
         if self.affine is None:
-            raise ValueError("these disc points carry no source geometry (affine)")
+            raise InvalidInput("these disc points carry no source geometry (affine)")
         world = np.c_[self.world, np.ones(len(self.discs))]
         return (np.linalg.inv(self.affine) @ world.T).T[:, :3]
 

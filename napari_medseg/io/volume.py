@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from .errors import InvalidInput
 
 KINDS = ("image", "labels")
 
@@ -31,9 +32,9 @@ class Volume:
     def __post_init__(self):
         self.affine = np.asarray(self.affine, dtype=np.float64)
         if self.affine.shape != (4, 4):
-            raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
+            raise InvalidInput(f"affine must be 4x4, got {self.affine.shape}")
         if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+            raise InvalidInput(f"kind must be one of {KINDS}, got {self.kind!r}")
 
     @property
     def spatial_ndim(self) -> int:

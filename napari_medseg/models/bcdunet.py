@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..io.errors import InvalidInput
 from .checks import check_input
 from .registry import REGISTRY
 from .convlstm import ConvLSTM
@@ -54,7 +55,7 @@ class DenseBottleneck(nn.Module):
     def __init__(self, cin: int, width: int, dense_blocks: int = 3, dropout: float = 0.5):
         super().__init__()
         if dense_blocks not in (1, 3):
-            raise ValueError(f"dense_blocks must be 1 or 3, got {dense_blocks}")
+            raise InvalidInput(f"dense_blocks must be 1 or 3, got {dense_blocks}")
         self.dense_blocks = dense_blocks
         self.d1 = double_conv(cin, width)
         if dense_blocks == 3:

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import BasicLayer
 from torch import nn
 
+from ..io.errors import InvalidInput
 from .checks import check_input
 from .registry import REGISTRY
 
@@ -275,13 +276,13 @@ class BilateralAttentionNet(nn.Module):
                  group_width: int | None = GROUP_WIDTH, decoder: str = "full", norm: str = "batch"):
         super().__init__()
         if norm not in NORMS:
-            raise ValueError(f"bilateral: norm must be one of {', '.join(NORMS)}, got {norm!r}")
+            raise InvalidInput(f"bilateral: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if residual not in RESIDUALS:
-            raise ValueError(f"bilateral: residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
+            raise InvalidInput(f"bilateral: residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
         if decoder not in DECODERS:
-            raise ValueError(f"bilateral: decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+            raise InvalidInput(f"bilateral: decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         if group_width is not None and int(group_width) < 1:
-            raise ValueError(f"bilateral: group_width must be a positive number of channels, got {group_width!r}")
+            raise InvalidInput(f"bilateral: group_width must be a positive number of channels, got {group_width!r}")
         self.residual, self.decoder = residual, decoder
         cfg = SIZES[size]
         w0, w1, w2, w3, w4 = cfg["widths"]
@@ -434,7 +435,7 @@ def resize_bias_table(table: torch.Tensor, window: int) -> torch.Tensor:
     rows, heads = table.shape
     side = int(round(rows ** 0.5))
     if side * side != rows:
-        raise ValueError(f"a relative-position table of {rows} rows is not square")
+        raise InvalidInput(f"a relative-position table of {rows} rows is not square")
     new = 2 * window - 1
     if side == new:
         return table
@@ -481,15 +482,15 @@ def load_swin_into(layer: nn.Module, path: str | Path, stage: int | None = None)
         if stage is None:
             fits = [s for s, d in sorted(dims.items()) if d == want]
             if not fits:
-                raise ValueError(f"{path}: no Swin stage has width {want} (stage widths: {dims}); "
+                raise InvalidInput(f"{path}: no Swin stage has width {want} (stage widths: {dims}); "
                                  "pass stage= or use a model size whose ISAM width matches")
             stage = fits[0]
         if stage not in stages:
-            raise ValueError(f"{path}: no stage {stage} in the file (stages: {sorted(stages)})")
+            raise InvalidInput(f"{path}: no stage {stage} in the file (stages: {sorted(stages)})")
         src_blocks = stages[stage]
         n_src = len(src_blocks)
         if n_src < n_blocks and n_src % 2:
-            raise ValueError(f"{path}: stage {stage} has {n_src} blocks; repeating an odd number would break "
+            raise InvalidInput(f"{path}: stage {stage} has {n_src} blocks; repeating an odd number would break "
                              "the window / shifted-window alternation")
         order = [b % n_src for b in range(n_blocks)]
         picked = {}
@@ -497,11 +498,11 @@ def load_swin_into(layer: nn.Module, path: str | Path, stage: int | None = None)
             b, rest = key.split(".", 2)[1:]
             src = src_blocks[order[int(b)]].get(rest)
             if src is None:
-                raise ValueError(f"{path}: layers.{stage}.blocks.{order[int(b)]}.{rest} is missing")
+                raise InvalidInput(f"{path}: layers.{stage}.blocks.{order[int(b)]}.{rest} is missing")
             if rest.endswith("relative_position_bias_table"):
                 src = resize_bias_table(src, window)
             if src.shape != ref.shape:
-                raise ValueError(f"{path}: layers.{stage}.blocks.{order[int(b)]}.{rest} has shape "
+                raise InvalidInput(f"{path}: layers.{stage}.blocks.{order[int(b)]}.{rest} has shape "
                                  f"{tuple(src.shape)}, ISAM expects {tuple(ref.shape)}")
             picked[key] = src.to(ref.dtype)
         layer.load_state_dict(picked, strict=False)
@@ -515,13 +516,13 @@ def load_swin_into(layer: nn.Module, path: str | Path, stage: int | None = None)
                 if name.endswith("relative_position_bias_table"):
                     value = resize_bias_table(value, window)
                 if value.shape != own[name].shape:
-                    raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)}")
+                    raise InvalidInput(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)}")
                 picked[name] = value.to(own[name].dtype)
     missing = [k for k in own if k not in picked]
     if not picked:
-        raise ValueError(f"{path}: no Swin block weights found (expected keys like 'layers.1.blocks.0.attn.qkv.weight' "
+        raise InvalidInput(f"{path}: no Swin block weights found (expected keys like 'layers.1.blocks.0.attn.qkv.weight' "
                          "or 'blocks.0.attn.qkv.weight')")
     if missing:
-        raise ValueError(f"{path}: {len(missing)} ISAM tensor(s) not in the file (e.g. {missing[0]})")
+        raise InvalidInput(f"{path}: {len(missing)} ISAM tensor(s) not in the file (e.g. {missing[0]})")
     layer.load_state_dict(picked, strict=False)
     return {"stage": None, "source_blocks": list(range(n_blocks)), "loaded": len(picked)}

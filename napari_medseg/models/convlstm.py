@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..io.errors import InvalidInput
 
 DIRECTIONS = ("forward", "reverse", "bidirectional")
 
@@ -65,14 +66,14 @@ class ConvLSTM(nn.Module):
                  direction: str = "bidirectional", cell: type[nn.Module] = ConvLSTMCell):
         super().__init__()
         if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+            raise InvalidInput(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         self.direction = direction
         self.cell = cell(in_channels, hidden_channels, kernel_size)
         self.cell_backward = cell(in_channels, hidden_channels, kernel_size) if direction == "bidirectional" else None
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         if seq.ndim != 5:
-            raise ValueError(f"ConvLSTM expects (B, T, C, H, W), got shape {tuple(seq.shape)}")
+            raise InvalidInput(f"ConvLSTM expects (B, T, C, H, W), got shape {tuple(seq.shape)}")
         if self.direction == "forward":
             return run_sequence(self.cell, seq)
         if self.direction == "reverse":

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.errors import InvalidInput
 from .checks import check_input
 
 SIZES = {"paper": {"stem": 64, "feats": 128}, "small": {"stem": 20, "feats": 40}}
@@ -72,7 +73,7 @@ class AttentionHourglass(nn.Module):
                  attention: bool = True, depth: int = 4):
         super().__init__()
         if num_stacks < 1 or num_discs < 1:
-            raise ValueError("num_stacks and num_discs must be at least 1")
+            raise InvalidInput("num_stacks and num_discs must be at least 1")
         stem, feats = SIZES[size]["stem"], SIZES[size]["feats"]
         ch = 2 * feats
         self.in_channels, self.num_classes, self.num_stacks, self.depth = in_channels, num_discs, num_stacks, depth

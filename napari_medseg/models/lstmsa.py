@@ -30,6 +30,7 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from ..io.errors import InvalidInput
 from .checks import check_input
 from .registry import REGISTRY
 from .convlstm import ConvLSTMCell, run_sequence
@@ -55,7 +56,7 @@ class SACell(ConvLSTMCell):
 
     def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 5, dropout: float = 0.1):
         if in_channels != hidden_channels:
-            raise ValueError("the LSTMSA cell attends x against h: input and hidden channels must match")
+            raise InvalidInput("the LSTMSA cell attends x against h: input and hidden channels must match")
         super().__init__(in_channels, hidden_channels, kernel_size)
         self.fuse = nn.Conv2d(2 * hidden_channels, hidden_channels, 1)  # Linear_{2C->C} per pixel, no transposes
         self.dropout = nn.Dropout(dropout)
@@ -103,7 +104,7 @@ class LSTMSA(nn.Module):
         self.in_channels, self.num_classes, self.hidden = in_channels, num_classes, hidden
         self.backbone = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=hidden, features=feats)
         if cell not in ("lstmsa", "convlstm", "none"):
-            raise ValueError(f"cell must be 'lstmsa', 'convlstm' or 'none', got {cell!r}")
+            raise InvalidInput(f"cell must be 'lstmsa', 'convlstm' or 'none', got {cell!r}")
         self.cell = cell
         if cell == "none":
             self.forward_cell = self.reverse_cell = None
@@ -124,7 +125,7 @@ class LSTMSA(nn.Module):
             return self.classifier(self.backbone(x[:, x.shape[1] // 2] if x.ndim == 5 else x))
         if x.ndim == 5:
             if x.shape[1] != 3:
-                raise ValueError(f"LSTMSA: 2.5D input needs 3 neighbouring slices (B, 3, C, H, W), got {tuple(x.shape)}")
+                raise InvalidInput(f"LSTMSA: 2.5D input needs 3 neighbouring slices (B, 3, C, H, W), got {tuple(x.shape)}")
             f = self.backbone(x.flatten(0, 1)).unflatten(0, (-1, 3))  # one batched backbone pass
             prev, mid, nxt = f[:, 0], f[:, 1], f[:, 2]
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
+from ..io.errors import InvalidInput
 
 if TYPE_CHECKING:  # listing networks (`napari-medseg models`) must not import torch
     from torch import nn
@@ -142,14 +143,14 @@ def build(name: str, size: str = "small", in_channels: int | None = None, num_cl
     """Build a network by name (see :func:`available`). ``options`` go to the network's constructor
     (e.g. ``dense_blocks=1``, ``direction="reverse"``, ``render=False``, ``attention=False``)."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown network {name!r}; choose from {sorted(REGISTRY)}")
+        raise InvalidInput(f"unknown network {name!r}; choose from {sorted(REGISTRY)}")
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose from {SIZES}")
+        raise InvalidInput(f"unknown size {size!r}; choose from {SIZES}")
     info = REGISTRY[name]
     in_channels = info.default_in_channels if in_channels is None else int(in_channels)
     num_classes = info.default_num_classes if num_classes is None else int(num_classes)
     if in_channels < 1 or num_classes < 1:
-        raise ValueError("in_channels and num_classes must be at least 1")
+        raise InvalidInput("in_channels and num_classes must be at least 1")
     model = _builders()[name](in_channels, num_classes, size, **options)
     model.medseg_info = {"name": name, "size": size, "in_channels": in_channels, "num_classes": num_classes,
                          "options": options}
