@@ -21,6 +21,7 @@ import numpy as np
 from . import geometry, io
 from . import catalog
 from .catalog import bundled_weights as bundled_weights  # part of the API (no torch needed to list)
+from .engine import tasks
 from .engine.events import CancelToken
 from .io.errors import InvalidInput, MedSegIOError
 
@@ -94,7 +95,7 @@ def export(out: str | os.PathLike, model: str | None = None, weights=None, *, fo
     card = out.with_name(out.name + ".json")
     config = dict(pred.config)
     config["export"] = {"format": format, "input_shape": ["batch", *shape], "weights_sha256": pred.identity()["weights_sha256"],
-                        "output": "heatmaps" if pred.task == "keypoints" else "logits"}
+                        "output": tasks.of(pred).output}
     io.atomic.write_text_atomic(card, json.dumps(config, indent=1, default=str) + "\n")
     return {"file": str(out), "card": str(card), "input_shape": list(shape)}
 
@@ -203,8 +204,8 @@ def label_discs(image: ImageLike, model: str | None = None, weights=None, *, dev
         raise InvalidInput(f"{vol.name}: disc labeling needs a 3-D spine volume")
     if np.ndim(vol.data) != 3:
         raise InvalidInput(f"{vol.name}: disc labeling needs one 3-D volume, got shape {np.shape(vol.data)}")
-    if pred.task == "keypoints":
-        pred.check_input(vol, force)
+    tasks.of(pred).require(tasks.KEYPOINTS, pred.config["model"]["name"])
+    pred.check_input(vol, force)
     points = pred.label_discs(vol, min_confidence=min_confidence)
     if prior is not None:
         from .engine.discs import apply_prior
@@ -448,10 +449,8 @@ def batch(inputs, out: str | os.PathLike, model: str | None = None, weights=None
         load(model)  # the one message for a missing or unknown name
     card = read_config(bundled_weights()[model] if weights is None else weights)
     model_task = (card.get("model") or {}).get("task", "segmentation")
-    if task is not None and task != model_task:
-        what = "labels intervertebral discs: use label-discs" if model_task == "keypoints" else \
-            "segments: use predict"
-        raise InvalidInput(f"this checkpoint ({card['model']['name']}) {what}")
+    if task is not None:
+        tasks.of(model_task).require(task, card["model"]["name"])
     task = task or model_task
     check_output_folder(Path(out), files, task, format, resume=resume, overwrite=overwrite)
     pred = load(model, weights, device=device, runtime=runtime, precision=precision)

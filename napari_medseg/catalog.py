@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .engine import tasks
 from .engine.config import bundled_weights
 
 # the task in words, by the dataset a bundled model was trained on
@@ -41,7 +42,7 @@ def list_models() -> list[dict]:
                      "dataset": None, "weights": False, "metrics": {}, "parameters": info["parameters"],
                      "title": info["title"], "memory_format": info["memory_format"],
                      "precision": _policy(info),
-                     "loss": "heatmap_mse" if info["task"] == "keypoints" else recipe.get("loss", "dice_ce")})
+                     "loss": tasks.of(info["task"]).loss(None, recipe)})
     for name, path in bundled_weights().items():
         cfg = read_config(path)
         card = cfg.get("card", {})

@@ -418,7 +418,10 @@ def _default_disc_model(args):
 
         from .engine.config import read_config
 
-        discs = [n for n, p in api.bundled_weights().items() if read_config(p)["model"].get("task") == "keypoints"]
+        from .engine import tasks
+
+        discs = [n for n, p in api.bundled_weights().items()
+                 if tasks.of(read_config(p)["model"].get("task")) is tasks.KEYPOINTS]
         if not discs:
             raise InvalidInput("no bundled disc-labeling weights yet; pass --weights <checkpoint folder>")
         args.model = discs[0]

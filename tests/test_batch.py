@@ -131,7 +131,7 @@ def test_two_local_dask_workers_write_the_same_bytes(folder, tmp_path):
 
 
 def test_class_counts_are_bincount_in_any_memory_order():
-    from napari_medseg.engine.batch import class_counts
+    from napari_medseg.engine.metrics import class_counts
 
     labels = np.random.default_rng(0).integers(0, 4, (6, 7, 9)).astype(np.uint8)
     for view in (labels, np.moveaxis(labels, 0, -1), np.asfortranarray(labels), labels[:, ::2]):

@@ -62,3 +62,97 @@ def test_the_rule_sees_an_upward_import(tmp_path):
         assert ("napari_medseg.api", 2) in found and ("napari", 3) in found
     finally:
         bad.unlink()
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (lazily or not; an import of a name resolves to the
+    longest module prefix it names)."""
+    mods = {}
+    for path in sorted(PKG.rglob("*.py")):
+        name = ".".join(path.relative_to(PKG.parent).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = path
+    graph = {m: set() for m in mods}
+    for m, path in mods.items():
+        for imp, _line in _imports(path):
+            parts = imp.split(".")
+            for k in range(len(parts), 0, -1):
+                if ".".join(parts[:k]) in mods:
+                    if ".".join(parts[:k]) != m:
+                        graph[m].add(".".join(parts[:k]))
+                    break
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, children = work[-1]
+            for w in children:
+                if w not in index:
+                    index[w] = low[w] = counter[0]
+                    counter[0] += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                    break
+                if w in on:
+                    low[v] = min(low[v], index[w])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[v])
+                if low[v] == index[v]:
+                    comp = []
+                    while True:
+                        w = stack.pop()
+                        on.discard(w)
+                        comp.append(w)
+                        if w == v:
+                            break
+                    if len(comp) > 1:
+                        out.append(sorted(comp))
+    return out
+
+
+def test_no_import_circles_in_the_package():
+    """No module imports, directly or through others, a module that imports it (lazy imports included):
+    each part can be read, tested and replaced from the bottom up."""
+    circles = _circles(_module_graph())
+    assert not circles, "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_sees_a_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _circles(graph) == [["a", "b", "c"]]
+    assert _circles({"a": {"b"}, "b": set()}) == []
+
+
+# where a task is still told apart by its name, outside engine/tasks.py: the data preparation of each task
+# (engine/data.py: its sampling and augmentation; engine/fidelity.py: its example batch). Issue 36 step 1
+# moves these into the task objects next; a new one anywhere fails this test.
+TASK_NAME_TESTS_LEFT = {"engine/data.py": 3, "engine/fidelity.py": 1}
+
+
+def test_tasks_are_told_apart_by_the_task_objects_not_by_their_names():
+    import re
+
+    pattern = re.compile(r"""(task|output)\s*[!=]=|[!=]=\s*["'](keypoints|segmentation|heatmaps|logits)["']""")
+    found = {}
+    for path in sorted(PKG.rglob("*.py")):
+        rel = str(path.relative_to(PKG))
+        if rel == "engine/tasks.py":
+            continue
+        hits = [n for n, line in enumerate(path.read_text().splitlines(), 1)
+                if pattern.search(line.split("#")[0]) and "p.task != first.task" not in line]
+        if hits:
+            found[rel] = len(hits)
+    assert found == TASK_NAME_TESTS_LEFT, found

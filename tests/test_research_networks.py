@@ -13,7 +13,8 @@ from torch import nn
 from napari_medseg import models
 from napari_medseg.engine import data as D
 from napari_medseg.engine import preprocess as pp
-from napari_medseg.engine.losses import binary_ce, build_loss
+from napari_medseg.engine import tasks
+from napari_medseg.engine.losses import binary_ce
 from napari_medseg.engine.train import TrainOptions, resolve, train
 from napari_medseg.models import bilateral as B
 from napari_medseg.models.bcdunet import BCDUNet
@@ -259,10 +260,12 @@ def test_bce_on_the_logit_difference_is_two_class_cross_entropy():
     torch.testing.assert_close(binary_ce(logits, target), F.cross_entropy(logits, target))
     with pytest.raises(ValueError, match="binary segmentation"):
         binary_ce(torch.randn(1, 4, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long))
-    with pytest.raises(ValueError, match="heatmap_mse"):
-        build_loss("dice_ce", "keypoints")
-    with pytest.raises(ValueError, match="unknown segmentation loss"):
-        build_loss("focal", "segmentation")
+    with pytest.raises(ValueError, match="'dice_ce' is the segmentation loss: disc labeling trains with heatmap_mse"):
+        tasks.KEYPOINTS.criterion("dice_ce")
+    with pytest.raises(ValueError, match="'heatmap_mse' is the disc labeling loss: segmentation trains with dice_ce"):
+        tasks.SEGMENTATION.criterion("heatmap_mse")
+    with pytest.raises(ValueError, match="unknown segmentation loss 'focal'"):
+        tasks.of("segmentation").criterion("focal")
 
 
 def test_recipes_set_the_defaults_and_options_override_them():
@@ -295,7 +298,7 @@ def test_the_trainer_uses_the_loss_it_records(tiny, tmp_path, loss):
     sampler.set_epoch(0)  # the trainer's sampling rule (the same for 1 and N processes)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, drop_last=True)))
     torch.manual_seed(1 * 100_003)
-    expected = float(build_loss(loss, "segmentation")(net.train()(batch["image"]), batch["target"]).detach())
+    expected = float(tasks.SEGMENTATION.criterion(loss)(net.train()(batch["image"]), batch["target"]).detach())
     assert res["history"][0]["train_loss"] == pytest.approx(expected, rel=1e-5)
 
 

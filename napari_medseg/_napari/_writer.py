@@ -58,7 +58,7 @@ def _write_array(path: str, data: Any, attributes: dict, kind: str) -> list[str]
 
 def _dicom_source(target: Path, meta: dict | None):
     """The DICOM series a layer was read from (re-read from where it was opened), for a SEG or an SR."""
-    from ..io.dicom_seg import find_source_series
+    from ..io.dicom import find_source_series
 
     if not meta or meta.get("source_format") not in (None, "dicom") or not meta.get("source"):
         raise MedSegIOError(target, "this layer does not lie on a DICOM series: a DICOM SEG/SR must reference the "

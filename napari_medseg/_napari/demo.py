@@ -145,8 +145,9 @@ def _run_model(viewer, key: str, model: str, out: Path):
     from ._figure import Caption, Swatch
 
     image = next(lyr for lyr in viewer.layers if lyr.name.startswith(f"{key}:") and isinstance(lyr, Image))
-    task = read_config(api.bundled_weights()[model])["model"].get("task")
-    if task == "keypoints":
+    from ..engine import tasks
+
+    if tasks.of(read_config(api.bundled_weights()[model])["model"].get("task")) is tasks.KEYPOINTS:
         return _run_disc_model(viewer, key, model, image, out)
     from ._layers import labels_layer_data
 

@@ -14,6 +14,7 @@ from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import QWidget
 
 from ..io.errors import InvalidInput
+from ..engine import tasks
 from .. import io, models
 from ..engine.choices import DEVICES
 from ._common import NO_WEIGHTS, RunControls, WeightsPicker, notify_error, register_checkpoint
@@ -110,7 +111,7 @@ class TrainWidget(Container):
         self.folder = FileEdit(label="dataset folder", mode="d", visible=False)
         # segmentation networks first, then the disc labeler(s)
         self.network = ComboBox(label="network", choices=sorted(models.REGISTRY, key=lambda n: (
-            models.REGISTRY[n].task != "segmentation", list(models.REGISTRY).index(n))), value="unet")
+            tasks.of(models.REGISTRY[n]) is not tasks.SEGMENTATION, list(models.REGISTRY).index(n))), value="unet")
         self.size = ComboBox(label="size", choices=["small", "paper"], value="small")
         # fine-tuning: start from bundled weights or a checkpoint (this session's or a folder) of the same network
         self.start_from = WeightsPicker("segmentation", label="start from", none_choice=NO_WEIGHTS)
@@ -231,8 +232,9 @@ class TrainWidget(Container):
                     raise InvalidInput("choose a dataset folder")
                 folder = str(self.folder.value)
             else:
-                if models.REGISTRY[self.network.value].task == "keypoints":
-                    raise InvalidInput("disc labeling trains on a dataset folder (images/ + labels/)")
+                task = tasks.of(models.REGISTRY[self.network.value])
+                if not task.trains_on_layers:
+                    raise InvalidInput(f"{task.title} trains on a dataset folder: {task.needs}")
                 data = self._layer_data()
         except (KeyError, InvalidInput) as err:
             notify_error(err if isinstance(err, InvalidInput) else InvalidInput("choose an image and a labels layer"))

@@ -28,10 +28,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 from .. import io
 from ..io.errors import InvalidInput, MedSegIOError, USER_ERRORS
+from . import tasks
 from .events import CancelToken, Progress
 from .expectations import InputMismatch
 
@@ -139,20 +138,6 @@ def stem_of(path: Path) -> str:
     return io.file_stem(path) if path.is_file() else path.name
 
 
-FORMATS = {"segmentation": ("nifti", "dicom-seg"), "keypoints": ("files", "dicom-sr")}
-
-
-def output_names(stem: str, task: str, fmt: str | None, two_d: bool) -> list[str]:
-    """The files one input writes (the one naming rule of :func:`run_one` and the output-folder check)."""
-    fmt = fmt or FORMATS[task][0]
-    if task == "keypoints":
-        return [f"{stem}_discs.dcm"] if fmt == "dicom-sr" else \
-            [f"{stem}_discs.csv", f"{stem}_discs.json", f"{stem}_labels-disc.nii.gz"]
-    if two_d:
-        return [f"{stem}_seg.png"]
-    return [f"{stem}_seg.dcm"] if fmt == "dicom-seg" else [f"{stem}_seg.nii.gz"]
-
-
 def check_output_folder(out: Path, files: list[Path], task: str, fmt: str | None = None, *, resume: bool = False,
                         overwrite: bool = False) -> None:
     """Refuse, before any model loads, an output folder whose use would lose something: a file where the
@@ -180,17 +165,11 @@ def check_output_folder(out: Path, files: list[Path], task: str, fmt: str | None
                                             "(--overwrite), or choose another folder")
     claimed = {r["input"] for r in latest_rows(read_manifest(out)) if r.get("status") in ("ok", "queued")}
     clash = [out / name for f in files if not (resume and str(f) in claimed)
-             for name in output_names(stem_of(f), task, fmt, f.suffix.lower() in io.IMAGE2D_SUFFIXES)
+             for name in tasks.of(task).output_names(stem_of(f), fmt, f.suffix.lower() in io.IMAGE2D_SUFFIXES)
              if (out / name).exists()]
     if clash:
         raise MedSegIOError(clash[0], f"exists and this run would write over it ({len(clash)} file(s) in all): "
                                       "choose another folder, or --overwrite to replace them")
-
-
-def check_format(task: str, fmt: str) -> None:
-    if fmt not in FORMATS[task]:
-        raise InvalidInput(f"output format {fmt!r} is not one of {', '.join(FORMATS[task])} for "
-                         f"{'disc labeling' if task == 'keypoints' else 'segmentation'}")
 
 
 def _require_dicom(vol: io.Volume, path: Path, fmt: str) -> None:
@@ -200,62 +179,21 @@ def _require_dicom(vol: io.Volume, path: Path, fmt: str) -> None:
                                   "lies on); this is not one: use the default format")
 
 
-def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Voxels per class (``np.bincount`` of the labels, at least ``num_classes`` long) without the 8-byte
-    index copy bincount makes of a uint8 volume (630 MB for a 300-slice 512x512 CT): one comparison per
-    class over the labels in memory order."""
-    flat = np.asarray(labels).ravel(order="K")
-    k = max(int(num_classes), int(flat.max()) + 1 if flat.size else 0)
-    return np.array([np.count_nonzero(flat == c) for c in range(k)], dtype=np.int64)
-
-
 def run_one(pred, path: Path, vol: io.Volume, out: Path, task: str, tta: bool = False, cleanup: bool = False,
             force: bool = False, prior=None, fmt: str | None = None) -> dict:
     """Check, predict and write one input (already read). Returns the result row for the summary.
     ``prior``: discs a person named on this input (``io.DiscPoints``; see ``discs.apply_prior``).
     ``fmt``: ``nifti`` (default; PNG for 2D images) or ``dicom-seg`` for segmentation, ``files`` (default:
     CSV, JSON and a disc-label NIfTI) or ``dicom-sr`` for disc labeling."""
-    fmt = fmt or FORMATS[task][0]
-    check_format(task, fmt)
+    task = tasks.of(task)
+    fmt = fmt or task.formats[0]
+    task.check_format(fmt)
     pred.check_input(vol, force)  # refused before anything is written
     if fmt.startswith("dicom"):
         _require_dicom(vol, path, fmt)
-    names_out = output_names(stem_of(path), task, fmt, vol.is_2d)
-    if task == "keypoints":
-        points = pred.label_discs(vol)
-        if prior is not None:
-            from .discs import apply_prior
-
-            points = apply_prior(points, prior)
-        if fmt == "dicom-sr":
-            outs = [io.write_points(out / names_out[0], points, reference=vol, algorithm=pred.identity())]
-        else:
-            outs = [io.write_points(out / names_out[0], points), io.write_points(out / names_out[1], points),
-                    io.write_points(out / names_out[2], points, reference=vol)]
-        return {"file": str(path), "outputs": [str(p) for p in outs], "discs": len(points),
-                "names": [d.name for d in points.discs], "verdict": points.verdict}
-    names = pred.class_names()
-    if vol.is_2d:
-        if fmt == "dicom-seg":
-            raise MedSegIOError(path, "--format dicom-seg needs a 3-D DICOM series; this is a 2-D image")
-        labels = pred.segment_image(vol.data, rgb=vol.rgb, tta=tta, cleanup=cleanup)
-        target = io.write_image2d(out / names_out[0], labels)
-        voxel = 1.0
-    else:
-        labels = pred.segment_volume(vol, tta=tta, cleanup=cleanup)
-        if fmt == "dicom-seg":
-            from ..io.dicom_seg import write_seg
-
-            target, _notes = write_seg(out / names_out[0], labels, vol, class_names=names,
-                                       dataset=(pred.config.get("card") or {}).get("dataset"),
-                                       algorithm=pred.identity())
-        else:
-            target = io.write_nifti(out / names_out[0], labels, reference=vol, kind="labels")
-        voxel = float(np.prod(vol.spacing))
-    counts = class_counts(labels, pred.num_classes)
-    unit = "px" if vol.is_2d else "mm3"
-    return {"file": str(path), "outputs": [str(target)],
-            "volumes": {f"{names[c]}_{unit}": float(counts[c] * voxel) for c in range(1, pred.num_classes)}}
+    names_out = task.output_names(stem_of(path), fmt, vol.is_2d)
+    return {"file": str(path), **task.write_result(pred, path, vol, out, names_out, fmt, tta=tta, cleanup=cleanup,
+                                                   prior=prior)}
 
 
 def _status_of(err: BaseException) -> str:
@@ -316,7 +254,7 @@ def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tt
     a new manifest; outputs are replaced as they are written), as training refuses a run folder.
     Returns ``{"written", "skipped", "results", "n_inputs", "manifest"}``."""
     if fmt is not None:
-        check_format(task, fmt)
+        tasks.of(task).check_format(fmt)
     check_output_folder(Path(out), files, task, fmt, resume=resume, overwrite=overwrite)
     if overwrite and (Path(out) / MANIFEST).is_file():
         (Path(out) / MANIFEST).unlink()
@@ -343,7 +281,7 @@ def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tt
                 continue
         todo.append(path)
     for path in todo:  # claimed before any is written (module docstring): what a kill leaves is resumable
-        names = output_names(stem_of(path), task, fmt, path.suffix.lower() in io.IMAGE2D_SUFFIXES)
+        names = tasks.of(task).output_names(stem_of(path), fmt, path.suffix.lower() in io.IMAGE2D_SUFFIXES)
         manifest.add(path, [str(out / n) for n in names], "queued", "", 0.0, digests.get(path, ""))
     done = summary["resumed"]
 

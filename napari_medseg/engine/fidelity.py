@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import models
-from .losses import build_loss
+from . import tasks
 
 THRESHOLD = 0.99
 
@@ -40,13 +40,11 @@ def _loss(model, batch: dict, task: str, loss_name: str, dtype, autocast_dtype, 
     x = batch["image"].to(device, dtype)
     if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    criterion = build_loss(loss_name, task)
+    criterion = tasks.of(task).criterion(loss_name)
     torch.manual_seed(seed)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         out = model(x)
-    if task == "keypoints":
-        return criterion(out, batch["target"].to(device, dtype), batch["visible"].to(device))
-    return criterion(out, batch["target"].to(device))
+    return tasks.of(task).batch_loss(criterion, out, batch, device, dtype)
 
 
 def flat_gradient(model: torch.nn.Module) -> torch.Tensor:
@@ -107,9 +105,9 @@ def fidelity(name: str, batch: dict, *, size: str = "small", steps: int = 3, los
     (per parameter group) and ``"passes"`` (every group >= :data:`THRESHOLD` both times)."""
     info = models.REGISTRY[name]
     recipe = info.recipe
-    loss = loss or ("heatmap_mse" if info.task == "keypoints" else recipe.get("loss", "dice_ce"))
+    loss = tasks.of(info).loss(loss, recipe)
     channels = batch["image"].shape[-3]
-    k = batch["target"].shape[1] if info.task == "keypoints" else max(2, int(batch["target"].max()) + 1)
+    k = tasks.of(info).channels_of(batch["target"])
     torch.manual_seed(seed)
     model = models.build(name, size, in_channels=channels, num_classes=k, **(model_options or {})).to(device).train()
     kw = dict(dtype=dtype, channels_last=channels_last, group_of=info.parameter_group)

@@ -10,6 +10,7 @@ import torch
 
 from ..io.errors import InvalidInput
 from .. import io
+from . import tasks
 from . import checkpoint as ckpt
 from . import preprocess as pp
 from .devices import release_memory, select_device, select_precision
@@ -112,9 +113,7 @@ class Predictor:
         return reasons
 
     def require_segmentation(self):
-        if self.task != "segmentation":
-            raise InvalidInput(f"this checkpoint ({self.config['model']['name']}) labels intervertebral discs, it does "
-                             "not segment: use label-discs (napari-medseg label-discs / api.label_discs)")
+        tasks.of(self.task).require(tasks.SEGMENTATION, self.config["model"]["name"])
 
     # ------------------------------------------------------------ core
 
@@ -130,7 +129,7 @@ class Predictor:
             else:
                 with self.precision.autocast():
                     out = self.model(xi.to(self.device))
-            prob = torch.softmax(out.float(), dim=1) if self.task == "segmentation" else out.float()
+            prob = tasks.of(self.task).activate(out)
             prob = prob.flip(dims) if dims else prob
             acc = prob if acc is None else acc + prob
         return (acc / len(flips)).cpu()
@@ -273,8 +272,7 @@ class Predictor:
 
     def disc_heatmaps(self, vol: io.Volume) -> tuple[np.ndarray, np.ndarray, dict]:
         """The network's disc heatmaps (K, h, w) for ``vol``, with the sagittal view and its geometry."""
-        if self.task != "keypoints":
-            raise InvalidInput("this network segments; disc labeling needs a keypoint (hourglass) checkpoint")
+        tasks.of(self.task).require(tasks.KEYPOINTS, self.config["model"]["name"])
         data = np.asarray(vol.data, dtype=np.float32)
         if data.ndim != 3:
             raise InvalidInput(f"{vol.name}: disc labeling needs a 3-D volume, got shape {data.shape}")

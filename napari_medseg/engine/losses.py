@@ -127,18 +127,6 @@ class HeatmapLoss(torch.nn.Module):
         return ((per_channel * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp(min=1)).sum()
 
 
-def build_loss(name: str, task: str):
-    """The loss called ``name`` for a ``task`` ("segmentation" or "keypoints"), with a clear error when
-    they do not go together."""
-    if task == "keypoints":
-        if name != "heatmap_mse":
-            raise InvalidInput(f"disc labeling trains with the 'heatmap_mse' loss, not {name!r}")
-        return HeatmapLoss()
-    if name == "heatmap_mse":
-        raise InvalidInput("'heatmap_mse' is the disc-labeling loss; segmentation uses dice_ce, ce or bce")
-    return SegmentationLoss(name)
-
-
 def heatmap_peaks(heatmaps: torch.Tensor) -> torch.Tensor:
     """Argmax (row, col) per channel: (B, K, 2)."""
     b, k, h, w = heatmaps.shape

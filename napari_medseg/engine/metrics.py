@@ -95,3 +95,12 @@ def disc_metrics(pred_rc: dict[int, np.ndarray], true_rc: dict[int, np.ndarray],
             "fn": fn, "fp": fp, "unscored": unscored, "n_true": len(true_rc), "n_pred": len(pred_rc),
             "fnr": fn / n_true, "fpr": fp / n_true, "shift": int(np.median(diffs)) if diffs else None,
             "per_level": per_level}
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Voxels per class (``np.bincount`` of the labels, at least ``num_classes`` long) without the 8-byte
+    index copy bincount makes of a uint8 volume (630 MB for a 300-slice 512x512 CT): one comparison per
+    class over the labels in memory order."""
+    flat = np.asarray(labels).ravel(order="K")
+    k = max(int(num_classes), int(flat.max()) + 1 if flat.size else 0)
+    return np.array([np.count_nonzero(flat == c) for c in range(k)], dtype=np.int64)

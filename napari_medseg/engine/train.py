@@ -25,7 +25,7 @@ from .devices import select_device, select_precision
 from .disc_targets import channel_keys
 from .expectations import summarise
 from .events import CancelToken, Epoch, Finished, Note, Preview, Started, Step
-from .losses import build_loss, mean_peak_error, soft_dice
+from . import tasks
 
 
 @dataclass
@@ -106,12 +106,8 @@ def resolve(opts: TrainOptions) -> dict:
     optimizer, batch size, learning rate, input size. Recorded in the checkpoint config."""
     info = models.REGISTRY[opts.model]
     recipe = _recipe(opts)
-    if info.task == "keypoints":
-        loss = opts.loss or "heatmap_mse"
-    else:
-        loss = opts.loss or recipe.get("loss", "dice_ce")
-        if loss == "heatmap_mse":  # a keypoint recipe lent to a segmentation network
-            loss = "dice_ce"
+    task = tasks.of(info)
+    loss = task.loss(opts.loss, recipe)
     # fine-tuning (``init``): 1e-4, or the recipe's rate when lower, and a short schedule unless given
     finetune = bool(opts.init)
     lr = float(opts.lr or (min(recipe.get("lr", 1e-3), FINETUNE_LR) if finetune else recipe.get("lr", 1e-3)))
@@ -126,7 +122,7 @@ def resolve(opts: TrainOptions) -> dict:
             "optimizer": recipe.get("optimizer", "adam"), "batch_size": int(opts.batch_size or recipe.get("batch_size", 8)),
             "lr": lr, "input_size": int(opts.input_size or recipe.get("input_size", 256)),
             "weight_decay": recipe.get("weight_decay", 0.0), "finetune": finetune,
-            "balance_levels": bool(info.task == "keypoints" and (
+            "balance_levels": bool(task.levels and (
                 recipe.get("balance_levels", False) if opts.balance_levels is None else opts.balance_levels))}
 
 
@@ -160,15 +156,9 @@ def train_step(net, *, batch: dict, criterion, optimizer, scaler, precision, tas
     x = batch["image"].to(device)
     if x.ndim == 4 and channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = batch["target"].to(device)
     with precision.autocast():
         outputs = net(x)
-    if task == "keypoints":
-        loss = criterion(outputs, y, batch.get("known", batch["visible"]).to(device))
-    elif "present" in batch:  # partial labels: each sample's drawn classes
-        loss = criterion(outputs, y, batch["present"].to(device))
-    else:
-        loss = criterion(outputs, y)
+    loss = tasks.of(task).batch_loss(criterion, outputs, batch, device)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at epoch {where[0]} step {where[1]}; "
                                  "try a lower --lr or --precision fp32")
@@ -375,10 +365,7 @@ def set_up(opts: TrainOptions, callback, cancel: CancelToken, data) -> Run | Non
     except InterruptedError:
         emit(Finished(reason="cancelled", epoch=0, best_metric=None, checkpoint=""))
         return None
-    if info.task == "keypoints" and train_data.task != "keypoints":
-        raise InvalidInput(f"{opts.model} labels discs: it needs a disc dataset (images/ + labels/)")
-    if info.task == "segmentation" and train_data.task != "segmentation":
-        raise InvalidInput(f"{opts.model} segments: it needs images/ + masks/ or imagesTr/ + labelsTr/")
+    tasks.of(info).check_data(opts.model, train_data.task)
     device = select_device(opts.device)
     return Run(opts=opts, info=info, recipe=recipe, plan=plan, rank=rank, world=world, emit=emit, cancel=cancel,
                out=Path(opts.out), train_data=train_data, val_data=val_data, summary=summary, device=device,
@@ -438,7 +425,7 @@ def build_optimisation(run: Run) -> None:
     run.optimizer = build_optimizer(run.model, run.recipe, run.plan["lr"])
     run.scheduler = build_scheduler(run.optimizer, run.recipe, run.plan["epochs"], run.plan["schedule"])
     run.scaler = run.precision.grad_scaler()
-    run.criterion = build_loss(run.plan["loss"], run.info.task)
+    run.criterion = tasks.of(run.info).criterion(run.plan["loss"])
 
 
 def checkpoint_config(run: Run) -> dict:
@@ -589,7 +576,7 @@ def end_epoch(run: Run, epoch: int, done: dict, metrics: dict, preview, lr_epoch
     """The schedule's step, the best score, the history record, the checkpoints and the events of an
     epoch. Returns the record."""
     state = run.state
-    score = metrics["dice"] if run.info.task == "segmentation" else -metrics["l2_px"]
+    score = tasks.of(run.info).score(metrics)
     if run.scheduler is not None:
         if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             run.scheduler.step(metrics["val_loss"])  # the plateau is on the validation loss, as the reference
@@ -698,8 +685,7 @@ def validate(model, val: D.Prepared, task: str, device, precision, batch_size: i
     is set between two batches."""
     was_training = model.training
     model.eval()
-    dices, errors, preview = [], [], None
-    loss_sum, n = 0.0, 0
+    acc = tasks.of(task).validation()
     for i in range(0, len(val.images), batch_size):
         if cancel is not None and cancel.cancelled:
             model.train(was_training)
@@ -707,27 +693,6 @@ def validate(model, val: D.Prepared, task: str, device, precision, batch_size: i
         x = torch.as_tensor(val.images[i: i + batch_size], dtype=torch.float32, device=device)
         with precision.autocast():
             out = model(x)
-        out = out.float()
-        y = torch.as_tensor(val.targets[i: i + batch_size], device=device)
-        if task == "segmentation":
-            present = None if val.present is None else torch.as_tensor(val.present[i: i + batch_size], device=device)
-            dices.append(soft_dice(out, y, present).cpu())
-            if criterion is not None:
-                loss_sum += float(criterion(out, y, present)) * len(x)
-            if preview is None:
-                preview = out[0].argmax(0).cpu().numpy().astype(np.uint8)
-        else:
-            vis = torch.as_tensor(val.visible[i: i + batch_size], device=device)
-            errors.append(mean_peak_error(out, y, vis))
-            if criterion is not None:
-                known = vis if val.known is None else torch.as_tensor(val.known[i: i + batch_size], device=device)
-                loss_sum += float(criterion(out, y, known)) * len(x)
-            if preview is None:
-                preview = out[0, : val.visible.shape[1]].max(0).values.cpu().numpy()
-        n += len(x)
+        acc.add(out.float(), val, slice(i, i + batch_size), device, criterion)
     model.train(was_training)
-    metrics = {"dice": float(torch.cat(dices).nanmean())} if task == "segmentation" else \
-        {"l2_px": float(np.nanmean(errors))}
-    if criterion is not None:
-        metrics["val_loss"] = loss_sum / max(1, n)
-    return metrics, preview
+    return acc.metrics(with_loss=criterion is not None), acc.preview

@@ -22,8 +22,8 @@ _LAZY = {
     "dicom": ("find_dicom_files", "folder_has_dicom", "is_dicom_file", "read_dicom", "read_dicom_files"),
     "image2d": ("IMAGE2D_SUFFIXES", "is_image2d_path", "read_image2d", "write_image2d"),
     "nifti": ("is_nifti_path", "read_nifti", "strip_nifti_suffix", "write_nifti"),
-    "points": ("Disc", "DiscPoints", "disc_name", "disc_number", "is_points_path", "is_sr_file",
-               "points_from_label_volume", "read_points", "write_points"),
+    "disc_points": ("Disc", "DiscPoints", "disc_name", "disc_number"),
+    "points": ("is_points_path", "is_sr_file", "points_from_label_volume", "read_points", "write_points"),
     "volume": ("PLACEMENT_ATOL", "Volume", "class_names", "same_placement"),
 }
 _OWNER = {name: module for module, names in _LAZY.items() for name in names}

@@ -26,27 +26,12 @@ from pydicom.encaps import generate_frames
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels.utils import pixel_dtype
 
+from .dicom_common import LPS_TO_RAS, metadata, output_dtype, rescaled_into, series_name, slice_order
 from .errors import MedSegIOError, MedSegIOWarning
 from .limits import check_allocation
-from .volume import Volume
+from .volume import Volume, same_placement
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_KEEP_TAGS = (
-    "Modality",
-    "PatientID",
-    "PatientName",
-    "StudyDescription",
-    "SeriesDescription",
-    "SeriesNumber",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Manufacturer",
-    "BodyPartExamined",
-    "StudyDate",
-)
 _ORIENT_TOL = 1e-4
-_STEP_RTOL = 0.01  # relative tolerance on slice steps before we call a series uneven
-_STEP_ATOL = 0.01  # mm
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -234,26 +219,6 @@ def _split_series(members):
     return [groups[k] for k in keys], [_KEY_PARTS[i] for i in differing], suffixes
 
 
-def _series_name(ds, fallback: str) -> str:
-    parts = [str(ds.get("SeriesNumber", "") or ""), str(ds.get("SeriesDescription", "") or "")]
-    name = "_".join(p for p in parts if p) or fallback
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", name).strip("-") or fallback
-
-
-def _metadata(ds, files) -> dict:
-    meta = {"source_format": "dicom", "n_files": len(files), "files": [str(f) for f, _ in files]}
-    for tag in _KEEP_TAGS:
-        if tag in ds and ds.get(tag) not in (None, ""):
-            val = ds.get(tag)
-            meta[tag] = val if isinstance(val, (int, float)) else str(val)
-    meta["TransferSyntaxUID"] = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    for tag in ("WindowCenter", "WindowWidth"):
-        if tag in ds:
-            v = ds.get(tag)
-            meta[tag] = float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
-    return meta
-
-
 _IMAGECODECS = {  # transfer syntax -> imagecodecs decoder name
     "1.2.840.10008.1.2.4.90": "jpeg2k_decode",  # JPEG 2000 lossless
     "1.2.840.10008.1.2.4.91": "jpeg2k_decode",  # JPEG 2000
@@ -314,31 +279,6 @@ def _rescale(ds) -> tuple[float, float]:
     return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
-def _output_dtype(raws: list[np.ndarray], rescales: list[tuple[float, float]]) -> np.dtype:
-    """Smallest exact type for the rescaled values: int16/int32 when every slope is 1 and every
-    intercept whole, float32 otherwise."""
-    if all(sl == 1 and it.is_integer() for sl, it in rescales) and all(r.dtype.kind in "iu" for r in raws):
-        lo = min(int(r.min()) + int(it) for r, (_, it) in zip(raws, rescales))
-        hi = max(int(r.max()) + int(it) for r, (_, it) in zip(raws, rescales))
-        for dt in (np.uint8, np.int16, np.uint16, np.int32):
-            if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
-                if all(sl == 1 and it == 0 for sl, it in rescales) and all(r.dtype == raws[0].dtype for r in raws):
-                    return raws[0].dtype  # nothing to rescale: keep the stored type
-                return np.dtype(dt)
-        return np.dtype(np.int64)
-    return np.dtype(np.float32)
-
-
-def _rescaled_into(out: np.ndarray, raw: np.ndarray, slope: float, inter: float) -> None:
-    if out.dtype.kind == "f":
-        np.multiply(raw, np.float32(slope), out=out, casting="unsafe")
-        out += np.float32(inter)
-    elif inter == 0:
-        out[...] = raw
-    else:  # exact integer arithmetic; the result is known to fit ``out``
-        np.add(raw, int(inter), out=out, dtype=np.int64 if out.dtype == np.int64 else np.int32, casting="unsafe")
-
-
 def _in_plane(ds):
     iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
     row_cos, col_cos = iop[:3], iop[3:]
@@ -346,43 +286,10 @@ def _in_plane(ds):
     return row_cos, col_cos, spacing  # spacing = (between rows, between columns)
 
 
-def slice_order(positions: np.ndarray, normal: np.ndarray, name: str, where, files=None) -> tuple[np.ndarray, float]:
-    """The order of slices (or frames) by their ``positions`` (LPS, (n, 3)) projected on the slice
-    ``normal``, and the slice step in mm. The one rule for classic series, multi-frame images and the
-    DICOM SEG writer: slices sharing a position, or an uneven step (a missing slice), are an error naming
-    the series."""
-    proj = np.asarray(positions, dtype=np.float64) @ np.asarray(normal, dtype=np.float64)
-    order = np.argsort(proj, kind="stable")
-    proj = proj[order]
-    steps = np.diff(proj)
-    if not len(steps):
-        return order, 0.0
-    if np.any(np.abs(steps) < _STEP_ATOL):
-        n_dup = int(np.sum(np.abs(steps) < _STEP_ATOL))
-        raise MedSegIOError(
-            where,
-            f"series {name}: {n_dup} slice(s) share a position with another (several echoes or time points "
-            "in one series, or a duplicated slice?); cannot build one volume",
-        )
-    step = float(np.median(steps))
-    uneven = np.abs(steps - step) > _STEP_RTOL * step + _STEP_ATOL
-    if np.any(uneven):
-        k = int(np.argmax(uneven))
-        missing = steps[k] / step - 1
-        hint = f" (about {missing:.0f} missing slice(s))" if missing > 0.5 else ""
-        at = files[order[k + 1]] if files is not None else where
-        raise MedSegIOError(
-            at,
-            f"series {name}: uneven slice step, {steps[k]:.3f} mm between slices {k} and {k + 1} where the series "
-            f"step is {step:.3f} mm{hint}",
-        )
-    return order, step
-
-
 def _build_volume(path: Path, members, max_bytes) -> Volume:
     f0, ds0 = members[0]
-    name = _series_name(ds0, path.name)
-    meta = _metadata(ds0, members)
+    name = series_name(ds0, path.name)
+    meta = metadata(ds0, members)
     has_geometry = all("ImageOrientationPatient" in ds and "ImagePositionPatient" in ds for _, ds in members)
     rows, cols = int(ds0.Rows), int(ds0.Columns)
 
@@ -392,8 +299,8 @@ def _build_volume(path: Path, members, max_bytes) -> Volume:
                 path, f"{len(members)} slices of series {name} lack ImagePositionPatient/ImageOrientationPatient; cannot order them"
             )
         raw = _raw_pixels(f0, ds0)
-        arr = np.empty(raw.shape, _output_dtype([raw], [_rescale(ds0)]))
-        _rescaled_into(arr, raw, *_rescale(ds0))
+        arr = np.empty(raw.shape, output_dtype([raw], [_rescale(ds0)]))
+        rescaled_into(arr, raw, *_rescale(ds0))
         affine = np.eye(4)
         if has_geometry:
             row_cos, col_cos, sp = _in_plane(ds0)
@@ -427,9 +334,9 @@ def _build_volume(path: Path, members, max_bytes) -> Volume:
     if len(shapes) > 1:
         raise MedSegIOError(path, f"series {name}: decoded slices have different shapes {sorted(shapes)}")
     rescales = [_rescale(ds) for _, ds in members]
-    stack = np.empty((n, rows, cols), _output_dtype(raws, rescales))  # (k, row, col), filled in place
+    stack = np.empty((n, rows, cols), output_dtype(raws, rescales))  # (k, row, col), filled in place
     for k, (raw, (slope, inter)) in enumerate(zip(raws, rescales)):
-        _rescaled_into(stack[k], raw, slope, inter)
+        rescaled_into(stack[k], raw, slope, inter)
     del raws
     data = stack.transpose(2, 1, 0)  # (i=col, j=row, k=slice): a view, no copy
 
@@ -449,3 +356,18 @@ def _build_volume(path: Path, members, max_bytes) -> Volume:
     meta["slice_step_mm"] = step
     meta["layout"] = "3d"
     return Volume(data=data, affine=LPS_TO_RAS @ lps, name=name, kind="image", path=str(path), metadata=meta)
+
+
+def find_source_series(where, affine, shape) -> Volume:
+    """The DICOM series at ``where`` (a folder or file, as recorded when it was read) whose grid is
+    ``affine`` / ``shape``: what a napari layer's labels lie on. A one-line error when it is gone or when no
+    series there has that grid."""
+    if not where or not Path(where).exists():
+        raise MedSegIOError(where, "the DICOM series these labels lie on is no longer there; cannot reference it "
+                                   "(save as NIfTI instead)")
+    for vol in read_dicom(where):
+        if vol.kind == "image" and tuple(np.shape(vol.data)[:3]) == tuple(shape)[:3] and same_placement(
+                vol.affine, affine):
+            return vol
+    raise MedSegIOError(where, f"no DICOM series there has the labels' grid {tuple(shape)[:3]}: a SEG must lie on "
+                               "its series (save as NIfTI instead)")

@@ -98,7 +98,7 @@ def stacks(frame_list: list[Frame]) -> dict[tuple, list[Frame]]:
 def grid_affine(first: Frame, positions: np.ndarray) -> np.ndarray:
     """RAS affine of (i = column, j = row, k = slice) for frames ordered along their normal, as a classic
     series of the same slices gets (``io/dicom.py``)."""
-    from .dicom import LPS_TO_RAS
+    from .dicom_common import LPS_TO_RAS
 
     lps = np.eye(4)
     lps[:3, 0] = first.row_cos * first.spacing[1]
@@ -126,11 +126,11 @@ def pixel_frames(f, ds) -> np.ndarray:
 
 def read_multiframe(f: Path, ds, max_bytes=None) -> list[Volume]:
     """One :class:`Volume` per stack of a multi-frame image (a DICOM SEG goes to ``io.dicom_seg``)."""
-    from .dicom import _metadata, _output_dtype, _rescaled_into, _series_name, slice_order
+    from .dicom_common import metadata, output_dtype, rescaled_into, series_name, slice_order
 
     frame_list = frames(f, ds)
     groups = stacks(frame_list)
-    name = _series_name(ds, Path(f).name)
+    name = series_name(ds, Path(f).name)
     rows, cols = int(ds.Rows), int(ds.Columns)
     check_allocation(f, rows * cols * len(frame_list) * 4, f"{name}: {len(frame_list)} frames of {rows}x{cols}", max_bytes)
     pixels = pixel_frames(f, ds)
@@ -147,10 +147,10 @@ def read_multiframe(f: Path, ds, max_bytes=None) -> list[Volume]:
         positions = positions[order]
         raws = [pixels[fr.index] for fr in members]
         rescales = [(fr.slope, fr.intercept) for fr in members]
-        stack = np.empty((len(members), rows, cols), _output_dtype(raws, rescales))
+        stack = np.empty((len(members), rows, cols), output_dtype(raws, rescales))
         for k, (raw, (slope, inter)) in enumerate(zip(raws, rescales)):
-            _rescaled_into(stack[k], raw, slope, inter)
-        meta = _metadata(ds, [(f, ds)])
+            rescaled_into(stack[k], raw, slope, inter)
+        meta = metadata(ds, [(f, ds)])
         meta.update({"layout": "3d", "slice_step_mm": step, "multiframe": True,
                      "frames": [fr.index for fr in members], "SOPClassUID": str(ds.get("SOPClassUID", ""))})
         vol_name = name if len(groups) == 1 else f"{name}_{_suffix(key, n)}"

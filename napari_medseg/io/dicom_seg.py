@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MedSegIOError, MedSegIOWarning
-from .volume import Volume, same_placement
+from .volume import Volume
 from .volume import class_names as class_names_for
 
 # (category, type) SNOMED CT codes by (dataset of the model, class name); pydicom's code dictionary names
@@ -66,23 +66,6 @@ def _derived_uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=["napari-medseg", *parts])
 
 
-def find_source_series(where, affine, shape) -> Volume:
-    """The DICOM series at ``where`` (a folder or file, as recorded when it was read) whose grid is
-    ``affine`` / ``shape``: what a napari layer's labels lie on. A one-line error when it is gone or when no
-    series there has that grid."""
-    from . import read
-
-    if not where or not Path(where).exists():
-        raise MedSegIOError(where, "the DICOM series these labels lie on is no longer there; cannot reference it "
-                                   "(save as NIfTI instead)")
-    for vol in read(where):
-        if vol.kind == "image" and tuple(np.shape(vol.data)[:3]) == tuple(shape)[:3] and same_placement(
-                vol.affine, affine):
-            return vol
-    raise MedSegIOError(where, f"no DICOM series there has the labels' grid {tuple(shape)[:3]}: a SEG must lie on "
-                               "its series (save as NIfTI instead)")
-
-
 TEXT_VRS = ("AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
 
 
@@ -112,7 +95,7 @@ def source_datasets(source: Volume) -> tuple[list, list[str]]:
     read by this package."""
     import pydicom
 
-    from .dicom import slice_order
+    from .dicom_common import slice_order
 
     meta = source.metadata or {}
     files = meta.get("files") or []
@@ -254,7 +237,7 @@ def read_seg(f, ds, others: list[Volume] | None = None) -> Volume:
     """A DICOM SEG as a labels volume: on the grid of an open series it fits (the referenced one first),
     else on its own frames' geometry (with a warning)."""
     from .dicom_enhanced import frames, grid_affine, pixel_frames, stacks
-    from .dicom import _series_name, slice_order
+    from .dicom_common import series_name, slice_order
 
     frame_list = frames(f, ds)
     if any(fr.segment is None for fr in frame_list):
@@ -273,7 +256,7 @@ def read_seg(f, ds, others: list[Volume] | None = None) -> Volume:
     except (AttributeError, IndexError):
         pass
     target = _fitting_series(frame_list, others or [], ref_uid)
-    name = f"{_series_name(ds, Path(f).stem)}"
+    name = f"{series_name(ds, Path(f).stem)}"
     if target is not None:
         affine, shape = target.affine, tuple(np.shape(target.data)[:3])
         placed_on = target.name
@@ -325,7 +308,7 @@ def _unique_positions(positions: np.ndarray, normal: np.ndarray) -> np.ndarray:
 def _fitting_series(frame_list, volumes: list[Volume], ref_uid: str) -> Volume | None:
     """An open image volume whose grid holds every frame (same in-plane orientation and spacing, frame
     positions on its slices), the referenced series first."""
-    from .dicom import LPS_TO_RAS
+    from .dicom_common import LPS_TO_RAS
 
     cands = sorted((v for v in volumes if v.kind == "image" and np.ndim(v.data) == 3),
                    key=lambda v: v.metadata.get("SeriesInstanceUID") != ref_uid)
@@ -343,7 +326,7 @@ def _fitting_series(frame_list, volumes: list[Volume], ref_uid: str) -> Volume |
 def _slice_of(fr, inv_affine: np.ndarray, depth: int, tol: float = 1e-2) -> int | None:
     """The slice ``k`` of a grid (its inverse affine, ``depth`` slices) whose first voxel is the frame's
     first pixel, or None when the frame does not lie on one of its slices."""
-    from .dicom import LPS_TO_RAS
+    from .dicom_common import LPS_TO_RAS
 
     i, j, k = (inv_affine @ (LPS_TO_RAS @ np.r_[fr.position, 1.0]))[:3]
     n = int(round(k))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MedSegIOError
-from .points import Disc, DiscPoints, disc_name, disc_number
+from .disc_points import Disc, DiscPoints, disc_name, disc_number
 from .volume import Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])

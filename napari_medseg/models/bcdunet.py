@@ -36,7 +36,7 @@ from torch import nn
 
 from ..io.errors import InvalidInput
 from .checks import check_input
-from .registry import REGISTRY
+from .multiples import MULTIPLES
 from .convlstm import ConvLSTM
 
 WIDTHS = {"paper": (64, 128, 256, 512), "small": (20, 40, 80, 160)}
@@ -101,7 +101,7 @@ class BCDUNet(nn.Module):
         reference_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, name="BCDU-Net", in_channels=self.in_channels, multiple=REGISTRY["bcdunet"].multiple)
+        check_input(x, name="BCDU-Net", in_channels=self.in_channels, multiple=MULTIPLES["bcdunet"])
         e1 = self.enc1(x)
         e2 = self.enc2(self.pool(e1))
         e3 = self.enc3(self.pool(e2))

@@ -63,7 +63,7 @@ from torch import nn
 
 from ..io.errors import InvalidInput
 from .checks import check_input
-from .registry import REGISTRY
+from .multiples import MULTIPLES
 
 SIZES = {
     "paper": {"widths": (24, 48, 96, 192, 192), "blocks": (2, 3, 4, 6, 3), "heads": 6, "point_hidden": 256},
@@ -315,7 +315,7 @@ class BilateralAttentionNet(nn.Module):
         return load_swin_into(self.isam.swin, path, stage=stage)
 
     def forward(self, x: torch.Tensor):
-        check_input(x, name="bilateral", in_channels=self.in_channels, multiple=REGISTRY["bilateral"].multiple)
+        check_input(x, name="bilateral", in_channels=self.in_channels, multiple=MULTIPLES["bilateral"])
         feats = []
         for stage in self.encoder:
             x = stage(x)

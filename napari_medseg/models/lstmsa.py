@@ -32,7 +32,7 @@ from torch import nn
 
 from ..io.errors import InvalidInput
 from .checks import check_input
-from .registry import REGISTRY
+from .multiples import MULTIPLES
 from .convlstm import ConvLSTMCell, run_sequence
 
 SIZES = {
@@ -120,7 +120,7 @@ class LSTMSA(nn.Module):
                    for p in m.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, name="LSTMSA", in_channels=self.in_channels, multiple=REGISTRY["lstmsa"].multiple, ndims=(4, 5))
+        check_input(x, name="LSTMSA", in_channels=self.in_channels, multiple=MULTIPLES["lstmsa"], ndims=(4, 5))
         if self.cell == "none":  # backbone alone: the middle slice only
             return self.classifier(self.backbone(x[:, x.shape[1] // 2] if x.ndim == 5 else x))
         if x.ndim == 5:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
+
 from ..io.errors import InvalidInput
+from .multiples import MULTIPLES
 
 if TYPE_CHECKING:  # listing networks (`napari-medseg models`) must not import torch
     from torch import nn
@@ -100,13 +102,13 @@ def _builders() -> dict[str, Callable[..., nn.Module]]:
 
 REGISTRY: dict[str, ModelInfo] = {
     "lstmsa": ModelInfo(
-        "lstmsa", "LSTMSA (self-attention embedded LSTM, 2.5D)", "segmentation", "2d+2.5d", 1, 4, "logits", 16,
+        "lstmsa", "LSTMSA (self-attention embedded LSTM, 2.5D)", "segmentation", "2d+2.5d", 1, 4, "logits", MULTIPLES["lstmsa"],
         "Ye et al., IEEE TNNLS", {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-4, "schedule": "poly0.9",
                                   "batch_size": 8, "input_size": 224, "loss": "dice_ce"},
         encoder_prefixes=("backbone.conv_0", "backbone.down_"),
         head_prefixes=("forward_cell", "reverse_cell", "classifier"), cpu_runtime="onnxruntime"),
     "bilateral": ModelInfo(
-        "bilateral", "Bilateral spatial attention network", "segmentation", "2d", 3, 1, "logits", 16,
+        "bilateral", "Bilateral spatial attention network", "segmentation", "2d", 3, 1, "logits", MULTIPLES["bilateral"],
         "Sun, Sui, Liang, Hu, Du", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
                                     "loss": "dice_ce", "augment": False},
         encoder_prefixes=("encoder.",), head_prefixes=("coarse_head.", "point_head."),
@@ -115,20 +117,20 @@ REGISTRY: dict[str, ModelInfo] = {
         bf16_training=False, cpu_runtime="onnxruntime", bf16_cpu_runtime="onnxruntime"),
     "bcdunet": ModelInfo(
         "bcdunet", "BCDU-Net (bi-directional ConvLSTM U-Net, dense bottleneck)", "segmentation", "2d", 3, 1,
-        "logits", 8, "Azad et al., ICCVW 2019", {"optimizer": "adam", "lr": 1e-4, "schedule": "plateau0.1p7",
+        "logits", MULTIPLES["bcdunet"], "Azad et al., ICCVW 2019", {"optimizer": "adam", "lr": 1e-4, "schedule": "plateau0.1p7",
                                                  "batch_size": 8, "input_size": 256, "loss": "bce", "epochs": 100},
         input_norm="zscore+minmax", encoder_prefixes=("enc1.", "enc2.", "enc3."), head_prefixes=("head.",),
         cpu_runtime="onnxruntime"),
     "hourglass": ModelInfo(
         "hourglass", "Stacked hourglass with multi-level attention (disc labeling)", "keypoints", "2d", 3, 11,
-        "heatmaps", 64, "Azad et al., MLMI 2021", {"optimizer": "rmsprop", "lr": 2.5e-4, "milestones": [60, 90],
+        "heatmaps", MULTIPLES["hourglass"], "Azad et al., MLMI 2021", {"optimizer": "rmsprop", "lr": 2.5e-4, "milestones": [60, 90],
                                                     "gamma": 0.1, "epochs": 120, "batch_size": 3, "input_size": 256,
                                                     "loss": "heatmap_mse", "balance_levels": True},
         bf16_training=False, encoder_prefixes=("stem.",), head_prefixes=("score.",), cpu_runtime="onnxruntime",
         # bf16 gradient cosine to fp64 0.82-0.84 at init, 0.79-0.92 after 3 steps (batch 3)
         bf16_cpu_runtime="onnxruntime"),
     "unet": ModelInfo(
-        "unet", "U-Net baseline (MONAI BasicUNet)", "segmentation", "2d", 3, 1, "logits", 16,
+        "unet", "U-Net baseline (MONAI BasicUNet)", "segmentation", "2d", 3, 1, "logits", MULTIPLES["unet"],
         "Ronneberger et al. 2015 / MONAI", {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "input_size": 256,
                                              "loss": "dice_ce"},
         encoder_prefixes=("net.conv_0.", "net.down_"), head_prefixes=("net.final_conv.",),

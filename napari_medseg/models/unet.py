@@ -11,7 +11,7 @@ from monai.networks.nets import BasicUNet
 from torch import nn
 
 from .checks import check_input
-from .registry import REGISTRY
+from .multiples import MULTIPLES
 
 SIZES = {"paper": (32, 32, 64, 128, 256, 32), "small": (10, 10, 20, 40, 80, 10)}
 
@@ -25,5 +25,5 @@ class UNetBaseline(nn.Module):
                              features=tuple(features or SIZES[size]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, name="unet", in_channels=self.in_channels, multiple=REGISTRY["unet"].multiple)
+        check_input(x, name="unet", in_channels=self.in_channels, multiple=MULTIPLES["unet"])
         return self.net(x)
