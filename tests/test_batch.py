@@ -241,3 +241,35 @@ def test_a_skipped_input_is_said_once(folder, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "inputs:" not in line]
     assert sum("broken.png" in line for line in lines) == 1 and sum("ct.nii.gz" in line for line in lines) == 1, lines
     assert next(line for line in lines if "broken.png" in line).startswith("skipped: ")
+
+
+def test_a_bug_shaped_value_error_keeps_its_traceback_while_bad_input_is_one_line(folder, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """A ValueError that is not ours (a bug, ours or a library's) is not "bad input": the CLI does not turn
+    it into exit 2 and a line, and a batch does not record it as a skipped file; our own checks still do."""
+    from napari_medseg.cli import main
+    from napari_medseg.engine import infer
+    from napari_medseg.io.errors import InvalidInput
+
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(next(p for p in sorted(folder.iterdir()) if p.suffix == ".jpg"), one)
+
+    def bug(self, *a, **k):
+        raise ValueError("operands could not be broadcast together with shapes (3,) (4,)")
+
+    monkeypatch.setattr(infer.Predictor, "segment_image", bug)
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        main(["predict", "--model", MODEL, str(one), "--out", str(tmp_path / "a"), "--device", "cpu"])
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        api.batch(str(one), tmp_path / "b", model=MODEL, device="cpu")
+
+    def refusal(self, *a, **k):
+        raise InvalidInput("this image cannot be used: a check of ours")
+
+    monkeypatch.setattr(infer.Predictor, "segment_image", refusal)
+    capsys.readouterr()
+    assert main(["predict", "--model", MODEL, str(one), "--out", str(tmp_path / "c"), "--device", "cpu"]) == 2
+    assert "a check of ours" in capsys.readouterr().err
+    summary = api.batch(str(one), tmp_path / "d", model=MODEL, device="cpu")
+    assert not summary["written"] and "a check of ours" in summary["skipped"][0]["error"]
