@@ -123,7 +123,8 @@ def as_volume(image: ImageLike) -> io.Volume:
     if hasattr(image, "data_to_world") and hasattr(image, "data"):  # a napari layer (duck-typed)
         return geometry.volume_of_layer(image)
     arr = np.asarray(getattr(image, "data", image))
-    rgb = arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8
+    # an 8-bit array whose last axis has 3 or 4 entries is RGB(A), as napari guesses: one image, or a stack of them
+    rgb = arr.ndim in (3, 4) and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8
     return geometry.layer_to_volume(arr, rgb=rgb, name=str(getattr(image, "name", "array")))
 
 
@@ -148,31 +149,19 @@ def segment(image: ImageLike, model: str | None = None, weights=None, *, axis: i
     vol = as_volume(image)
     pred.check_input(vol, force)
     from_layer = "layer" in vol.metadata
-    if vol.is_2d:
-        data = np.asarray(vol.data)
-        frames = [data] if data.ndim - int(vol.rgb) == 2 else list(data)  # an RGB stack: image by image
-        outs = [pred.segment_image(f, rgb=vol.rgb, tta=tta, cleanup=cleanup, probabilities=probabilities)
-                for f in frames]
-        if probabilities:
-            labels, probs = [o[0] for o in outs], [o[1] for o in outs]
-            labels, probs = (labels[0], probs[0]) if len(frames) == 1 and data.ndim - int(vol.rgb) == 2 else \
-                (np.stack(labels), np.stack(probs, 1))
-        else:
-            labels, probs = (outs[0] if data.ndim - int(vol.rgb) == 2 else np.stack(outs)), None
-    else:
-        only = None
-        if at is not None:
-            ax = pred.prep.axis_for(vol.affine, np.shape(vol.data)[:3], axis)
-            k = int(np.round(geometry.file_index_of_world(at, vol)[ax]))
-            if not 0 <= k < np.shape(vol.data)[ax]:
-                raise InvalidInput(f"{vol.name}: the point {tuple(np.round(at, 2))} is outside the volume")
-            only = [k]
-        out = pred.segment_volume(vol, axis=axis, tta=tta, cleanup=cleanup, probabilities=probabilities,
-                                  callback=callback, cancel=cancel, only_slices=only)
-        labels, probs = out if probabilities else (out, None)
-        if from_layer:  # back to the layer's order
-            labels = geometry.volume_to_layer_order(labels, vol)
-            probs = None if probs is None else geometry.volume_to_layer_order(probs, vol)
+    only = None
+    if at is not None and not vol.is_2d:
+        ax = pred.prep.axis_for(vol.affine, np.shape(vol.data)[:3], axis)
+        k = int(np.round(geometry.file_index_of_world(at, vol)[ax]))
+        if not 0 <= k < np.shape(vol.data)[ax]:
+            raise InvalidInput(f"{vol.name}: the point {tuple(np.round(at, 2))} is outside the volume")
+        only = [k]
+    out = pred.segment(vol, axis=axis, tta=tta, cleanup=cleanup, probabilities=probabilities, callback=callback,
+                       cancel=cancel, only_slices=only)
+    labels, probs = out if probabilities else (out, None)
+    if from_layer and not vol.is_2d:  # back to the layer's order
+        labels = geometry.volume_to_layer_order(labels, vol)
+        probs = None if probs is None else geometry.volume_to_layer_order(probs, vol)
     return Segmentation(labels, None if from_layer else vol.affine, vol.name, pred.class_names(), probs, vol.path,
                         {**pred.identity(), "dataset": (pred.config.get("card") or {}).get("dataset")})
 

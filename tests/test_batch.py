@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_medseg import api
+from napari_medseg import api, io
 from napari_medseg.io.errors import MedSegIOError
 from napari_medseg.engine import data as D
 
@@ -273,3 +273,43 @@ def test_a_bug_shaped_value_error_keeps_its_traceback_while_bad_input_is_one_lin
     assert "a check of ours" in capsys.readouterr().err
     summary = api.batch(str(one), tmp_path / "d", model=MODEL, device="cpu")
     assert not summary["written"] and "a check of ours" in summary["skipped"][0]["error"]
+
+
+def test_api_batch_and_evaluate_take_the_one_prediction_path(shared, tmp_path):
+    """``Predictor.segment`` and ``label_discs`` are the one path: an RGB stack through ``api.segment`` gives
+    per image what ``api.batch`` writes for the same images as files, a volume the same labels, a spine scan
+    the same discs (Dask workers run the batch's function: test_two_local_dask_workers_write_the_same_bytes;
+    the widgets call api.segment / api.label_discs)."""
+    import imageio.v3 as iio
+
+    layout = D.discover(shared / "kvasir-seg")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    crops = []
+    for k, stem in enumerate(D.split(layout)["test"][:2]):
+        crop = np.asarray(iio.imread(layout.pairs[stem][0]))[:288, :320, :3]
+        iio.imwrite(inp / f"frame{k}.png", crop)
+        crops.append(crop)
+    stack = api.segment(np.stack(crops), model=MODEL, device="cpu")  # (2, H, W, 3) uint8: a stack of RGB images
+    api.batch(str(inp), tmp_path / "out2d", model=MODEL, device="cpu")
+    for k in range(2):
+        written = io.read_image2d(tmp_path / "out2d" / f"frame{k}_seg.png", kind="labels").data
+        np.testing.assert_array_equal(stack.labels[k], np.asarray(written))
+    assert stack.labels.shape == (2, 288, 320) and 0 < stack.labels.mean() < 1
+
+    acdc = D.discover(shared / "acdc")
+    image = acdc.pairs[D.split(acdc)["test"][0]][0]
+    vol = io.read_nifti(image)
+    seg = api.segment(vol, model="unet-acdc-300", device="cpu")
+    api.batch(str(image), tmp_path / "out3d", model="unet-acdc-300", device="cpu")
+    written = io.read_nifti(next((tmp_path / "out3d").glob("*_seg.nii.gz")), kind="labels")
+    np.testing.assert_array_equal(seg.labels, np.asarray(written.data))
+    assert len(np.unique(seg.labels)) == 4
+
+    scan = shared / "spine-discs/images/spine_vb3_02.nii.gz"
+    discs = api.label_discs(scan, model="hourglass-spine-discs", device="cpu")
+    api.batch(str(scan), tmp_path / "discs", model="hourglass-spine-discs", device="cpu")
+    back = io.read_points(tmp_path / "discs" / "spine_vb3_02_discs.json")
+    assert back.names == discs.names and len(discs) >= 5
+    np.testing.assert_allclose(back.world, discs.world, atol=1e-6)
+    assert back.levels == discs.levels and back.verdict == discs.verdict

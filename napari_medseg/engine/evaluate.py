@@ -72,12 +72,12 @@ def evaluate(predictor: Predictor, data_dir: str, *, subset: str = "test", max_c
         elif layout.kind == "seg2d":
             vol = io.read_image2d(img_path, kind="image")
             truth = D.read_mask(tgt_path)
-            pred = predictor.segment_image(vol.data, rgb=vol.rgb, tta=tta)
+            pred = predictor.segment(vol, tta=tta)
             case = segmentation_metrics(pred, truth, predictor.num_classes)
         else:
             vol = io.read_nifti(img_path, kind="image")
             truth = np.asarray(io.read_nifti(tgt_path, kind="labels").data)
-            pred = predictor.segment_volume(vol, tta=tta)
+            pred = predictor.segment(vol, tta=tta)
             drawn = None if layout.contoured is None or stem not in layout.contoured else \
                 set(layout.contoured[stem]) | ({int(v) for v in np.unique(truth)} - {0})
             case = segmentation_metrics(pred, truth, predictor.num_classes, vol.spacing, classes=drawn)

@@ -195,6 +195,27 @@ class Predictor:
 
     # ------------------------------------------------------------ 2D
 
+    def segment(self, vol: io.Volume, *, axis: int | str | None = None, tta: bool = False, cleanup: bool = False,
+                probabilities: bool = False, callback=None, cancel: CancelToken | None = None,
+                only_slices: list[int] | None = None):
+        """The one segmentation path of api, batch runs, Dask workers and the widgets: a 2-D image, a stack of
+        2-D images (RGB or grey: image by image, labels (N, H, W)), a 3-D volume slice by slice or a 4-D
+        series frame by frame (:meth:`segment_volume`, file order). Labels, or (labels, probabilities) with
+        ``probabilities`` (a stack's: (K, N, H, W)). ``axis``, ``callback``, ``cancel`` and ``only_slices``
+        apply to volumes."""
+        self.require_segmentation()
+        if not vol.is_2d:
+            return self.segment_volume(vol, axis=axis, tta=tta, cleanup=cleanup, probabilities=probabilities,
+                                       callback=callback, cancel=cancel, only_slices=only_slices)
+        data = np.asarray(vol.data)
+        single = data.ndim - int(vol.rgb) == 2
+        outs = [self.segment_image(f, rgb=vol.rgb, tta=tta, cleanup=cleanup, probabilities=probabilities)
+                for f in ([data] if single else data)]
+        if not probabilities:
+            return outs[0] if single else np.stack(outs)
+        labels, probs = [o[0] for o in outs], [o[1] for o in outs]
+        return (labels[0], probs[0]) if single else (np.stack(labels), np.stack(probs, 1))
+
     def segment_image(self, image: np.ndarray, *, rgb: bool | None = None, tta: bool = False,
                       cleanup: bool = False, probabilities: bool = False, mode: str = "resize"):
         """Labels (H, W) uint8 for one 2D image (and probabilities (K, H, W) on request).

@@ -158,11 +158,11 @@ class Segmentation(Task):
         if vol.is_2d:
             if fmt == "dicom-seg":
                 raise MedSegIOError(path, "--format dicom-seg needs a 3-D DICOM series; this is a 2-D image")
-            labels = pred.segment_image(vol.data, rgb=vol.rgb, tta=tta, cleanup=cleanup)
+            labels = pred.segment(vol, tta=tta, cleanup=cleanup)
             target = io.write_image2d(out / names_out[0], labels)
             voxel = 1.0
         else:
-            labels = pred.segment_volume(vol, tta=tta, cleanup=cleanup)
+            labels = pred.segment(vol, tta=tta, cleanup=cleanup)
             if fmt == "dicom-seg":
                 from ..io.dicom_seg import write_seg
 
