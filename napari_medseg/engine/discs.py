@@ -190,6 +190,36 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
         return Numbering(found, NOT_ANCHORED, "not anchored")
     _, level, i = max(pool)
     a = cands[level][i]
+    out, moved, typical = _count_from(found, a, level, numbers)
+    notes = []
+    count = f"counted from {_name(level)}"
+    if moved:
+        shift = int(np.median(moved))
+        renamed = (f"{len(moved)} disc(s) the heatmaps had named {abs(shift)} level(s) "
+                   f"{'lower' if shift > 0 else 'higher'}")
+        count += f"; it renamed {renamed}"
+        if renamed_doubt:
+            notes.append(f"numbering anchored at {_name(level)} renamed {renamed}: check the levels")
+    if np.isfinite(typical):
+        if second_ratio is not None:
+            notes += _second_readings(heatmaps, numbers, cands[level], a, level, levels, typical, second_ratio)
+        if below_floor is not None and rows_in_scan is not None:
+            notes += _nothing_below_l4_l5(heatmaps, numbers, out, typical, rows_in_scan, below_floor)
+        if agree_min is not None:
+            notes += _junction_channels_disagree(heatmaps, numbers, typical, agree_min, respond_floor)
+    if sure_anchor is not None and a["confidence"] < sure_anchor:
+        notes.append(f"the count rests on a weak {_name(level)} ({a['confidence']:.3f}, below "
+                     f"{sure_anchor:.2f}): check the levels")
+    if edge_room is not None and rows_in_scan is not None and out and out[-1]["number"] == ANCHOR \
+            and rows_in_scan - out[-1]["row"] < edge_room * typical:
+        notes.append("the disc named L5/S1 lies at the lower edge of the scan, with no S1 body in view below it: "
+                     "check that it is L5/S1")
+    return Numbering(out, "; ".join(notes), count)
+
+
+def _count_from(found: list[dict], a: dict, level: int, numbers: list[int]) -> tuple[list[dict], list[int], float]:
+    """The decoded chain renumbered from anchor candidate ``a`` at ``level`` (see :func:`anchor_numbering`):
+    (discs kept, the level changes of renamed discs, the typical spacing in rows)."""
     chain = sorted(found, key=lambda f: f["row"])
     rows = np.array([f["row"] for f in chain], dtype=float)
     gaps = np.diff(rows)
@@ -207,57 +237,58 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
     # above the model's top level: unnamed; below L5/S1: sacral segments, not lumbar discs
     keep = [k for k, n in enumerate(new) if min(numbers) <= n <= ANCHOR]
     moved = [chain[k]["number"] - new[k] for k in keep if chain[k]["number"] != new[k]]
-    out = [{**chain[k], "number": new[k]} for k in keep]
+    return [{**chain[k], "number": new[k]} for k in keep], moved, typical
+
+
+def _second_readings(heatmaps, numbers, own: list[dict], a: dict, level: int, levels, typical: float,
+                     ratio: float) -> list[str]:
+    """``second_ratio``'s doubts: a rival candidate in the anchor's channel, or the other anchoring channel
+    pointing at a disc the count names otherwise."""
     notes = []
-    count = f"counted from {_name(level)}"
-    if moved:
-        shift = int(np.median(moved))
-        renamed = (f"{len(moved)} disc(s) the heatmaps had named {abs(shift)} level(s) "
-                   f"{'lower' if shift > 0 else 'higher'}")
-        count += f"; it renamed {renamed}"
-        if renamed_doubt:
-            notes.append(f"numbering anchored at {_name(level)} renamed {renamed}: check the levels")
-    if second_ratio is not None and np.isfinite(typical):
-        rivals = [c for c in cands[level] if c is not a and abs(c["row"] - a["row"]) > typical / 2
-                  and c["confidence"] >= second_ratio * a["confidence"]]
-        if rivals:
-            r = max(rivals, key=lambda c: c["confidence"])
-            notes.append(f"two places look like {_name(level)} ({r['confidence']:.2f} against "
-                         f"{a['confidence']:.2f}, {'below' if r['row'] > a['row'] else 'above'} the one taken): "
-                         "check that L5/S1 is not S1/S2 or a transitional vertebra")
-        for other in levels:  # the other anchoring channel, down to second_ratio of the anchor's height
-            oc = candidates(heatmaps[numbers.index(other)], second_ratio * a["confidence"]) if other != level else []
-            if not oc:
-                continue
-            o = max(oc, key=lambda c: c["confidence"])
-            at = level + int(round((o["row"] - a["row"]) / typical))
-            if at != other:
-                notes.append(f"the {_name(other)} heatmap points at the disc the count from {_name(level)} names "
-                             f"{_name(at) if min(numbers) <= at <= ANCHOR else 'outside the lumbar spine'}: check "
-                             "that L5/S1 is not S1/S2 or a transitional vertebra")
-    if below_floor is not None and out and out[-1]["number"] == ANCHOR - 1 and ANCHOR in numbers \
-            and np.isfinite(typical) and rows_in_scan is not None and rows_in_scan - out[-1]["row"] > typical:
-        last = out[-1]
-        below = [c for c in candidates(heatmaps[numbers.index(ANCHOR)], below_floor)
-                 if 0.4 * typical <= c["row"] - last["row"] <= 1.6 * typical]
-        if not below:
-            notes.append("nothing below L4/L5 looks like L5/S1 although the scan goes on: check that the disc "
-                         "named L4/L5 is not L5/S1 (the sacrum counted as a lumbar level)")
-    if agree_min is not None and np.isfinite(typical) and {ANCHOR - 1, ANCHOR} <= set(numbers):
-        tops = [max(candidates(heatmaps[numbers.index(lv)], respond_floor), key=lambda c: c["confidence"],
-                    default=None) for lv in (ANCHOR - 1, ANCHOR)]
-        if all(tops) and (tops[1]["row"] - tops[0]["row"]) < agree_min * typical:
-            notes.append(f"the L4/L5 and L5/S1 heatmaps point at the same disc ({tops[0]['confidence']:.2f} and "
-                         f"{tops[1]['confidence']:.2f}, {abs(tops[1]['row'] - tops[0]['row']) / typical:.1f} "
-                         "spacings apart): check whether it is L4/L5 or L5/S1")
-    if sure_anchor is not None and a["confidence"] < sure_anchor:
-        notes.append(f"the count rests on a weak {_name(level)} ({a['confidence']:.3f}, below "
-                     f"{sure_anchor:.2f}): check the levels")
-    if edge_room is not None and out and out[-1]["number"] == ANCHOR and np.isfinite(typical) \
-            and rows_in_scan is not None and rows_in_scan - out[-1]["row"] < edge_room * typical:
-        notes.append("the disc named L5/S1 lies at the lower edge of the scan, with no S1 body in view below it: "
-                     "check that it is L5/S1")
-    return Numbering(out, "; ".join(notes), count)
+    rivals = [c for c in own if c is not a and abs(c["row"] - a["row"]) > typical / 2
+              and c["confidence"] >= ratio * a["confidence"]]
+    if rivals:
+        r = max(rivals, key=lambda c: c["confidence"])
+        notes.append(f"two places look like {_name(level)} ({r['confidence']:.2f} against "
+                     f"{a['confidence']:.2f}, {'below' if r['row'] > a['row'] else 'above'} the one taken): "
+                     "check that L5/S1 is not S1/S2 or a transitional vertebra")
+    for other in levels:  # the other anchoring channel, down to ``ratio`` of the anchor's height
+        oc = candidates(heatmaps[numbers.index(other)], ratio * a["confidence"]) if other != level else []
+        if not oc:
+            continue
+        o = max(oc, key=lambda c: c["confidence"])
+        at = level + int(round((o["row"] - a["row"]) / typical))
+        if at != other:
+            notes.append(f"the {_name(other)} heatmap points at the disc the count from {_name(level)} names "
+                         f"{_name(at) if min(numbers) <= at <= ANCHOR else 'outside the lumbar spine'}: check "
+                         "that L5/S1 is not S1/S2 or a transitional vertebra")
+    return notes
+
+
+def _nothing_below_l4_l5(heatmaps, numbers, out: list[dict], typical: float, rows_in_scan: int,
+                         floor: float) -> list[str]:
+    """``below_floor``'s doubt: the count ends at L4/L5 though the scan goes on, and nothing below it looks
+    like L5/S1."""
+    if not out or out[-1]["number"] != ANCHOR - 1 or ANCHOR not in numbers or rows_in_scan - out[-1]["row"] <= typical:
+        return []
+    below = [c for c in candidates(heatmaps[numbers.index(ANCHOR)], floor)
+             if 0.4 * typical <= c["row"] - out[-1]["row"] <= 1.6 * typical]
+    return [] if below else ["nothing below L4/L5 looks like L5/S1 although the scan goes on: check that the disc "
+                             "named L4/L5 is not L5/S1 (the sacrum counted as a lumbar level)"]
+
+
+def _junction_channels_disagree(heatmaps, numbers, typical: float, agree_min: float, floor: float) -> list[str]:
+    """``agree_min``'s doubt: the strongest L4/L5 and L5/S1 candidates (each at least ``floor``) are not one
+    disc apart, L5/S1 below."""
+    if not {ANCHOR - 1, ANCHOR} <= set(numbers):
+        return []
+    tops = [max(candidates(heatmaps[numbers.index(lv)], floor), key=lambda c: c["confidence"], default=None)
+            for lv in (ANCHOR - 1, ANCHOR)]
+    if not all(tops) or tops[1]["row"] - tops[0]["row"] >= agree_min * typical:
+        return []
+    return [f"the L4/L5 and L5/S1 heatmaps point at the same disc ({tops[0]['confidence']:.2f} and "
+            f"{tops[1]['confidence']:.2f}, {abs(tops[1]['row'] - tops[0]['row']) / typical:.1f} spacings apart): "
+            "check whether it is L4/L5 or L5/S1"]
 
 
 def _name(number: int) -> str:
