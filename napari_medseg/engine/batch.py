@@ -269,20 +269,7 @@ def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tt
     if resume:
         stale = remove_stale_temporaries(out)
         summary["stale_temporaries_removed"] = stale
-    digests: dict[Path, str] = {}
-    todo = []
-    for path in files:
-        if resume:
-            digests[path] = checksum(path)
-            row = manifest.done(path, digests[path])
-            if row is not None:  # finished by an earlier run: its outputs are complete (atomic writes)
-                summary["resumed"] += 1
-                summary["results"].append({"file": str(path), "outputs": row["outputs"].split(";"), "resumed": True})
-                continue
-        todo.append(path)
-    for path in todo:  # claimed before any is written (module docstring): what a kill leaves is resumable
-        names = tasks.of(task).output_names(stem_of(path), fmt, path.suffix.lower() in io.IMAGE2D_SUFFIXES)
-        manifest.add(path, [str(out / n) for n in names], "queued", "", 0.0, digests.get(path, ""))
+    todo, digests = _queue(manifest, files, out, task, fmt, resume, summary)
     done = summary["resumed"]
 
     def record(path: Path, row: dict):
@@ -308,6 +295,28 @@ def run_batch(pred, files: list[Path], out: Path, *, weights: str, task: str, tt
     finally:
         manifest.close()
     return summary
+
+
+def _queue(manifest: Manifest, files: list[Path], out: Path, task: str, fmt: str | None, resume: bool,
+           summary: dict) -> tuple[list[Path], dict[Path, str]]:
+    """The inputs to run (with ``resume``, those an earlier run did not finish: noted in ``summary``), each
+    claimed by a ``queued`` row naming its outputs before any is written (module docstring), and the
+    checksums computed on the way."""
+    digests: dict[Path, str] = {}
+    todo = []
+    for path in files:
+        if resume:
+            digests[path] = checksum(path)
+            row = manifest.done(path, digests[path])
+            if row is not None:  # finished by an earlier run: its outputs are complete (atomic writes)
+                summary["resumed"] += 1
+                summary["results"].append({"file": str(path), "outputs": row["outputs"].split(";"), "resumed": True})
+                continue
+        todo.append(path)
+    for path in todo:
+        names = tasks.of(task).output_names(stem_of(path), fmt, path.suffix.lower() in io.IMAGE2D_SUFFIXES)
+        manifest.add(path, [str(out / n) for n in names], "queued", "", 0.0, digests.get(path, ""))
+    return todo, digests
 
 
 def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, cancel, prior=None, fmt=None):

@@ -374,29 +374,7 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
     cases = []
     for s in stems:
         _check_cancel(cancel, s)
-        img_path, lab_path = layout.pairs[s]
-        vol = io.read_nifti(img_path, kind="image")
-        view, geo = pp.sagittal_view(vol.data, vol.affine, n_average)
-        pts = disc_points(lab_path, vol)
-        scale = disc_view_scale(view.shape, size)
-        lr_mm = float(np.linalg.norm(np.asarray(vol.affine)[:3, geo["lr"]]))
-        sweep = DT.sweep_offsets(vol.data.shape[geo["lr"]], lr_mm)
-        # the thin views of the depth sweep only where depth channels may be trained
-        choices = list(VIEW_CHOICES) + ([(o, DT.SWEEP_SLICES) for o in sweep] if depth is not False else [])
-        alt, centres = [], []
-        for off, n in choices:
-            v, g = pp.sagittal_view(vol.data, vol.affine, n, off)
-            alt.append(disc_view_input(v, size)[0])
-            centres.append(g["mid"] * lr_mm)
-        vert = layout.root / "vertebrae" / f"{s}_vertebrae.nii.gz"
-        bodies = DT.body_centres(vert, vol, geo) * scale + (scale - 1) / 2 if vert.is_file() else np.zeros((0, 2))
-        px_mm = np.array([np.linalg.norm(np.asarray(vol.affine)[:3, geo[a]]) for a in ("si", "ap")]) / scale
-        cases.append({"view": disc_view_input(view, size), "alt": alt, "centres": centres, "n_sweep": len(sweep),
-                      "px_mm": px_mm,
-                      "mid_mm": geo["mid"] * lr_mm, "numbers": pts.numbers, "bodies": bodies,
-                      "rc": pp.voxel_to_view(pts.voxels(), geo) * scale + (scale - 1) / 2,
-                      "lr_mm": np.asarray(pts.voxels(), float)[:, geo["lr"]] * lr_mm,
-                      "profile": input_profile(vol, geo["lr"])})
+        cases.append(_disc_case(layout, s, size, n_average, depth))
     numbers = sorted(disc_numbers or {n for c in cases for n in c["numbers"]})
     depth = all(c["n_sweep"] >= 3 for c in cases) if depth is None else bool(depth)
     n_views = max(len(c["alt"]) for c in cases)
@@ -415,30 +393,12 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
                     fits.append(f)
     heat, vis, known, amps = [], [], [], []
     for c in cases:
-        pos, visible, lr = np.zeros((len(numbers), 2)), np.zeros(len(numbers), bool), np.zeros(len(numbers))
-        for n, p, d in zip(c["numbers"], c["rc"], c["lr_mm"]):
-            if n in numbers:
-                k = numbers.index(n)
-                pos[k], visible[k], lr[k] = p, True, d
-        h = pp.gaussian_heatmaps(pos, visible, size, sigma)
-        kn = DT.known_masks(numbers, labelled_of(c), c["bodies"], size)
-        placed = np.zeros(len(numbers), bool)
-        for f in fits:
-            k = numbers.index(f["level"])
-            p = None if visible[k] else DT.extrapolate_next(f, labelled_of(c), c["bodies"], c["px_mm"])
-            if p is not None and 0 <= p[0] < size[0] and 0 <= p[1] < size[1]:
-                one = np.zeros(len(numbers), bool)
-                one[k] = placed[k] = True
-                h[k] = pp.gaussian_heatmaps(np.repeat(p[None], len(numbers), 0), one, size, sigma)[k]
-                kn[k] = 1
-        if depth:
-            amp = DT.depth_amplitudes(lr, visible, np.r_[c["mid_mm"], c["centres"]])
-            h = np.concatenate([h, h * amp[0][:, None, None]])
-            kn = np.concatenate([kn, kn * ~placed[:, None, None]])  # no left-right target for a placed disc
-            amps.append(amp[1:])
+        h, visible, kn, amp = _disc_case_targets(c, labelled_of(c), numbers, fits, size, sigma, depth)
         heat.append(h)
         vis.append(visible)
         known.append(kn)
+        if depth:
+            amps.append(amp)
     pts_all = [(c["numbers"], c["rc"]) for c in cases]
     prior = disc_prior(pts_all, numbers)
     pre = {"input_size": list(size), "channels": 3, "normalize": "zscore+minmax", "layout": "discs",
@@ -452,6 +412,66 @@ def prepare_discs(layout: Layout, stems: list[str], size: tuple[int, int], disc_
                     views=np.stack([np.stack(c["alt"] if depth else c["alt"][: len(VIEW_CHOICES)]) for c in cases]
                                    ).astype(np.float32),
                     known=np.stack(known), depth=np.stack(amps) if depth else None)
+
+
+def _disc_case(layout: Layout, s: str, size: tuple[int, int], n_average: int, depth: bool | None) -> dict:
+    """One case of :func:`prepare_discs`: its inference view, the other views training may draw (and the
+    depth sweep's, unless ``depth`` is False), its labelled discs and vertebral bodies in view pixels."""
+    from . import disc_targets as DT
+
+    img_path, lab_path = layout.pairs[s]
+    vol = io.read_nifti(img_path, kind="image")
+    view, geo = pp.sagittal_view(vol.data, vol.affine, n_average)
+    pts = disc_points(lab_path, vol)
+    scale = disc_view_scale(view.shape, size)
+    lr_mm = float(np.linalg.norm(np.asarray(vol.affine)[:3, geo["lr"]]))
+    sweep = DT.sweep_offsets(vol.data.shape[geo["lr"]], lr_mm)
+    # the thin views of the depth sweep only where depth channels may be trained
+    choices = list(VIEW_CHOICES) + ([(o, DT.SWEEP_SLICES) for o in sweep] if depth is not False else [])
+    alt, centres = [], []
+    for off, n in choices:
+        v, g = pp.sagittal_view(vol.data, vol.affine, n, off)
+        alt.append(disc_view_input(v, size)[0])
+        centres.append(g["mid"] * lr_mm)
+    vert = layout.root / "vertebrae" / f"{s}_vertebrae.nii.gz"
+    bodies = DT.body_centres(vert, vol, geo) * scale + (scale - 1) / 2 if vert.is_file() else np.zeros((0, 2))
+    px_mm = np.array([np.linalg.norm(np.asarray(vol.affine)[:3, geo[a]]) for a in ("si", "ap")]) / scale
+    return {"view": disc_view_input(view, size), "alt": alt, "centres": centres, "n_sweep": len(sweep),
+            "px_mm": px_mm, "mid_mm": geo["mid"] * lr_mm, "numbers": pts.numbers, "bodies": bodies,
+            "rc": pp.voxel_to_view(pts.voxels(), geo) * scale + (scale - 1) / 2,
+            "lr_mm": np.asarray(pts.voxels(), float)[:, geo["lr"]] * lr_mm,
+            "profile": input_profile(vol, geo["lr"])}
+
+
+def _disc_case_targets(c: dict, labelled: dict, numbers: list[int], fits: list[dict], size, sigma: float,
+                       depth: bool):
+    """A case's heatmaps, ``visible`` levels and ``known`` pixels (with a placed target for each fitted level
+    it does not label, :func:`prepare_discs`), and, with ``depth``, its depth channels appended and the
+    sweep views' amplitudes (else None)."""
+    from . import disc_targets as DT
+
+    pos, visible, lr = np.zeros((len(numbers), 2)), np.zeros(len(numbers), bool), np.zeros(len(numbers))
+    for n, p, d in zip(c["numbers"], c["rc"], c["lr_mm"]):
+        if n in numbers:
+            k = numbers.index(n)
+            pos[k], visible[k], lr[k] = p, True, d
+    h = pp.gaussian_heatmaps(pos, visible, size, sigma)
+    kn = DT.known_masks(numbers, labelled, c["bodies"], size)
+    placed = np.zeros(len(numbers), bool)
+    for f in fits:
+        k = numbers.index(f["level"])
+        p = None if visible[k] else DT.extrapolate_next(f, labelled, c["bodies"], c["px_mm"])
+        if p is not None and 0 <= p[0] < size[0] and 0 <= p[1] < size[1]:
+            one = np.zeros(len(numbers), bool)
+            one[k] = placed[k] = True
+            h[k] = pp.gaussian_heatmaps(np.repeat(p[None], len(numbers), 0), one, size, sigma)[k]
+            kn[k] = 1
+    if not depth:
+        return h, visible, kn, None
+    amp = DT.depth_amplitudes(lr, visible, np.r_[c["mid_mm"], c["centres"]])
+    h = np.concatenate([h, h * amp[0][:, None, None]])
+    kn = np.concatenate([kn, kn * ~placed[:, None, None]])  # no left-right target for a placed disc
+    return h, visible, kn, amp[1:]
 
 
 def level_repeats(visible: np.ndarray, max_repeat: int = 4) -> np.ndarray:

@@ -156,31 +156,17 @@ def anchor_numbering(found: list[dict], heatmaps: np.ndarray, numbers: list[int]
     those channels at or above ``min_confidence`` is the anchor. The decoded disc within half a typical
     spacing of it takes the anchor's level (otherwise the anchor joins the chain as a new disc), discs that
     would be numbered below L5/S1 are dropped (sacral segments, not lumbar discs), and the rest are
-    renumbered outward by :func:`renumber_chain`. Returns a :class:`Numbering`: its ``doubt`` is
-    ``NOT_ANCHORED`` when no anchor is found, the sentences of the rules below that fired, else ""; its
-    ``count`` says which disc anchored the count and how many discs the anchoring renamed (with
-    ``renamed_doubt`` that renaming is a doubt too, as before this rule set). A model without any of
-    ``levels`` is returned unchanged, with no note (it cannot be anchored; its card says which levels it
-    names).
+    renumbered outward by :func:`renumber_chain`. Returns a :class:`Numbering`: ``doubt`` is ``NOT_ANCHORED``
+    when no anchor is found, else the sentences of the rules below that fired; ``count`` says which disc
+    anchored and how many discs it renamed (with ``renamed_doubt`` also a doubt). A model without any of
+    ``levels`` is returned unchanged, without a note (it cannot be anchored; its card names its levels).
 
-    ``agree_min`` (our rule: the two anchoring channels must agree): when L4/L5's and L5/S1's strongest
-    candidates (each of at least ``respond_floor``, the decoder's lowest disc heat) lie less than this many
-    typical spacings apart, or L5/S1's above L4/L5's, both channels point at one disc: is it L4/L5 or
-    L5/S1? The doubt says so. ``edge_room``: when the count ends at L5/S1 less than this many spacings above
-    the scan's lower edge, no S1 body is in view to confirm it (a field of view that ends at a disc): the
-    doubt says so. ``sure_anchor``: an anchor weaker than this (it may still anchor, from
-    ``min_confidence`` up) leaves the count in doubt. None: off.
-
-    ``second_ratio`` (our rules against the sacrum taken for L5/S1): when the anchor's channel has another
-    candidate at least this fraction of the anchor's height, more than half a disc spacing away, or when
-    the other anchoring channel's strongest candidate (at least this fraction too) sits at another level
-    than the anchor's count gives it, the scan has two readings of the lumbosacral junction (L5/S1 and
-    S1/S2, or a transitional vertebra): the note says so, so that every disc is flagged. None: off.
-
-    ``below_floor`` (our rule against the sacrum counted as a lumbar level): when the count ends at L4/L5
-    (no L5/S1 named) while the scan (``rows_in_scan`` rows of the heatmaps) goes on more than a disc
-    spacing below it, and the L5/S1 heatmap has no candidate of at least ``below_floor`` in the spacing
-    below it, the disc named L4/L5 may be L5/S1: the note says so. None: off."""
+    The doubts, our rules (each None: off; docs/engine.md "Numbering anchored at the lumbosacral junction"):
+    ``second_ratio``, two readings of the junction (:func:`_second_readings`); ``below_floor``, the count
+    ends at L4/L5 though the scan (``rows_in_scan`` rows) goes on (:func:`_nothing_below_l4_l5`);
+    ``agree_min``, the junction channels (from ``respond_floor`` up) on one disc
+    (:func:`_junction_channels_disagree`); ``sure_anchor``, an anchor weaker than this (it anchors from
+    ``min_confidence`` up); ``edge_room``, L5/S1 less than this many spacings above the scan's lower edge."""
     levels = [lv for lv in levels if lv in numbers]
     if not levels:
         return Numbering(found, "")

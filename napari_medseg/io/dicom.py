@@ -286,6 +286,27 @@ def _in_plane(ds):
     return row_cos, col_cos, spacing  # spacing = (between rows, between columns)
 
 
+def _single_image(f0: Path, ds0, name: str, meta: dict, has_geometry: bool) -> Volume:
+    """One image (a single slice, or one without the geometry to order it among others): 2-D, its pixel
+    spacing (and its place, where it has one) in the affine."""
+    raw = _raw_pixels(f0, ds0)
+    arr = np.empty(raw.shape, output_dtype([raw], [_rescale(ds0)]))
+    rescaled_into(arr, raw, *_rescale(ds0))
+    affine = np.eye(4)
+    if has_geometry:
+        row_cos, col_cos, sp = _in_plane(ds0)
+        lps = np.eye(4)
+        lps[:3, 0] = col_cos * sp[0]  # array axis 0 = row index, moves along the column direction
+        lps[:3, 1] = row_cos * sp[1]
+        lps[:3, 2] = np.cross(row_cos, col_cos) * float(ds0.get("SliceThickness", 1) or 1)
+        lps[:3, 3] = np.asarray(ds0.ImagePositionPatient, dtype=np.float64)
+        affine = LPS_TO_RAS @ lps
+    elif "PixelSpacing" in ds0:
+        affine[0, 0], affine[1, 1] = (float(v) for v in ds0.PixelSpacing)
+    meta["layout"] = "2d"
+    return Volume(data=arr, affine=affine, name=name, kind="image", path=str(f0), metadata=meta)
+
+
 def _build_volume(path: Path, members, max_bytes) -> Volume:
     f0, ds0 = members[0]
     name = series_name(ds0, path.name)
@@ -298,22 +319,7 @@ def _build_volume(path: Path, members, max_bytes) -> Volume:
             raise MedSegIOError(
                 path, f"{len(members)} slices of series {name} lack ImagePositionPatient/ImageOrientationPatient; cannot order them"
             )
-        raw = _raw_pixels(f0, ds0)
-        arr = np.empty(raw.shape, output_dtype([raw], [_rescale(ds0)]))
-        rescaled_into(arr, raw, *_rescale(ds0))
-        affine = np.eye(4)
-        if has_geometry:
-            row_cos, col_cos, sp = _in_plane(ds0)
-            lps = np.eye(4)
-            lps[:3, 0] = col_cos * sp[0]  # array axis 0 = row index, moves along the column direction
-            lps[:3, 1] = row_cos * sp[1]
-            lps[:3, 2] = np.cross(row_cos, col_cos) * float(ds0.get("SliceThickness", 1) or 1)
-            lps[:3, 3] = np.asarray(ds0.ImagePositionPatient, dtype=np.float64)
-            affine = LPS_TO_RAS @ lps
-        elif "PixelSpacing" in ds0:
-            affine[0, 0], affine[1, 1] = (float(v) for v in ds0.PixelSpacing)
-        meta["layout"] = "2d"
-        return Volume(data=arr, affine=affine, name=name, kind="image", path=str(f0), metadata=meta)
+        return _single_image(f0, ds0, name, meta, has_geometry)
 
     row_cos, col_cos, sp = _in_plane(ds0)
     normal = np.cross(row_cos, col_cos)

@@ -153,7 +153,6 @@ def write_seg(path: str | Path, labels: np.ndarray, source: Volume, *, class_nam
     Returns (path, notes): the notes say which classes were empty and left out and which UIDs were derived.
     """
     import highdicom as hd
-    from pydicom.sr.codedict import codes
 
     path = Path(path)
     labels = np.asarray(labels)
@@ -173,25 +172,7 @@ def write_seg(path: str | Path, labels: np.ndarray, source: Volume, *, class_nam
         notes.append(f"empty class(es) left out of the SEG: {', '.join(empty)}")
     if not present:
         raise MedSegIOError(path, "the labels are empty: a DICOM SEG needs at least one segment (nothing written)")
-    algo = None
-    if algorithm:
-        algo = hd.AlgorithmIdentificationSequence(
-            name=str(algorithm.get("name", "napari-medseg")), family=codes.cid7162.ArtificialIntelligence,
-            version=str(algorithm.get("version", "")), source="napari-medseg",
-            parameters={k: str(v) for k, v in algorithm.items() if k not in ("name", "version") and v is not None})
-    descriptions = []
-    for number, c in enumerate(present, start=1):
-        cat, typ, side = concept(dataset, names[c])
-        desc = hd.seg.SegmentDescription(
-            segment_number=number, segment_label=names[c][:64], segmented_property_category=cat,
-            segmented_property_type=typ,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if algo else hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-            algorithm_identification=algo)
-        if side is not None:  # highdicom has no argument for it: the attribute of the segment item
-            from pydicom.sequence import Sequence
-
-            desc.SegmentedPropertyTypeModifierCodeSequence = Sequence([hd.sr.CodedConcept.from_code(side)])
-        descriptions.append(desc)
+    descriptions = _segment_descriptions(hd, present, names, dataset, algorithm)
     # label map (frames, rows, cols) in the source's slice order: our (i = column, j = row, k = slice)
     remap = np.zeros(max(present) + 1, np.uint16)
     remap[present] = np.arange(1, len(present) + 1)
@@ -216,6 +197,33 @@ def write_seg(path: str | Path, labels: np.ndarray, source: Volume, *, class_nam
     for n in notes:
         warnings.warn(f"{path.name}: {n}", MedSegIOWarning, stacklevel=2)
     return path, notes
+
+
+def _segment_descriptions(hd, present: list[int], names: list[str], dataset: str | None, algorithm: dict | None):
+    """One highdicom segment description per present class: its coded concept (and laterality), and the
+    algorithm that made it (none: a manual segmentation)."""
+    from pydicom.sr.codedict import codes
+
+    algo = None
+    if algorithm:
+        algo = hd.AlgorithmIdentificationSequence(
+            name=str(algorithm.get("name", "napari-medseg")), family=codes.cid7162.ArtificialIntelligence,
+            version=str(algorithm.get("version", "")), source="napari-medseg",
+            parameters={k: str(v) for k, v in algorithm.items() if k not in ("name", "version") and v is not None})
+    descriptions = []
+    for number, c in enumerate(present, start=1):
+        cat, typ, side = concept(dataset, names[c])
+        desc = hd.seg.SegmentDescription(
+            segment_number=number, segment_label=names[c][:64], segmented_property_category=cat,
+            segmented_property_type=typ,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if algo else hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            algorithm_identification=algo)
+        if side is not None:  # highdicom has no argument for it: the attribute of the segment item
+            from pydicom.sequence import Sequence
+
+            desc.SegmentedPropertyTypeModifierCodeSequence = Sequence([hd.sr.CodedConcept.from_code(side)])
+        descriptions.append(desc)
+    return descriptions
 
 
 def _segmentation(hd, datasets, frames, fractional, descriptions, ref, algorithm):

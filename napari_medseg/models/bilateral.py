@@ -468,6 +468,18 @@ def load_swin_into(layer: nn.Module, path: str | Path, stage: int | None = None)
     own = {k: v for k, v in layer.state_dict().items() if not k.endswith(_SKIP)}
     n_blocks = len(layer.blocks)
     window = layer.blocks[0].window_size[0]
+    stages = _swin_stages(tensors)
+    if stages:
+        stage, order, picked = _pick_from_stage(stages, own, n_blocks, window, path, stage)
+        layer.load_state_dict(picked, strict=False)
+        return {"stage": stage, "source_blocks": order, "loaded": len(picked)}
+    picked = _pick_own_keys(tensors, own, window, path)
+    layer.load_state_dict(picked, strict=False)
+    return {"stage": None, "source_blocks": list(range(n_blocks)), "loaded": len(picked)}
+
+
+def _swin_stages(tensors: dict) -> dict[int, dict[int, dict[str, torch.Tensor]]]:
+    """stage -> block -> tensors under MONAI's names, from Microsoft/timm Swin keys (empty: none there)."""
     stages: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
     for key, value in tensors.items():
         m = _SWIN_BLOCK_KEY.match(key)
@@ -476,37 +488,45 @@ def load_swin_into(layer: nn.Module, path: str | Path, stage: int | None = None)
             for a, b in _RENAME.items():
                 rest = rest.replace(a, b)
             stages.setdefault(int(m.group(1)), {}).setdefault(int(m.group(2)), {})[rest] = value
-    if stages:
-        dims = {s: blocks[0]["norm1.weight"].shape[0] for s, blocks in stages.items() if "norm1.weight" in blocks.get(0, {})}
-        want = own["blocks.0.norm1.weight"].shape[0]
-        if stage is None:
-            fits = [s for s, d in sorted(dims.items()) if d == want]
-            if not fits:
-                raise InvalidInput(f"{path}: no Swin stage has width {want} (stage widths: {dims}); "
-                                 "pass stage= or use a model size whose ISAM width matches")
-            stage = fits[0]
-        if stage not in stages:
-            raise InvalidInput(f"{path}: no stage {stage} in the file (stages: {sorted(stages)})")
-        src_blocks = stages[stage]
-        n_src = len(src_blocks)
-        if n_src < n_blocks and n_src % 2:
-            raise InvalidInput(f"{path}: stage {stage} has {n_src} blocks; repeating an odd number would break "
-                             "the window / shifted-window alternation")
-        order = [b % n_src for b in range(n_blocks)]
-        picked = {}
-        for key, ref in own.items():
-            b, rest = key.split(".", 2)[1:]
-            src = src_blocks[order[int(b)]].get(rest)
-            if src is None:
-                raise InvalidInput(f"{path}: layers.{stage}.blocks.{order[int(b)]}.{rest} is missing")
-            if rest.endswith("relative_position_bias_table"):
-                src = resize_bias_table(src, window)
-            if src.shape != ref.shape:
-                raise InvalidInput(f"{path}: layers.{stage}.blocks.{order[int(b)]}.{rest} has shape "
-                                 f"{tuple(src.shape)}, ISAM expects {tuple(ref.shape)}")
-            picked[key] = src.to(ref.dtype)
-        layer.load_state_dict(picked, strict=False)
-        return {"stage": stage, "source_blocks": order, "loaded": len(picked)}
+    return stages
+
+
+def _pick_from_stage(stages, own: dict, n_blocks: int, window: int, path, stage: int | None):
+    """(stage, source block per ISAM block, tensors for ISAM) from an ImageNet Swin file (see
+    :func:`load_swin_into`)."""
+    dims = {s: blocks[0]["norm1.weight"].shape[0] for s, blocks in stages.items() if "norm1.weight" in blocks.get(0, {})}
+    want = own["blocks.0.norm1.weight"].shape[0]
+    if stage is None:
+        fits = [s for s, d in sorted(dims.items()) if d == want]
+        if not fits:
+            raise InvalidInput(f"{path}: no Swin stage has width {want} (stage widths: {dims}); "
+                               "pass stage= or use a model size whose ISAM width matches")
+        stage = fits[0]
+    if stage not in stages:
+        raise InvalidInput(f"{path}: no stage {stage} in the file (stages: {sorted(stages)})")
+    src_blocks = stages[stage]
+    n_src = len(src_blocks)
+    if n_src < n_blocks and n_src % 2:
+        raise InvalidInput(f"{path}: stage {stage} has {n_src} blocks; repeating an odd number would break "
+                           "the window / shifted-window alternation")
+    order = [b % n_src for b in range(n_blocks)]
+    picked = {}
+    for key, ref in own.items():
+        b, rest = key.split(".", 2)[1:]
+        src = src_blocks[order[int(b)]].get(rest)
+        if src is None:
+            raise InvalidInput(f"{path}: layers.{stage}.blocks.{order[int(b)]}.{rest} is missing")
+        if rest.endswith("relative_position_bias_table"):
+            src = resize_bias_table(src, window)
+        if src.shape != ref.shape:
+            raise InvalidInput(f"{path}: layers.{stage}.blocks.{order[int(b)]}.{rest} has shape "
+                               f"{tuple(src.shape)}, ISAM expects {tuple(ref.shape)}")
+        picked[key] = src.to(ref.dtype)
+    return stage, order, picked
+
+
+def _pick_own_keys(tensors: dict, own: dict, window: int, path) -> dict:
+    """Tensors for ISAM from a file with our own keys (``blocks.B....``, optionally prefixed)."""
     picked = {}
     for key, value in tensors.items():
         m = _OWN_BLOCK_KEY.match(key)
@@ -521,8 +541,7 @@ def load_swin_into(layer: nn.Module, path: str | Path, stage: int | None = None)
     missing = [k for k in own if k not in picked]
     if not picked:
         raise InvalidInput(f"{path}: no Swin block weights found (expected keys like 'layers.1.blocks.0.attn.qkv.weight' "
-                         "or 'blocks.0.attn.qkv.weight')")
+                           "or 'blocks.0.attn.qkv.weight')")
     if missing:
         raise InvalidInput(f"{path}: {len(missing)} ISAM tensor(s) not in the file (e.g. {missing[0]})")
-    layer.load_state_dict(picked, strict=False)
-    return {"stage": None, "source_blocks": list(range(n_blocks)), "loaded": len(picked)}
+    return picked
