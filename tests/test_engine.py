@@ -256,14 +256,18 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     ckpt.save_checkpoint(tmp_path / "c", model, {"model": {"name": "x"}})
     before = (tmp_path / "c" / "model.safetensors").read_bytes()
 
-    def boom(*a, **k):
-        raise OSError(28, "No space left on device")
+    from napari_medseg.io.errors import NoSpaceLeft
 
-    monkeypatch.setattr(ckpt, "save_file", boom)
-    with pytest.raises(ckpt.CheckpointError, match="No space left on device"):
-        ckpt.save_checkpoint(tmp_path / "c", model, {"model": {"name": "x"}})
-    assert (tmp_path / "c" / "model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    for code, error, said in ((28, NoSpaceLeft, "no space left on the device.*--resume"),
+                              (5, ckpt.CheckpointError, "Input/output error")):
+        def boom(*a, **k):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(ckpt, "_write_tensors", boom)
+        with pytest.raises(error, match=said):
+            ckpt.save_checkpoint(tmp_path / "c", model, {"model": {"name": "x"}})
+        assert (tmp_path / "c" / "model.safetensors").read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
 # ---------------------------------------------------------------- bad datasets

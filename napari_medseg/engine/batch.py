@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import io
-from ..io.errors import InvalidInput, MedSegIOError, USER_ERRORS
+from ..io.errors import USER_ERRORS, InvalidInput, MedSegIOError, NoSpaceLeft, write_error
 from . import tasks
 from .events import CancelToken, Progress
 from .expectations import InputMismatch
@@ -102,8 +102,11 @@ class Manifest:
     def _write(self, row: dict) -> None:
         buf = _io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow([row.get(c, "") for c in COLUMNS])
-        os.write(self._fd, buf.getvalue().encode("utf-8"))  # one write per row (O_APPEND)
-        os.fsync(self._fd)
+        try:
+            os.write(self._fd, buf.getvalue().encode("utf-8"))  # one write per row (O_APPEND)
+            os.fsync(self._fd)
+        except OSError as err:  # a row cut short is ignored when the manifest is read back
+            raise write_error(self.path, err) from err
 
     def add(self, path: Path, outputs: list[str], status: str, reason: str, seconds: float, digest: str) -> None:
         self._write({"input": str(path), "outputs": ";".join(outputs), "status": status, "reason": reason,
@@ -231,6 +234,8 @@ def dask_task(weights: str, device: str, path: str, out: str, task: str, tta: bo
         pred = _worker_predictor(weights, device, runtime, precision)
         row = run_one(pred, p, read_input(p), Path(out), task, tta, cleanup, force, fmt=fmt)
         row.update(status="ok", reason="")
+    except NoSpaceLeft:  # the run stops (_run_dask)
+        raise
     except EXPECTED_ERRORS as err:
         row = {"file": path, "outputs": [], "status": _status_of(err), "reason": str(err).splitlines()[0]}
     row["seconds"] = round(time.perf_counter() - t0, 3)
@@ -344,6 +349,8 @@ def _run_local(pred, files, out, task, tta, cleanup, force, prefetch, record, ca
                 try:
                     row = run_one(pred, path, vol, out, task, tta, cleanup, force, prior, fmt)
                     row.update(status="ok", reason="")
+                except NoSpaceLeft:  # every later write would fail alike: stop; --resume continues
+                    raise
                 except EXPECTED_ERRORS as e:
                     err = e
             del vol
@@ -378,6 +385,9 @@ def _run_dask(files, out, weights, device, task, tta, cleanup, force, client, wo
                 break
             try:
                 row = fut.result()
+            except NoSpaceLeft:  # every later write would fail alike: stop; --resume continues
+                client.cancel(list(futures))
+                raise
             except Exception as err:  # noqa: BLE001 - a task that crashed twice (the worker died ...)
                 row = {"outputs": [], "status": "failed", "reason": f"{type(err).__name__}: {err}".splitlines()[0]}
             record(path, row)

@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as tensors_to_bytes
 
 from ..io.atomic import default_mode
+from ..io.errors import NO_SPACE, write_error
 from .config import FORMAT, CheckpointError, read_config  # noqa: F401 - re-exported
 from .config import bundled_weights
 from .config import resolve as _resolve
@@ -82,6 +84,13 @@ def _unflatten_state(skel: Any, tensors: dict) -> Any:
     return skel
 
 
+def _write_tensors(tensors: dict, path: Path) -> None:
+    """A safetensors file written by Python's own I/O, so that a full disk is an ``OSError`` (ENOSPC) like
+    any other write (safetensors' writer raises its own error type for it)."""
+    with open(path, "wb") as fh:
+        fh.write(tensors_to_bytes(tensors))
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dict,
                     train_state: dict | None = None) -> Path:
     """Write a checkpoint directory atomically (temp dir + rename)."""
@@ -97,13 +106,13 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dic
         module = model.module if hasattr(model, "module") else model
         module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
         weights = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
+        _write_tensors(weights, tmp / "model.safetensors")
         cfg = {"format": FORMAT, **config, "software": software_versions()}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n")
         if train_state is not None:
             tensors: dict = {}
             skeleton = _flatten_state(train_state, "", tensors)
-            save_file(tensors, str(tmp / "train_state.safetensors"))
+            _write_tensors(tensors, tmp / "train_state.safetensors")
             (tmp / "train_state.json").write_text(json.dumps(skeleton))
         for f in tmp.iterdir():  # safetensors writes 0600: give files the umask's mode like any other output
             os.chmod(f, default_mode())
@@ -118,6 +127,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dic
             shutil.rmtree(old, ignore_errors=True)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in NO_SPACE:  # the run stops with one line; --resume continues from the last checkpoint
+            raise write_error(path, err, "could not write checkpoint") from err
         raise CheckpointError(path, f"could not write checkpoint: {err.strerror or err}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

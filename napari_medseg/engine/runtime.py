@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -74,20 +73,15 @@ def weights_digest(weights_file: Path) -> str:
 
 def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: str | os.PathLike) -> Path:
     """Export ``model`` (eval mode) to ONNX at ``sample``'s shape, batch size dynamic; written atomically."""
+    from ..io.atomic import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings about Python values in shapes
-            torch.onnx.export(model, (sample,), tmp, dynamo=False, opset_version=OPSET, input_names=["image"],
-                              output_names=["output"], dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():  # a full disk: one line
+        warnings.simplefilter("ignore")  # tracer warnings about Python values in shapes
+        torch.onnx.export(model, (sample,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["image"],
+                          output_names=["output"], dynamic_axes={"image": {0: "batch"}, "output": {0: "batch"}})
     return path
 
 
@@ -95,10 +89,19 @@ def export_torchscript(model: torch.nn.Module, sample: torch.Tensor, path: str |
     """A traced TorchScript file of ``model`` at ``sample``'s shape (``torch.jit.load`` reads it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    import io as _io
+
+    from ..io.atomic import atomic_path
+
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model.eval(), (sample,), check_trace=False)
-    traced.save(str(path))
+    buf = _io.BytesIO()  # torch's own file writer aborts the process on a full disk: write the bytes here
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 calls TorchScript deprecated; it is asked for
+        torch.jit.save(traced, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
     return path
 
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import MedSegIOError
+from .errors import MedSegIOError, write_error
 
 
 def current_umask() -> int:
@@ -57,7 +57,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, default_mode())
         os.replace(tmp_path, final)
     except OSError as err:
-        raise MedSegIOError(final, f"could not write: {err.strerror or err}") from err
+        raise write_error(final, err) from err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

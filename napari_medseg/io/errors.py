@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -12,6 +13,26 @@ class MedSegIOError(Exception):
         self.path = None if path is None else os.fspath(path)
         self.problem = " ".join(str(problem).split())  # always one line
         super().__init__(f"{self.path}: {self.problem}" if self.path else self.problem)
+
+    def __reduce__(self):  # pickled as it was made (a Dask worker's error reaches the scheduler's client)
+        return self.__class__, (self.path, self.problem)
+
+
+class NoSpaceLeft(MedSegIOError):
+    """The device (or the user's quota) ran out of space while a file was written. Writes are atomic, so
+    nothing half-written stays; a run stops at once (every later write would fail the same way) and
+    continues where it stopped once there is space (``--resume``)."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_error(path, err: OSError, what: str = "could not write") -> MedSegIOError:
+    """The one-line error for an ``OSError`` writing ``path``: :class:`NoSpaceLeft` when the disk is full."""
+    if getattr(err, "errno", None) in NO_SPACE:
+        return NoSpaceLeft(path, f"{what}: no space left on the device (nothing half-written is left): free "
+                                 "space, then run the same command again (predict: --resume; train: --resume)")
+    return MedSegIOError(path, f"{what}: {err.strerror or err}")
 
 
 class InvalidInput(ValueError):
