@@ -51,6 +51,22 @@ def list_models() -> list[dict]:
     return catalog.list_models()
 
 
+def models_for(image: ImageLike, task: str = "segmentation") -> dict[str, list[str]]:
+    """Bundled models of ``task`` -> why each would refuse ``image`` (an empty list: it fits), fitting ones
+    first, from each model's recorded ``expects`` (``engine/expectations.py``; no network is loaded). The
+    Segment widget proposes the first that fits."""
+    from .engine.config import read_config
+    from .engine.expectations import check, input_profile
+
+    profile = input_profile(as_volume(image))
+    out = {}
+    for name, path in bundled_weights().items():
+        cfg = read_config(path)
+        if tasks.of(cfg["model"].get("task", "segmentation")) is tasks.of(task):
+            out[name] = check(profile, cfg.get("expects"))
+    return dict(sorted(out.items(), key=lambda kv: bool(kv[1])))
+
+
 def load(model: str | None = None, weights: str | os.PathLike | None = None, *, device: str = "auto",
          precision: str = "auto", batch_size: int | str = "auto", runtime: str = "auto") -> Predictor:
     """A :class:`Predictor` from a checkpoint folder (``weights``) or a bundled name (``model``).

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from napari_medseg.engine import data as D
 from napari_medseg import io
 from napari_medseg.geometry import world_to_ras
 from napari_medseg._napari._common import CHECKPOINT_CHOICE
@@ -460,3 +461,21 @@ def test_segment_writes_a_dicom_seg_of_a_dicom_series(make_napari_viewer, qtbot,
     assert seg.metadata["placed_on"] == vols[0].name
     assert set(seg.metadata["label_names"][1:]) <= {"RV", "Myo", "LV"}
     assert (seg.data > 0).sum() == (w.last_layer.data > 0).sum()
+
+
+def test_segment_widget_proposes_the_models_an_image_is_like(make_napari_viewer, shared, volumes):
+    """Choosing an image proposes the first bundled model whose training data it is like (no network
+    loaded; api.models_for): a cardiac MRI gets a cardiac model instead of the polyp model chosen before;
+    an abdominal CT, which no bundled model was trained on, is said so and the choice is left alone."""
+    viewer = make_napari_viewer()
+    acdc = D.discover(shared / "acdc")
+    [mr] = viewer.open(str(acdc.pairs[D.split(acdc)["test"][0]][0]), plugin="napari-medseg")
+    [ct] = viewer.open(str(volumes / "ct-spleen-crop.nii.gz"), plugin="napari-medseg")
+    w = _dock(viewer, "Segment")
+    w.weights.choice.value = "unet-kvasir-192"
+    w.image.value = ct.name
+    assert w.weights.choice.value == "unet-kvasir-192"
+    assert w.controls.status.value == "no bundled model was trained on images like this one"
+    w.image.value = mr.name
+    assert w.weights.choice.value == "lstmsa-acdc"
+    assert w.controls.status.value == "models for this image: lstmsa-acdc, unet-acdc-300"

@@ -44,6 +44,7 @@ class SegmentWidget(Container):
         super().__init__(widgets=[self.image, self.weights, self.device, self.runtime, self.axis, self.current_slice, self.tta,
                                   self.cleanup, self.probs, self.force, self.seg_out, self.controls])
         self.controls.run_button.changed.connect(self.run)
+        self.image.changed.connect(self._propose_model)
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
         self.worker = None
@@ -56,6 +57,24 @@ class SegmentWidget(Container):
     def _refresh(self, *_):
         self.image.reset_choices()
         self.weights.refresh()
+
+    def _propose_model(self, *_):
+        """The chosen image's models: the first bundled one whose training data it is like, unless the chosen
+        weights already fit (or are a checkpoint of the user's); the status line names the ones that fit."""
+        from .. import api
+
+        if self.image.value is None or self.image.value not in self.viewer.layers:
+            return
+        try:
+            fits = [n for n, why in api.models_for(self.viewer.layers[self.image.value]).items() if not why]
+        except Exception as err:  # noqa: BLE001 - a proposal only: never in the way of choosing by hand
+            self.controls.status.value = f"no model proposed ({type(err).__name__}: {err})"
+            return
+        current = self.weights.choice.value
+        if fits and current in api.bundled_weights() and current not in fits:
+            self.weights.choice.value = fits[0]
+        self.controls.status.value = (f"models for this image: {', '.join(fits)}" if fits else
+                                      "no bundled model was trained on images like this one")
 
     def run(self, *_):
         picked = chosen_layer_and_weights(self.viewer, self.image, self.weights, "an image layer")
