@@ -132,7 +132,7 @@ def main() -> int:
         raise SystemExit("action must be train, bundle or expects")
     from napari_medseg import api
     from napari_medseg.engine import checkpoint as ckpt
-    from napari_medseg.engine.data import augmentation_text
+    from napari_medseg.engine import tasks
     from napari_medseg.io import disc_name
 
     name = extra[extra.index("--as") + 1] if "--as" in extra else recipe["name"]
@@ -162,8 +162,8 @@ def main() -> int:
         "dataset": recipe["dataset"], "split": "split.json of the dataset (train / val / test stems)",
         "extra_train": [f"{d} (its train split)" for d in recipe.get("extra_train", [])], "recipe": train_args,
         "loss": cfg["training"].get("loss_used", cfg["training"].get("loss")),
-        "augmentation": augmentation_text(cfg["model"].get("task", "segmentation"), cfg["training"],
-                                          cfg.get("preprocessing", {})),
+        "augmentation": tasks.of(cfg["model"].get("task", "segmentation")).augmentation_text(
+            cfg["training"], cfg.get("preprocessing", {})),
         "level_balancing": cfg["training"].get("repeats"),
         "training_precision": cfg["training"].get("precision"), "optimizer": cfg["training"].get("optimizer"),
         "learning_rate": cfg["training"].get("lr"), "schedule": cfg["training"].get("schedule"),

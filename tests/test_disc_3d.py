@@ -11,6 +11,7 @@ from napari_medseg import io
 from napari_medseg.engine import data as D
 from napari_medseg.engine import disc_targets as DT
 from napari_medseg.engine import preprocess as pp
+from napari_medseg.engine import tasks
 from napari_medseg.engine.infer import Predictor
 from napari_medseg.engine.losses import HeatmapLoss
 
@@ -304,10 +305,10 @@ def test_the_model_card_names_the_augmentation_its_run_did():
     from napari_medseg import api
     from napari_medseg.engine import checkpoint as ckpt
 
-    plain = D.augmentation_text("keypoints", {"augment": True}, {"depth": {"sigma_mm": 2.0}})
+    plain = tasks.KEYPOINTS.augmentation_text({"augment": True}, {"depth": {"sigma_mm": 2.0}})
     assert "depth sweep" in plain and "magnified square" not in plain
-    squares = D.augmentation_text("keypoints", {"augment": True, "disc_square_crops": 0.4}, {})
+    squares = tasks.KEYPOINTS.augmentation_text({"augment": True, "disc_square_crops": 0.4}, {})
     assert "depth sweep" not in squares and "40% of them instead a magnified square" in squares
-    assert D.augmentation_text("segmentation", {"augment": False}, {}) == "none"
+    assert tasks.SEGMENTATION.augmentation_text({"augment": False}, {}) == "none"
     cfg = ckpt.read_config(api.bundled_weights()["hourglass-spine-discs"])
-    assert cfg["card"]["augmentation"] == D.augmentation_text("keypoints", cfg["training"], cfg["preprocessing"])
+    assert cfg["card"]["augmentation"] == tasks.KEYPOINTS.augmentation_text(cfg["training"], cfg["preprocessing"])

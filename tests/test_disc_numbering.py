@@ -183,10 +183,10 @@ def test_level_repeats_draw_the_rare_levels_more_often():
     assert reps[28:35].tolist() == [2] * 7  # sqrt(41 / 13) = 1.8
     assert reps[35:].tolist() == [3] * 6  # sqrt(41 / 6) = 2.6 and sqrt(41 / 4) = 3.2
     assert D.level_repeats(vis, max_repeat=2)[35:].tolist() == [2] * 6
-    ds = D.TrainDataset(_tiny_discs(), augment=False, repeats=[1, 3])
+    ds = D.DiscSamples(_tiny_discs(), augment=False, repeats=[1, 3])
     assert len(ds) == 4 and [ds[j]["index"] for j in range(4)] == [0, 1, 1, 1]
     with pytest.raises(ValueError, match="count >= 1"):
-        D.TrainDataset(_tiny_discs(), repeats=[1, 0])
+        D.DiscSamples(_tiny_discs(), repeats=[1, 0])
 
 
 def _tiny_discs() -> D.Prepared:
@@ -200,7 +200,7 @@ def _tiny_discs() -> D.Prepared:
 
 def test_keypoint_augmentation_is_reproducible_keeps_the_input_range_and_moves_targets_with_the_image():
     data = _tiny_discs()
-    ds = D.TrainDataset(data, augment=True, seed=3)
+    ds = D.DiscSamples(data, augment=True, seed=3)
     draws = []
     for epoch in range(6):
         ds.set_epoch(epoch)
@@ -219,7 +219,7 @@ def test_keypoint_augmentation_is_reproducible_keeps_the_input_range_and_moves_t
     moved = [it for items in draws for it in items if not torch.equal(it["target"], torch.as_tensor(data.targets[it["index"]]))]
     assert moved
     # without augmentation: the inference view, the target unchanged
-    plain = D.TrainDataset(data, augment=False)[0]
+    plain = D.DiscSamples(data, augment=False)[0]
     np.testing.assert_array_equal(plain["image"].numpy(), data.images[0])
     np.testing.assert_array_equal(plain["target"].numpy(), data.targets[0])
 

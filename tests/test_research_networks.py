@@ -293,7 +293,7 @@ def test_the_trainer_uses_the_loss_it_records(tiny, tmp_path, loss):
     from napari_medseg.engine.train import prepare_data
 
     tr, _, _ = prepare_data(train_opts("unet", tiny["kvasir-seg"], tmp_path / "x"), (64, 64))
-    ds = D.TrainDataset(tr, augment=False, seed=1)
+    ds = D.SegmentationSamples(tr, augment=False, seed=1)
     sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=1)
     sampler.set_epoch(0)  # the trainer's sampling rule (the same for 1 and N processes)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, drop_last=True)))

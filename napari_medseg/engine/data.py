@@ -572,24 +572,19 @@ def _invert(img):
     return img.max() + img.min() - img
 
 
-AUGMENTATION = {  # in words, for model cards: what augmentations(task) does
-    "keypoints": "choice of sagittal slices (VIEW_CHOICES, or half the time a 3-slice view of the depth sweep), "
-                 "field-of-view crops (half the samples: the top 10-45 % cut, or the bottom 10-30 %), "
-                 "rotation +-15 deg, scale 0.8-1.6, bias field, gamma "
-                 "0.6-1.7, histogram shift, intensity inversion, intensity scale/shift +-10 % (MONAI); no flips",
-    "segmentation": "flips, rotation +-15 deg, intensity scale/shift +-10 % (MONAI)",
-}
+# in words, for model cards: what each task's sample classes below do (engine/tasks.py augmentation_text)
+DISC_AUGMENTATION = ("choice of sagittal slices (VIEW_CHOICES, or half the time a 3-slice view of the depth sweep), "
+                     "field-of-view crops (half the samples: the top 10-45 % cut, or the bottom 10-30 %), "
+                     "rotation +-15 deg, scale 0.8-1.6, bias field, gamma "
+                     "0.6-1.7, histogram shift, intensity inversion, intensity scale/shift +-10 % (MONAI); no flips")
+SEGMENTATION_AUGMENTATION = "flips, rotation +-15 deg, intensity scale/shift +-10 % (MONAI)"
 
 
-def augmentation_text(task: str, training: dict, preprocessing: dict) -> str:
-    """``AUGMENTATION[task]`` as a run did it (a checkpoint's ``training`` and ``preprocessing``): the
+def disc_augmentation_text(training: dict, preprocessing: dict) -> str:
+    """:data:`DISC_AUGMENTATION` as a run did it (a checkpoint's ``training`` and ``preprocessing``): the
     depth-sweep views only where the model has depth channels, the magnified squares where the run drew
     them (``disc_square_crops``). For model cards."""
-    if not training.get("augment", True):
-        return "none"
-    text = AUGMENTATION[task]
-    if task != "keypoints":
-        return text
+    text = DISC_AUGMENTATION
     if not preprocessing.get("depth"):
         text = text.replace("(VIEW_CHOICES, or half the time a 3-slice view of the depth sweep)", "(VIEW_CHOICES)")
     share = float(training.get("disc_square_crops") or 0.0)
@@ -600,32 +595,36 @@ def augmentation_text(task: str, training: dict, preprocessing: dict) -> str:
     return text
 
 
-def augmentations(task: str):
-    """MONAI transforms for one training sample of ``task`` (see ``AUGMENTATION`` in words)."""
-    from monai.transforms import (Compose, RandAdjustContrastd, RandBiasFieldd, RandFlipd, RandHistogramShiftd,
-                                  RandLambdad, RandRotated, RandScaleIntensityd, RandShiftIntensityd, RandZoomd,
-                                  ScaleIntensityd)
+def disc_augmentations():
+    """MONAI transforms for one disc training sample (:data:`DISC_AUGMENTATION` in words). No flips:
+    superior-inferior order and anterior-posterior side carry meaning. Our choice, for scans of other sites
+    and contrasts (T1, T2, TIRM, Dixon water): in-plane rotation and scale (the heatmaps move with the
+    image), then a bias field, gamma, a histogram shift and inversion on the one-channel view, back to
+    [0, 1] as inference sees it, then small scale/shift (the field-of-view crops come first, in
+    :class:`DiscSamples`: disc_targets.fov_crop); ``known`` (the pixels that count in the loss) moves with
+    the targets, and what rotation or zoom brings in from outside does not count."""
+    from monai.transforms import (Compose, RandAdjustContrastd, RandBiasFieldd, RandHistogramShiftd, RandLambdad,
+                                  RandRotated, RandScaleIntensityd, RandShiftIntensityd, RandZoomd, ScaleIntensityd)
 
-    if task == "keypoints":  # no flips: superior-inferior order and anterior-posterior side carry meaning
-        # our choice, for scans of other sites and contrasts (T1, T2, TIRM, Dixon water): in-plane rotation
-        # and scale (the heatmaps move with the image), then a bias field, gamma, a histogram shift and
-        # inversion on the one-channel view, back to [0, 1] as inference sees it, then small scale/shift
-        # (the field-of-view crops come first, in TrainDataset: disc_targets.fov_crop); ``known`` (the pixels
-        # that count in the loss) moves with the targets, and what rotation or zoom brings in from outside
-        # does not count
-        return Compose([
-            RandRotated(keys=["image", "target", "known"], range_x=0.26, prob=0.5,
-                        mode=("bilinear", "bilinear", "nearest"), padding_mode="zeros"),
-            RandZoomd(keys=["image", "target", "known"], min_zoom=0.8, max_zoom=1.6, prob=0.5,
-                      mode=("bilinear", "bilinear", "nearest"), padding_mode="constant", keep_size=True),
-            RandBiasFieldd(keys="image", degree=3, coeff_range=(0.0, 0.3), prob=0.3),
-            RandAdjustContrastd(keys="image", gamma=(0.6, 1.7), prob=0.4),
-            RandHistogramShiftd(keys="image", num_control_points=(5, 10), prob=0.3),
-            RandLambdad(keys="image", func=_invert, prob=0.25),
-            ScaleIntensityd(keys="image", minv=0.0, maxv=1.0),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
-        ])
+    return Compose([
+        RandRotated(keys=["image", "target", "known"], range_x=0.26, prob=0.5,
+                    mode=("bilinear", "bilinear", "nearest"), padding_mode="zeros"),
+        RandZoomd(keys=["image", "target", "known"], min_zoom=0.8, max_zoom=1.6, prob=0.5,
+                  mode=("bilinear", "bilinear", "nearest"), padding_mode="constant", keep_size=True),
+        RandBiasFieldd(keys="image", degree=3, coeff_range=(0.0, 0.3), prob=0.3),
+        RandAdjustContrastd(keys="image", gamma=(0.6, 1.7), prob=0.4),
+        RandHistogramShiftd(keys="image", num_control_points=(5, 10), prob=0.3),
+        RandLambdad(keys="image", func=_invert, prob=0.25),
+        ScaleIntensityd(keys="image", minv=0.0, maxv=1.0),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+    ])
+
+
+def segmentation_augmentations():
+    """MONAI transforms for one segmentation training sample (:data:`SEGMENTATION_AUGMENTATION`)."""
+    from monai.transforms import Compose, RandFlipd, RandRotated, RandScaleIntensityd, RandShiftIntensityd
+
     return Compose([
         RandFlipd(keys=["image", "target"], prob=0.5, spatial_axis=1),
         RandFlipd(keys=["image", "target"], prob=0.5, spatial_axis=0),
@@ -637,12 +636,16 @@ def augmentations(task: str):
 
 
 class TrainDataset(torch.utils.data.Dataset):
-    """Training samples with per-step augmentation. ``repeats`` (N,) draws case ``i`` that many times per
-    epoch (:func:`level_repeats`); ``item["index"]`` is always the case's own index."""
+    """Training samples with per-step augmentation (a task's subclass: :class:`SegmentationSamples`,
+    :class:`DiscSamples`; ``engine/tasks.py`` ``Task.samples`` picks it). ``repeats`` (N,) draws case ``i``
+    that many times per epoch (:func:`level_repeats`); ``item["index"]`` is always the case's own index."""
+
+    def augmentations(self):
+        raise NotImplementedError
 
     def __init__(self, data: Prepared, augment: bool = True, seed: int = 0, repeats=None, square_share: float = 0.0):
         self.data, self.augment, self.seed, self.square_share = data, augment, seed, float(square_share)
-        self.transform = augmentations(data.task) if augment else None
+        self.transform = self.augmentations() if augment else None
         self.epoch = 0
         reps = np.ones(len(data.images), int) if repeats is None else np.asarray(repeats, int)
         if reps.shape != (len(data.images),) or reps.min() < 1:
@@ -657,6 +660,40 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __len__(self):
         return len(self.order)
+
+
+class SegmentationSamples(TrainDataset):
+    """Segmentation samples: the image (or 2.5-D stack) and its labels, flipped, turned and rescaled alike."""
+
+    def augmentations(self):
+        return segmentation_augmentations()
+
+    def __getitem__(self, j):
+        i = int(self.order[j])
+        tgt = self.data.targets[i]
+        img = np.asarray(self.data.images[i], dtype=np.float32)
+        shape5 = img.shape if img.ndim == 4 else None
+        if shape5 is not None:
+            img = img.reshape(-1, *img.shape[-2:])
+        tgt_arr = tgt[None].astype(np.float32)
+        if self.transform is not None:
+            out = self.transform({"image": img, "target": tgt_arr})
+            img, tgt_arr = np.asarray(out["image"]), np.asarray(out["target"])
+        if shape5 is not None:
+            img = img.reshape(shape5)
+        item = {"image": torch.as_tensor(img, dtype=torch.float32), "index": i,
+                "target": torch.as_tensor(np.rint(tgt_arr[0]), dtype=torch.long)}
+        if self.data.present is not None:
+            item["present"] = torch.as_tensor(self.data.present[i])
+        return item
+
+
+class DiscSamples(TrainDataset):
+    """Disc samples: a drawn sagittal view with its field of view cropped, its heatmaps and the pixels
+    that count in the loss (``known``), turned, zoomed and re-contrasted alike; never flipped."""
+
+    def augmentations(self):
+        return disc_augmentations()
 
     def _disc_sample(self, i: int, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Case ``i``'s (view (1, H, W), targets (C, H, W), known (C, H, W)) for sample ``j`` of the epoch.
@@ -684,32 +721,15 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, j):
         i = int(self.order[j])
-        tgt = self.data.targets[i]
-        if self.data.task == "keypoints":
-            img, tgt_arr, known = self._disc_sample(i, j)
-            if self.transform is not None:
-                out = self.transform({"image": img, "target": tgt_arr, "known": known})
-                img, tgt_arr, known = np.asarray(out["image"]), np.asarray(out["target"]), np.asarray(out["known"])
-            img = np.repeat(img, self.data.images.shape[1], axis=0)  # the network's 3 identical channels
-            return {"image": torch.as_tensor(img, dtype=torch.float32), "index": i,
-                    "target": torch.as_tensor(tgt_arr, dtype=torch.float32),
-                    "visible": torch.as_tensor(self.data.visible[i]),
-                    "known": torch.as_tensor(known > 0.5)}
-        img = np.asarray(self.data.images[i], dtype=np.float32)
-        shape5 = img.shape if img.ndim == 4 else None
-        if shape5 is not None:
-            img = img.reshape(-1, *img.shape[-2:])
-        tgt_arr = tgt[None].astype(np.float32)
+        img, tgt_arr, known = self._disc_sample(i, j)
         if self.transform is not None:
-            out = self.transform({"image": img, "target": tgt_arr})
-            img, tgt_arr = np.asarray(out["image"]), np.asarray(out["target"])
-        if shape5 is not None:
-            img = img.reshape(shape5)
-        item = {"image": torch.as_tensor(img, dtype=torch.float32), "index": i,
-                "target": torch.as_tensor(np.rint(tgt_arr[0]), dtype=torch.long)}
-        if self.data.present is not None:
-            item["present"] = torch.as_tensor(self.data.present[i])
-        return item
+            out = self.transform({"image": img, "target": tgt_arr, "known": known})
+            img, tgt_arr, known = np.asarray(out["image"]), np.asarray(out["target"]), np.asarray(out["known"])
+        img = np.repeat(img, self.data.images.shape[1], axis=0)  # the network's 3 identical channels
+        return {"image": torch.as_tensor(img, dtype=torch.float32), "index": i,
+                "target": torch.as_tensor(tgt_arr, dtype=torch.float32),
+                "visible": torch.as_tensor(self.data.visible[i]),
+                "known": torch.as_tensor(known > 0.5)}
 
 
 def worker_init(worker_id: int):

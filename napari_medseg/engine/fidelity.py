@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 
 from .. import models
@@ -148,27 +147,5 @@ def real_batch(name: str, data_root, n: int = 4, input_size: int = 128, disc_num
     middle slices of a volume). ``data_root`` is a folder laid out like the project's shared data."""
     from pathlib import Path
 
-    from . import data as D
-
-    root = Path(data_root)
     info = models.REGISTRY[name]
-    if info.task == "keypoints":
-        layout = D.discover(root / "spine-discs")
-        stems = D.split(layout)["train"][:n]
-        prep = D.prepare(layout, stems, size=(input_size, input_size), channels=3, disc_numbers=disc_numbers)
-        return {"image": torch.as_tensor(prep.images), "target": torch.as_tensor(prep.targets),
-                "visible": torch.as_tensor(prep.visible)}
-    layout = D.discover(root / (dataset or ("acdc" if info.input == "2d+2.5d" else "kvasir-seg")))
-    if layout.kind == "seg3d":  # slices (2.5D stacks for LSTMSA) from the middle of a volume
-        context = 1 if info.input == "2d+2.5d" else 0
-        stems = D.split(layout)["train"]
-        for k in range(1, len(stems) + 1):  # the first volume, or as many as give n slices
-            prep = D.prepare(layout, stems[:k], size=(input_size, input_size), channels=1, context=context)
-            if len(prep.images) >= n:
-                break
-        mid = len(prep.images) // 2
-        idx = np.arange(mid - n // 2, mid - n // 2 + n)
-        return {"image": torch.as_tensor(prep.images[idx]), "target": torch.as_tensor(prep.targets[idx])}
-    prep = D.prepare(layout, D.split(layout)["train"][:n], size=(input_size, input_size), channels=3,
-                     normalize=info.input_norm)
-    return {"image": torch.as_tensor(prep.images), "target": torch.as_tensor(prep.targets)}
+    return tasks.of(info).example_batch(info, Path(data_root), n, input_size, dataset, disc_numbers)

@@ -74,6 +74,27 @@ class Task:
         """An accumulator of this task's validation metric over batches (``engine/train.py`` ``validate``)."""
         raise NotImplementedError
 
+    def samples(self, data, **kw):
+        """The training samples of prepared ``data`` with this task's augmentation (``engine/data.py``:
+        ``augment``, ``seed``, ``repeats``, ``square_share``)."""
+        raise NotImplementedError
+
+    def example_batch(self, info, root, n: int, input_size: int, dataset: str | None = None,
+                      disc_numbers: list | None = None) -> dict:
+        """``n`` real training samples for network ``info`` from the folder ``root`` laid out like the
+        project's data (the gradient-fidelity check, ``engine/fidelity.py``)."""
+        raise NotImplementedError
+
+    def augmentation_text(self, training: dict, preprocessing: dict) -> str:
+        """What a run's augmentation did, in words, for its model card (a checkpoint's ``training`` and
+        ``preprocessing``)."""
+        if not training.get("augment", True):
+            return "none"
+        return self._augmentation_text(training, preprocessing)
+
+    def _augmentation_text(self, training: dict, preprocessing: dict) -> str:
+        raise NotImplementedError
+
     # ------------------------------------------------------------ inference
 
     def require(self, wanted: "Task | str", model: str) -> None:
@@ -136,6 +157,38 @@ class Segmentation(Task):
 
     def validation(self):
         return _SegmentationValidation(self.metric)
+
+    def samples(self, data, **kw):
+        from .data import SegmentationSamples
+
+        return SegmentationSamples(data, **kw)
+
+    def _augmentation_text(self, training, preprocessing):
+        from .data import SEGMENTATION_AUGMENTATION
+
+        return SEGMENTATION_AUGMENTATION
+
+    def example_batch(self, info, root, n, input_size, dataset=None, disc_numbers=None):
+        """Kvasir-SEG for 2-D networks, ACDC for LSTMSA (2.5-D stacks from the middle of the first volume), or
+        ``dataset`` (2-D images, or the middle slices of a volume)."""
+        import torch
+
+        from . import data as D
+
+        layout = D.discover(root / (dataset or ("acdc" if info.input == "2d+2.5d" else "kvasir-seg")))
+        if layout.kind == "seg3d":  # slices (2.5D stacks for LSTMSA) from the middle of a volume
+            context = 1 if info.input == "2d+2.5d" else 0
+            stems = D.split(layout)["train"]
+            for k in range(1, len(stems) + 1):  # the first volume, or as many as give n slices
+                prep = D.prepare(layout, stems[:k], size=(input_size, input_size), channels=1, context=context)
+                if len(prep.images) >= n:
+                    break
+            mid = len(prep.images) // 2
+            idx = np.arange(mid - n // 2, mid - n // 2 + n)
+            return {"image": torch.as_tensor(prep.images[idx]), "target": torch.as_tensor(prep.targets[idx])}
+        prep = D.prepare(layout, D.split(layout)["train"][:n], size=(input_size, input_size), channels=3,
+                         normalize=info.input_norm)
+        return {"image": torch.as_tensor(prep.images), "target": torch.as_tensor(prep.targets)}
 
     def activate(self, out):
         import torch
@@ -216,6 +269,28 @@ class Keypoints(Task):
 
     def validation(self):
         return _KeypointValidation(self.metric)
+
+    def samples(self, data, **kw):
+        from .data import DiscSamples
+
+        return DiscSamples(data, **kw)
+
+    def _augmentation_text(self, training, preprocessing):
+        from .data import disc_augmentation_text
+
+        return disc_augmentation_text(training, preprocessing)
+
+    def example_batch(self, info, root, n, input_size, dataset=None, disc_numbers=None):
+        """The lumbar disc set's first ``n`` training cases."""
+        import torch
+
+        from . import data as D
+
+        layout = D.discover(root / (dataset or "spine-discs"))
+        stems = D.split(layout)["train"][:n]
+        prep = D.prepare(layout, stems, size=(input_size, input_size), channels=3, disc_numbers=disc_numbers)
+        return {"image": torch.as_tensor(prep.images), "target": torch.as_tensor(prep.targets),
+                "visible": torch.as_tensor(prep.visible)}
 
     def activate(self, out):
         return out.float()

@@ -479,8 +479,8 @@ def prepare_sampling(run: Run) -> None:
     repeats = D.level_repeats(run.train_data.visible) if run.plan["balance_levels"] else None
     if repeats is not None:
         run.config["training"]["repeats"] = {s: int(r) for s, r in zip(run.train_data.stems, repeats) if r > 1}
-    run.dataset = D.TrainDataset(run.train_data, augment=run.plan["augment"], seed=run.opts.seed, repeats=repeats,
-                                 square_share=run.opts.disc_square_crops)
+    run.dataset = tasks.of(run.info).samples(run.train_data, augment=run.plan["augment"], seed=run.opts.seed,
+                                             repeats=repeats, square_share=run.opts.disc_square_crops)
     run.batch_size = max(1, min(run.plan["batch_size"], len(run.dataset)))
     # one sampling rule for 1 and N processes: a permutation seeded by (seed, epoch), of which rank r takes
     # every N-th index; so N processes with batch B see exactly the global batches of one process with
