@@ -283,7 +283,7 @@ def test_batch_widget_with_a_corrupt_file(make_napari_viewer, qtbot, trained, sh
     report = w.controls.report  # the worker pauses after each row so the GUI timer (100 ms) surely sees it
     w.controls.report = lambda event: (report(event), time.sleep(0.5))
     w.controls.run_button.clicked()
-    qtbot.waitUntil(lambda: w.summary is not None, timeout=120_000)
+    qtbot.waitUntil(lambda: w.summary is not None and w.controls.run_button.enabled, timeout=120_000)
     table = w.table.to_dict("list")
     assert table["status"].count("skipped") == 1 and table["status"].count("ok") == 2
     assert len(w.summary["results"]) == 2 and len(w.summary["skipped"]) == 1

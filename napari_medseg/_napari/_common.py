@@ -168,9 +168,16 @@ class RunControls(Container):
 
         worker.returned.connect(returned)
         worker.errored.connect(lambda err: setattr(self.status, "value", notify_error(err)))
-        worker.finished.connect(lambda: self.busy(False))
+        worker.finished.connect(self._finished)
         worker.start()
         return worker
+
+    def _finished(self):
+        """A job's end in every case; the dock may have been closed while it ran (its buttons gone)."""
+        try:
+            self.busy(False)
+        except RuntimeError:  # "wrapped C/C++ object ... has been deleted": nothing left to release
+            self._timer.stop()
 
     def _open_activity(self, text: str):
         from napari.utils import progress
