@@ -91,6 +91,18 @@ def tiny(tmp_path_factory):
     return out
 
 
+def kvasir_test_images(shared, folder, n: int = 8):
+    """Copy the first ``n`` Kvasir-SEG test-split images into ``folder`` (created); returns it."""
+    from napari_medseg.engine import data as D
+
+    folder.mkdir(parents=True, exist_ok=True)
+    layout = D.discover(shared / "kvasir-seg")
+    for stem in D.split(layout)["test"][:n]:
+        src = layout.pairs[stem][0]
+        shutil.copy(src, folder / src.name)
+    return folder
+
+
 def train_opts(model, data, out, **kw):
     from napari_medseg.engine.train import TrainOptions
 

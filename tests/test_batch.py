@@ -18,18 +18,15 @@ from napari_medseg.io.errors import MedSegIOError
 from napari_medseg.engine import data as D
 from napari_medseg.engine.discs import DiscsFlagged
 
+from .conftest import kvasir_test_images
+
 MODEL = "unet-kvasir-192"
 
 
 @pytest.fixture
 def folder(shared, tmp_path):
     """8 Kvasir test images, one unreadable file, one volume the polyp model refuses."""
-    inp = tmp_path / "in"
-    inp.mkdir()
-    layout = D.discover(shared / "kvasir-seg")
-    for stem in D.split(layout)["test"][:8]:
-        src = layout.pairs[stem][0]
-        shutil.copy(src, inp / src.name)
+    inp = kvasir_test_images(shared, tmp_path / "in")
     (inp / "broken.png").write_bytes(b"\x89PNG not really")
     shutil.copy(shared / "volumes" / "ct-spleen-crop.nii.gz", inp / "ct.nii.gz")
     return inp

@@ -16,10 +16,9 @@ import pytest
 
 from napari_medseg import api
 from napari_medseg.cli import main
-from napari_medseg.engine import data as D
 from napari_medseg.engine.batch import read_manifest
 
-from .conftest import train_opts
+from .conftest import kvasir_test_images, train_opts
 
 MODEL = "unet-kvasir-192"
 
@@ -57,12 +56,7 @@ def small_disk(tmp_path):
 
 @pytest.fixture
 def images(shared, tmp_path):
-    inp = tmp_path / "in"
-    inp.mkdir()
-    layout = D.discover(shared / "kvasir-seg")
-    for stem in D.split(layout)["test"][:8]:
-        shutil.copy(layout.pairs[stem][0], inp / layout.pairs[stem][0].name)
-    return inp
+    return kvasir_test_images(shared, tmp_path / "in")
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
